@@ -1,0 +1,1 @@
+"""Position encodings: rotary (with every scaling) and ALiBi."""
