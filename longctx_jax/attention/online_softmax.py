@@ -67,7 +67,6 @@ def block_forward(
 ) -> SoftmaxState:
     """Softmax state of one key block."""
     B, T, N, H = q_BTNH.shape
-    K = k_BSKH.shape[2]
     logits = attention_logits(q_BTNH, k_BSKH, scale=scale, bias=bias, logit_soft_cap=logit_soft_cap)
     logits = jnp.where(allowed, logits, MASKED_LOGIT)
     block_max = jax.lax.stop_gradient(jnp.max(logits, axis=-1))

@@ -1,0 +1,188 @@
+"""A small Llama-style decoder in Flax NNX whose position scheme and attention are config data.
+
+    h = embed(tokens)
+    for each layer:  h = h + Attention(RMSNorm(h));  h = h + SwiGLU(RMSNorm(h))
+    logits = RMSNorm(h) @ W_out          (W_out = embed^T when embeddings are tied)
+
+Attention is grouped-query (num_kv_heads <= num_heads). Positions are explicit integer ids,
+so packed documents, KV-cache offsets and ring-attention layouts all rotate correctly:
+RoPE (with any Hugging Face `rope_scaling`), ALiBi, or none (NoPE) come from
+`ModelConfig.position`; the attention function comes from `ModelConfig.attention_impl`
+through `longctx_jax.attention.dispatch.attend`. The pretrained-model loaders fill this
+same module with real weights.
+
+Parameters carry logical axis names (`logical_axes` metadata) that `longctx_jax.sharding`
+maps to mesh axes.
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from longctx_jax.attention.dispatch import attend
+from longctx_jax.models.config import ModelConfig
+from longctx_jax.positional.alibi import alibi_slopes
+from longctx_jax.positional.rope import apply_rope, rope_frequencies
+from longctx_jax.typing import Array
+
+
+def _param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str, ...], std: float, dtype) -> nnx.Param:
+    init = jax.random.normal(rngs.params(), shape, jnp.float32) * std
+    return nnx.Param(init.astype(dtype), logical_axes=axes)
+
+
+class RMSNorm(nnx.Module):
+    """x / sqrt(mean(x^2) + eps) * scale, computed in float32."""
+
+    def __init__(self, dim: int, eps: float, param_dtype):
+        self.eps = eps
+        self.scale = nnx.Param(jnp.ones((dim,), param_dtype), logical_axes=("embed",))
+
+    def __call__(self, x_BTD: Array) -> Array:
+        x = x_BTD.astype(jnp.float32)
+        x = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.eps)
+        return (x * self.scale[...].astype(jnp.float32)).astype(x_BTD.dtype)
+
+
+class Attention(nnx.Module):
+    """Grouped-query self-attention with a pluggable position scheme and attention function."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.cfg = cfg
+        D, N, K, H = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        pdt = jnp.dtype(cfg.param_dtype)
+        self.wq = _param(rngs, (D, N, H), ("embed", "heads", "head_dim"), cfg.init_std, pdt)
+        self.wk = _param(rngs, (D, K, H), ("embed", "kv_heads", "head_dim"), cfg.init_std, pdt)
+        self.wv = _param(rngs, (D, K, H), ("embed", "kv_heads", "head_dim"), cfg.init_std, pdt)
+        out_std = cfg.init_std / (2 * cfg.num_layers) ** 0.5
+        self.wo = _param(rngs, (N, H, D), ("heads", "head_dim", "embed"), out_std, pdt)
+        if cfg.qkv_bias:
+            self.bq = nnx.Param(jnp.zeros((N, H), pdt), logical_axes=("heads", "head_dim"))
+            self.bk = nnx.Param(jnp.zeros((K, H), pdt), logical_axes=("kv_heads", "head_dim"))
+            self.bv = nnx.Param(jnp.zeros((K, H), pdt), logical_axes=("kv_heads", "head_dim"))
+
+    def project_qkv(self, x_BTD: Array) -> tuple[Array, Array, Array]:
+        """Queries `[B, T, N, H]`, keys and values `[B, T, K, H]`, before any rotation."""
+        dt = x_BTD.dtype
+        q = jnp.einsum("BTD,DNH->BTNH", x_BTD, self.wq[...].astype(dt))
+        k = jnp.einsum("BTD,DKH->BTKH", x_BTD, self.wk[...].astype(dt))
+        v = jnp.einsum("BTD,DKH->BTKH", x_BTD, self.wv[...].astype(dt))
+        if self.cfg.qkv_bias:
+            q = q + self.bq[...].astype(dt)
+            k = k + self.bk[...].astype(dt)
+            v = v + self.bv[...].astype(dt)
+        return q, k, v
+
+    def rotate(self, x_BTNH: Array, positions_BT: Array, seq_len: int) -> Array:
+        """Applies the configured RoPE (a no-op for ALiBi and NoPE)."""
+        if self.cfg.position != "rope":
+            return x_BTNH
+        inv_freq, attention_factor = rope_frequencies(
+            self.cfg.head_dim, self.cfg.rope_theta, self.cfg.rope_scaling_dict, seq_len=seq_len
+        )
+        return apply_rope(x_BTNH, positions_BT, inv_freq, attention_factor,
+                          interleaved=self.cfg.rope_interleaved)
+
+    def attention_kwargs(self) -> dict:
+        """Keyword arguments for `attend` that follow from the config alone."""
+        kwargs = dict(causal=True, window=self.cfg.window, sinks=self.cfg.sinks,
+                      logit_soft_cap=self.cfg.logit_soft_cap)
+        if self.cfg.position == "alibi":
+            kwargs["alibi_slopes"] = alibi_slopes(self.cfg.num_heads)
+        return kwargs
+
+    def output(self, out_BTNH: Array) -> Array:
+        return jnp.einsum("BTNH,NHD->BTD", out_BTNH, self.wo[...].astype(out_BTNH.dtype))
+
+    def __call__(self, x_BTD: Array, positions_BT: Array | None, segment_ids_BT: Array | None) -> Array:
+        B, T, _ = x_BTD.shape
+        rope_positions = positions_BT if positions_BT is not None else jnp.arange(T)[None, :]
+        q, k, v = self.project_qkv(x_BTD)
+        q = self.rotate(q, rope_positions, T)
+        k = self.rotate(k, rope_positions, T)
+        out = attend(q, k, v, impl=self.cfg.attention_impl, segment_ids=segment_ids_BT,
+                     q_positions=positions_BT, k_positions=positions_BT, **self.attention_kwargs())
+        return self.output(out)
+
+
+class SwiGLU(nnx.Module):
+    """down(silu(gate(x)) * up(x)) (Shazeer 2020)."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        D, F = cfg.d_model, cfg.mlp_dim
+        pdt = jnp.dtype(cfg.param_dtype)
+        self.w_gate = _param(rngs, (D, F), ("embed", "mlp"), cfg.init_std, pdt)
+        self.w_up = _param(rngs, (D, F), ("embed", "mlp"), cfg.init_std, pdt)
+        out_std = cfg.init_std / (2 * cfg.num_layers) ** 0.5
+        self.w_down = _param(rngs, (F, D), ("mlp", "embed"), out_std, pdt)
+
+    def __call__(self, x_BTD: Array) -> Array:
+        dt = x_BTD.dtype
+        gate = jnp.einsum("BTD,DF->BTF", x_BTD, self.w_gate[...].astype(dt))
+        up = jnp.einsum("BTD,DF->BTF", x_BTD, self.w_up[...].astype(dt))
+        return jnp.einsum("BTF,FD->BTD", jax.nn.silu(gate) * up, self.w_down[...].astype(dt))
+
+
+class Block(nnx.Module):
+    """Pre-norm residual block: attention then SwiGLU."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        pdt = jnp.dtype(cfg.param_dtype)
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps, pdt)
+        self.attn = Attention(cfg, rngs)
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, pdt)
+        self.mlp = SwiGLU(cfg, rngs)
+
+    def __call__(self, x_BTD: Array, positions_BT: Array | None, segment_ids_BT: Array | None) -> Array:
+        x_BTD = x_BTD + self.attn(self.attn_norm(x_BTD), positions_BT, segment_ids_BT)
+        return x_BTD + self.mlp(self.mlp_norm(x_BTD))
+
+
+class Decoder(nnx.Module):
+    """Token ids `[B, T]` -> float32 logits `[B, T, V]`."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        pdt = jnp.dtype(cfg.param_dtype)
+        self.embed = _param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), 1.0, pdt)
+        self.layers = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
+        self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps, pdt)
+        if not cfg.tie_embeddings:
+            self.lm_head = _param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
+                                  cfg.d_model**-0.5, pdt)
+
+    def embed_tokens(self, tokens_BT: Array) -> Array:
+        return jnp.take(self.embed[...], tokens_BT, axis=0).astype(jnp.dtype(self.cfg.dtype))
+
+    def logits(self, h_BTD: Array) -> Array:
+        h_BTD = self.final_norm(h_BTD)
+        if self.cfg.tie_embeddings:
+            return jnp.einsum("BTD,VD->BTV", h_BTD, self.embed[...].astype(h_BTD.dtype),
+                              preferred_element_type=jnp.float32)
+        return jnp.einsum("BTD,DV->BTV", h_BTD, self.lm_head[...].astype(h_BTD.dtype),
+                          preferred_element_type=jnp.float32)
+
+    def __call__(
+        self,
+        tokens_BT: Array,
+        positions_BT: Array | None = None,
+        segment_ids_BT: Array | None = None,
+    ) -> Array:
+        """Logits for every position.
+
+        Args:
+          tokens_BT: int token ids `[batch, seq]`.
+          positions_BT: true integer positions `[batch, seq]` (default 0 .. seq - 1); packed
+            documents restart at 0, ring layouts pass their permuted global positions.
+          segment_ids_BT: packed-document ids; tokens attend only within their document.
+
+        Returns:
+          float32 logits `[batch, seq, vocab]`.
+        """
+        h = self.embed_tokens(tokens_BT)
+        for block in self.layers:
+            if self.cfg.remat:
+                h = nnx.remat(lambda blk, x: blk(x, positions_BT, segment_ids_BT))(block, h)
+            else:
+                h = block(h, positions_BT, segment_ids_BT)
+        return self.logits(h)
