@@ -1,21 +1,104 @@
-"""Rotary position embeddings (Su et al. 2021, "RoFormer").
+"""Rotary position embeddings (Su et al. 2021, "RoFormer") with every HF scaling.
 
-Plain RoPE rotates each pair of query/key channels (x_i, x_{i + H/2}) by the angle
-    theta_i(p) = p * base^(-2i / H),   i = 0 .. H/2 - 1
+Plain RoPE rotates each pair of query/key channels (x_i, x_{i + d/2}) by the angle
+    theta_i(p) = p * base^(-2i / d),   i = 0 .. d/2 - 1   (d = rotary dim)
 so that q(m) . k(n) depends only on m - n. `rope_frequencies` returns the inverse
-frequencies base^(-2i/H) (the scaling family changes these) and `apply_rope` rotates
-`[batch, seq, heads, head_dim]` arrays from explicit integer positions.
+frequencies (the scaling family in `rope_scaling.py` changes these) and the attention factor
+that multiplies cos and sin; `apply_rope` rotates `[batch, seq, heads, head_dim]` arrays from
+explicit integer positions (packed sequences, KV-cache offsets, StreamingLLM re-indexing).
 
-Angles are always computed in float32 from integer positions, whatever the activation dtype.
+Precision: angles are float32 whatever the activation dtype, and are computed from integer
+positions without rounding the product p * inv_freq: the product is split into exact float32
+pieces and reduced modulo one turn piece by piece (`rope_angles`), so position 1,000,000
+gets the angle of the float32 `inv_freq` as accurately as position 10 (error < 1e-5 rad
+against float64 for any int32 position; the plain float32 product would be off by up to
+p * inv_freq * 2^-24, ~0.06 rad at p = 1e6).
 """
 
-from collections.abc import Mapping
+import math
+import numbers
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
+from longctx_jax.positional import rope_scaling as scaling
+from longctx_jax.positional.rope_config import RopeConfig, rope_config_from_hf
 from longctx_jax.typing import Array, ArrayLike
+
+__all__ = ["RopeConfig", "apply_rope", "rope_angles", "rope_config_from_hf", "rope_frequencies", "rope_type"]
+
+# Fields each rope_type needs in the scaling mapping (beyond rope_type itself).
+_REQUIRED = {
+    "default": (),
+    "linear": ("factor",),
+    "ntk": ("factor",),
+    "dynamic": ("factor", "original_max_position_embeddings"),
+    "yarn": ("factor", "original_max_position_embeddings"),
+    "longrope": ("short_factor", "long_factor", "original_max_position_embeddings"),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+}
+
+
+def rope_type(rope_scaling: Mapping[str, Any] | None) -> str:
+    """The canonical rope_type of an HF scaling mapping (`rope_type` or legacy `type`)."""
+    if rope_scaling is None:
+        return "default"
+    name = rope_scaling.get("rope_type", rope_scaling.get("type")) or "default"
+    name = scaling.ROPE_TYPE_ALIASES.get(name, name)
+    if name not in scaling.ROPE_TYPES:
+        raise ValueError(f"unknown rope_type {name!r}; valid: {scaling.ROPE_TYPES}")
+    return name
+
+
+def _number(cfg: Mapping[str, Any], key: str, name: str, default: float | None = None) -> float | None:
+    value = cfg.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"rope_type {name!r}: field {key!r} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _length(cfg: Mapping[str, Any], name: str) -> int:
+    value = _number(cfg, "original_max_position_embeddings", name)
+    if value <= 0 or value != int(value):
+        raise ValueError(
+            f"rope_type {name!r}: original_max_position_embeddings must be a positive integer, got {value}"
+        )
+    return int(value)
+
+
+def _factor_list(cfg: Mapping[str, Any], key: str, size: int) -> np.ndarray:
+    value = cfg[key]
+    if isinstance(value, str) or not isinstance(value, Sequence | np.ndarray):
+        raise ValueError(f"rope_type 'longrope': {key} must be a list of {size} numbers, got {value!r}")
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.shape != (size,):
+        raise ValueError(
+            f"rope_type 'longrope': {key} must have rotary_dim // 2 = {size} entries, got shape {arr.shape}"
+        )
+    if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
+        raise ValueError(f"rope_type 'longrope': {key} entries must be positive and finite, got {value!r}")
+    return arr
+
+
+def rotary_dim_of(head_dim: int, rope_scaling: Mapping[str, Any] | None = None) -> int:
+    """Rotary dimension int(head_dim * partial_rotary_factor), validated to be positive and even."""
+    if isinstance(head_dim, bool) or not isinstance(head_dim, numbers.Integral) or head_dim <= 0:
+        raise ValueError(f"head_dim must be a positive even integer, got {head_dim!r}")
+    partial = _number(rope_scaling or {}, "partial_rotary_factor", "partial", 1.0)
+    if not 0.0 < partial <= 1.0:
+        raise ValueError(f"partial_rotary_factor must be in (0, 1], got {partial}")
+    rotary_dim = int(head_dim * partial)
+    if rotary_dim <= 0 or rotary_dim % 2:
+        raise ValueError(
+            f"rotary dim int(head_dim * partial_rotary_factor) = int({head_dim} * {partial}) = {rotary_dim} "
+            "must be a positive even integer"
+        )
+    return rotary_dim
 
 
 def rope_frequencies(
@@ -25,24 +108,190 @@ def rope_frequencies(
     *,
     seq_len: int | None = None,
 ) -> tuple[np.ndarray, float]:
-    """Inverse frequencies `[head_dim // 2]` (float32) and the attention factor.
+    """Inverse frequencies `[rotary_dim // 2]` (float32) and the attention factor.
 
     Args:
-      head_dim: rotary dimension H (must be even).
-      base: the RoPE base theta (10000 for Llama 2, 5e5 for Llama 3, 1e6 for Code Llama).
-      rope_scaling: a Hugging Face `rope_scaling` mapping, or None for plain RoPE.
-      seq_len: the current sequence length (used by length-dependent scalings).
+      head_dim: attention head dim H. The rotary dim is int(H * partial_rotary_factor)
+        (the factor read from `rope_scaling`, default 1) and must be even.
+      base: the RoPE base theta (1e4 Llama 2, 5e5 Llama 3, 1e6 Code Llama).
+      rope_scaling: a Hugging Face `rope_scaling` / `rope_parameters` mapping (`rope_type` or
+        legacy `type`: default, linear, ntk, dynamic, yarn, longrope, llama3, with HF's field
+        names) or None for plain RoPE. Length-dependent types need
+        `original_max_position_embeddings` (the pretrained length L); `rope_config_from_hf`
+        fills it from a config.json the way transformers does.
+      seq_len: the current sequence length T (dynamic: base grows for T > L; longrope:
+        long_factor for T > L, short_factor otherwise). None means T <= L.
 
     Returns:
-      (inv_freq, attention_factor): the factor multiplies cos and sin.
+      (inv_freq, attention_factor): `apply_rope` multiplies cos and sin by the factor
+      (YaRN temperature, LongRoPE scaling; 1.0 for the other types).
+
+    Raises:
+      ValueError: unknown rope_type (the valid ones are listed), factor < 1, a missing or
+        malformed field, an odd rotary dim or a non-positive base.
     """
-    if head_dim <= 0 or head_dim % 2:
-        raise ValueError(f"head_dim must be a positive even integer, got {head_dim}")
-    if rope_scaling is not None and rope_scaling.get("rope_type", rope_scaling.get("type", "default")) != "default":
-        raise ValueError(f"unknown rope_type in {dict(rope_scaling)!r}; valid: 'default'")
-    exponents = np.arange(0, head_dim, 2, dtype=np.float64) / head_dim
-    inv_freq = 1.0 / (float(base) ** exponents)
-    return inv_freq.astype(np.float32), 1.0
+    name = rope_type(rope_scaling)
+    cfg = rope_scaling or {}
+    rotary_dim = rotary_dim_of(head_dim, cfg)
+    base = _number({"base": base}, "base", name)
+    if base <= 1.0:
+        raise ValueError(f"RoPE base (rope_theta) must be > 1, got {base}")
+    missing = [key for key in _REQUIRED[name] if cfg.get(key) is None]
+    if missing:
+        raise ValueError(
+            f"rope_type {name!r} needs fields {list(_REQUIRED[name])}; missing {missing} in {dict(cfg)!r} "
+            "(rope_config_from_hf fills original_max_position_embeddings from a config.json)"
+        )
+    factor = _number(cfg, "factor", name)
+    if factor is not None and factor < 1.0:
+        raise ValueError(f"rope_type {name!r}: factor must be >= 1 (a context extension), got {factor}")
+    if seq_len is not None and (isinstance(seq_len, bool) or not isinstance(seq_len, numbers.Integral)):
+        raise ValueError(f"seq_len must be an integer or None, got {seq_len!r}")
+
+    attention_factor = 1.0
+    if name == "default":
+        inv_freq = scaling.default_inv_freq(rotary_dim, base)
+    elif name == "linear":
+        inv_freq = scaling.linear_inv_freq(rotary_dim, base, factor=factor)
+    elif name == "ntk":
+        inv_freq = scaling.ntk_inv_freq(rotary_dim, base, factor=factor)
+    elif name == "dynamic":
+        inv_freq = scaling.dynamic_inv_freq(
+            rotary_dim, base, factor=factor, original_max_position_embeddings=_length(cfg, name),
+            seq_len=seq_len,
+        )
+    elif name == "yarn":
+        beta_fast = _number(cfg, "beta_fast", name) or 32.0
+        beta_slow = _number(cfg, "beta_slow", name) or 1.0
+        if beta_fast < beta_slow:
+            raise ValueError(f"rope_type 'yarn': beta_fast ({beta_fast}) must be >= beta_slow ({beta_slow})")
+        truncate = cfg.get("truncate", True)
+        if not isinstance(truncate, bool):
+            raise ValueError(f"rope_type 'yarn': truncate must be a bool, got {truncate!r}")
+        inv_freq = scaling.yarn_inv_freq(
+            rotary_dim, base, factor=factor, original_max_position_embeddings=_length(cfg, name),
+            beta_fast=beta_fast, beta_slow=beta_slow, truncate=truncate,
+        )
+        attention_factor = scaling.yarn_attention_factor(
+            factor,
+            attention_factor=_number(cfg, "attention_factor", name),
+            mscale=_number(cfg, "mscale", name),
+            mscale_all_dim=_number(cfg, "mscale_all_dim", name),
+        )
+    elif name == "longrope":
+        length = _length(cfg, name)
+        inv_freq = scaling.longrope_inv_freq(
+            rotary_dim, base,
+            short_factor=_factor_list(cfg, "short_factor", rotary_dim // 2),
+            long_factor=_factor_list(cfg, "long_factor", rotary_dim // 2),
+            original_max_position_embeddings=length, seq_len=seq_len,
+        )
+        attention_factor = scaling.longrope_attention_factor(
+            1.0 if factor is None else factor, length, attention_factor=_number(cfg, "attention_factor", name)
+        )
+    else:  # llama3
+        low = _number(cfg, "low_freq_factor", name)
+        high = _number(cfg, "high_freq_factor", name)
+        if not 0.0 < low < high:
+            raise ValueError(
+                f"rope_type 'llama3': need 0 < low_freq_factor < high_freq_factor, got {low} and {high}"
+            )
+        inv_freq = scaling.llama3_inv_freq(
+            rotary_dim, base, factor=factor, low_freq_factor=low, high_freq_factor=high,
+            original_max_position_embeddings=_length(cfg, name),
+        )
+    return inv_freq.astype(np.float32), float(attention_factor)
+
+
+def _split12(x: Array) -> tuple[Array, Array]:
+    """float32 x = hi + lo exactly, each with at most 12 significant bits."""
+    bits = jax.lax.bitcast_convert_type(x, jnp.uint32) & jnp.uint32(0xFFFFF000)
+    hi = jax.lax.bitcast_convert_type(bits, jnp.float32)
+    return hi, x - hi
+
+
+def _inv_two_pi_chunks() -> list[float]:
+    """1 / (2 pi) as four float32 constants of 12 significant bits each (48 bits in all)."""
+    rest, chunks = 1.0 / (2.0 * math.pi), []
+    for _ in range(4):
+        bits = np.array(rest, np.float32).view(np.uint32) & np.uint32(0xFFFFF000)
+        chunk = float(bits.view(np.float32))
+        chunks.append(chunk)
+        rest -= chunk
+    return chunks
+
+
+_INV_TWO_PI = _inv_two_pi_chunks()
+
+
+def _frac_turns(positions: Array, inv_freq_R: Array) -> Array:
+    """(positions * inv_freq / 2 pi) modulo 1, in [-0.5, 0.5], accurate to ~1e-6 turns.
+
+    turns = sum over pieces p_a * g_b, where p = sum of p_a (12-bit chunks of the int32
+    position) and g = inv_freq / 2 pi = sum of g_b (12-bit pieces of the exact products of
+    inv_freq's and 1/(2 pi)'s chunks). Every p_a * g_b is exact in float32 and its fractional
+    part t - round(t) is exact too, so the only rounding is in summing numbers below one.
+    """
+    f_hi, f_lo = _split12(inv_freq_R)
+    g_pieces = []
+    for f in (f_hi, f_lo):
+        for c in _INV_TWO_PI:
+            g_pieces.extend(_split12(f * jnp.float32(c)))
+    g_PR = jnp.stack(g_pieces)  # smallest pieces last
+    p = positions.astype(jnp.int32)
+    top = (p >> 24) << 24
+    mid = ((p - top) >> 12) << 12
+    p_chunks = [top, mid, p - top - mid]
+    total = jnp.zeros(positions.shape + inv_freq_R.shape, jnp.float32)
+    for g in g_PR[::-1]:  # add small terms first
+        for chunk in p_chunks:
+            t = chunk.astype(jnp.float32)[..., None] * g
+            total = total + (t - jnp.round(t))
+            total = total - jnp.round(total)
+    return total
+
+
+def rope_angles(
+    positions_BT: ArrayLike,
+    inv_freq: ArrayLike,
+    *,
+    unscaled_inv_freq: ArrayLike | None = None,
+    num_unscaled: int = 0,
+) -> Array:
+    """Rotation angles `[batch, seq, rotary_dim // 2]` in float32, reduced to [-pi, pi].
+
+    Args:
+      positions_BT: integer position ids `[batch, seq]` (or `[seq]`), any int32 value.
+      inv_freq: `[rotary_dim // 2]` inverse frequencies (from `rope_frequencies`).
+      unscaled_inv_freq: LongRoPE's "first n_hat positions are not interpolated" (Ding et
+        al. 2024, sec. 3.2): positions p < num_unscaled use these frequencies (normally
+        `rope_frequencies(head_dim, base)[0]`, plain RoPE) instead of `inv_freq`.
+      num_unscaled: n_hat, the number of leading positions that keep `unscaled_inv_freq`.
+
+    Returns:
+      angle[b, t, i] = positions[b, t] * inv_freq[i] modulo 2 pi, within ~1e-5 rad of the
+      float64 value for every int32 position.
+    """
+    positions_BT = jnp.asarray(positions_BT)
+    if not jnp.issubdtype(positions_BT.dtype, jnp.integer):
+        raise ValueError(f"positions must be integer position ids, got dtype {positions_BT.dtype}")
+    if positions_BT.ndim == 1:
+        positions_BT = positions_BT[None, :]
+    if positions_BT.ndim != 2:
+        raise ValueError(f"positions must be [batch, seq] or [seq], got shape {positions_BT.shape}")
+    inv_freq = jnp.asarray(inv_freq, jnp.float32)
+    if inv_freq.ndim != 1:
+        raise ValueError(f"inv_freq must be [rotary_dim // 2], got shape {inv_freq.shape}")
+    turns_BTR = _frac_turns(positions_BT, inv_freq)
+    if unscaled_inv_freq is not None and num_unscaled > 0:
+        unscaled = jnp.asarray(unscaled_inv_freq, jnp.float32)
+        if unscaled.shape != inv_freq.shape:
+            raise ValueError(
+                f"unscaled_inv_freq shape {unscaled.shape} must equal inv_freq's {inv_freq.shape}"
+            )
+        keep = (positions_BT < num_unscaled)[..., None]
+        turns_BTR = jnp.where(keep, _frac_turns(positions_BT, unscaled), turns_BTR)
+    return turns_BTR * jnp.float32(2 * math.pi)
 
 
 def apply_rope(
@@ -52,29 +301,30 @@ def apply_rope(
     attention_factor: float = 1.0,
     *,
     interleaved: bool = False,
+    unscaled_inv_freq: ArrayLike | None = None,
+    num_unscaled: int = 0,
 ) -> Array:
     """Rotates the first `2 * len(inv_freq)` channels of x by their positions.
 
     Args:
-      x_BTNH: queries or keys `[batch, seq, heads, head_dim]`.
+      x_BTNH: queries or keys `[batch, seq, heads, head_dim]`, any float dtype.
       positions_BT: integer position ids `[batch, seq]` (or `[seq]`).
-      inv_freq: `[rotary_dim // 2]` inverse frequencies.
+      inv_freq: `[rotary_dim // 2]` inverse frequencies; channels past rotary_dim (partial
+        rotary) pass through unchanged.
       attention_factor: multiplies cos and sin (YaRN / LongRoPE temperature).
       interleaved: pairs are (x_{2i}, x_{2i+1}) (GPT-J / original RoFormer) instead of
         the rotate-half layout (x_i, x_{i + rotary_dim/2}) used by Llama checkpoints.
+      unscaled_inv_freq, num_unscaled: LongRoPE's unscaled first positions (`rope_angles`).
 
     Returns:
-      Rotated array, same shape and dtype as x.
+      Rotated array, same shape and dtype as x; the rotation itself runs in float32.
     """
-    positions_BT = jnp.asarray(positions_BT)
-    if positions_BT.ndim == 1:
-        positions_BT = positions_BT[None, :]
-    inv_freq = jnp.asarray(inv_freq, jnp.float32)
-    rotary_dim = 2 * inv_freq.shape[0]
+    angles_BTR = rope_angles(
+        positions_BT, inv_freq, unscaled_inv_freq=unscaled_inv_freq, num_unscaled=num_unscaled
+    )
+    rotary_dim = 2 * angles_BTR.shape[-1]
     if rotary_dim > x_BTNH.shape[-1]:
         raise ValueError(f"rotary dim {rotary_dim} exceeds head_dim {x_BTNH.shape[-1]}")
-    # Integer positions go to float32 once; the product stays exact to ~1e-7 relative.
-    angles_BTR = positions_BT.astype(jnp.float32)[..., None] * inv_freq
     cos = (jnp.cos(angles_BTR) * attention_factor)[:, :, None, :]
     sin = (jnp.sin(angles_BTR) * attention_factor)[:, :, None, :]
     x_rot, x_pass = x_BTNH[..., :rotary_dim], x_BTNH[..., rotary_dim:]
