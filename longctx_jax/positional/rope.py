@@ -15,6 +15,7 @@ against float64 for any int32 position; the plain float32 product would be off b
 p * inv_freq * 2^-24, ~0.06 rad at p = 1e6).
 """
 
+import functools
 import math
 import numbers
 from collections.abc import Mapping, Sequence
@@ -251,6 +252,39 @@ def _frac_turns(positions: Array, inv_freq_R: Array) -> Array:
     return total
 
 
+@jax.jit
+def _angles(
+    positions_BT: Array, inv_freq: Array, unscaled_inv_freq: Array | None, num_unscaled: Array
+) -> Array:
+    turns_BTR = _frac_turns(positions_BT, inv_freq)
+    if unscaled_inv_freq is not None:
+        keep = (positions_BT < num_unscaled)[..., None]
+        turns_BTR = jnp.where(keep, _frac_turns(positions_BT, unscaled_inv_freq), turns_BTR)
+    return turns_BTR * jnp.float32(2 * math.pi)
+
+
+def _checked(
+    positions_BT: ArrayLike, inv_freq: ArrayLike, unscaled_inv_freq: ArrayLike | None
+) -> tuple[Array, Array, Array | None]:
+    positions_BT = jnp.asarray(positions_BT)
+    if not jnp.issubdtype(positions_BT.dtype, jnp.integer):
+        raise ValueError(f"positions must be integer position ids, got dtype {positions_BT.dtype}")
+    if positions_BT.ndim == 1:
+        positions_BT = positions_BT[None, :]
+    if positions_BT.ndim != 2:
+        raise ValueError(f"positions must be [batch, seq] or [seq], got shape {positions_BT.shape}")
+    inv_freq = jnp.asarray(inv_freq, jnp.float32)
+    if inv_freq.ndim != 1:
+        raise ValueError(f"inv_freq must be [rotary_dim // 2], got shape {inv_freq.shape}")
+    if unscaled_inv_freq is not None:
+        unscaled_inv_freq = jnp.asarray(unscaled_inv_freq, jnp.float32)
+        if unscaled_inv_freq.shape != inv_freq.shape:
+            raise ValueError(
+                f"unscaled_inv_freq shape {unscaled_inv_freq.shape} must equal inv_freq's {inv_freq.shape}"
+            )
+    return positions_BT.astype(jnp.int32), inv_freq, unscaled_inv_freq
+
+
 def rope_angles(
     positions_BT: ArrayLike,
     inv_freq: ArrayLike,
@@ -272,26 +306,25 @@ def rope_angles(
       angle[b, t, i] = positions[b, t] * inv_freq[i] modulo 2 pi, within ~1e-5 rad of the
       float64 value for every int32 position.
     """
-    positions_BT = jnp.asarray(positions_BT)
-    if not jnp.issubdtype(positions_BT.dtype, jnp.integer):
-        raise ValueError(f"positions must be integer position ids, got dtype {positions_BT.dtype}")
-    if positions_BT.ndim == 1:
-        positions_BT = positions_BT[None, :]
-    if positions_BT.ndim != 2:
-        raise ValueError(f"positions must be [batch, seq] or [seq], got shape {positions_BT.shape}")
-    inv_freq = jnp.asarray(inv_freq, jnp.float32)
-    if inv_freq.ndim != 1:
-        raise ValueError(f"inv_freq must be [rotary_dim // 2], got shape {inv_freq.shape}")
-    turns_BTR = _frac_turns(positions_BT, inv_freq)
-    if unscaled_inv_freq is not None and num_unscaled > 0:
-        unscaled = jnp.asarray(unscaled_inv_freq, jnp.float32)
-        if unscaled.shape != inv_freq.shape:
-            raise ValueError(
-                f"unscaled_inv_freq shape {unscaled.shape} must equal inv_freq's {inv_freq.shape}"
-            )
-        keep = (positions_BT < num_unscaled)[..., None]
-        turns_BTR = jnp.where(keep, _frac_turns(positions_BT, unscaled), turns_BTR)
-    return turns_BTR * jnp.float32(2 * math.pi)
+    positions_BT, inv_freq, unscaled_inv_freq = _checked(positions_BT, inv_freq, unscaled_inv_freq)
+    return _angles(positions_BT, inv_freq, unscaled_inv_freq, jnp.int32(num_unscaled))
+
+
+@functools.partial(jax.jit, static_argnames="interleaved")
+def _rotate(x_BTNH: Array, angles_BTR: Array, attention_factor: Array, interleaved: bool) -> Array:
+    rotary_dim = 2 * angles_BTR.shape[-1]
+    cos = (jnp.cos(angles_BTR) * attention_factor)[:, :, None, :]
+    sin = (jnp.sin(angles_BTR) * attention_factor)[:, :, None, :]
+    x_rot, x_pass = x_BTNH[..., :rotary_dim], x_BTNH[..., rotary_dim:]
+    x_rot = x_rot.astype(jnp.float32)
+    if interleaved:
+        x1, x2 = x_rot[..., 0::2], x_rot[..., 1::2]
+        rotated = jnp.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+        rotated = rotated.reshape(x_rot.shape)
+    else:
+        x1, x2 = jnp.split(x_rot, 2, axis=-1)
+        rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return jnp.concatenate([rotated.astype(x_BTNH.dtype), x_pass], axis=-1)
 
 
 def apply_rope(
@@ -319,21 +352,10 @@ def apply_rope(
     Returns:
       Rotated array, same shape and dtype as x; the rotation itself runs in float32.
     """
+    x_BTNH = jnp.asarray(x_BTNH)
     angles_BTR = rope_angles(
         positions_BT, inv_freq, unscaled_inv_freq=unscaled_inv_freq, num_unscaled=num_unscaled
     )
-    rotary_dim = 2 * angles_BTR.shape[-1]
-    if rotary_dim > x_BTNH.shape[-1]:
-        raise ValueError(f"rotary dim {rotary_dim} exceeds head_dim {x_BTNH.shape[-1]}")
-    cos = (jnp.cos(angles_BTR) * attention_factor)[:, :, None, :]
-    sin = (jnp.sin(angles_BTR) * attention_factor)[:, :, None, :]
-    x_rot, x_pass = x_BTNH[..., :rotary_dim], x_BTNH[..., rotary_dim:]
-    x_rot = x_rot.astype(jnp.float32)
-    if interleaved:
-        x1, x2 = x_rot[..., 0::2], x_rot[..., 1::2]
-        rotated = jnp.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-        rotated = rotated.reshape(x_rot.shape)
-    else:
-        x1, x2 = jnp.split(x_rot, 2, axis=-1)
-        rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-    return jnp.concatenate([rotated.astype(x_BTNH.dtype), x_pass], axis=-1)
+    if 2 * angles_BTR.shape[-1] > x_BTNH.shape[-1]:
+        raise ValueError(f"rotary dim {2 * angles_BTR.shape[-1]} exceeds head_dim {x_BTNH.shape[-1]}")
+    return _rotate(x_BTNH, angles_BTR, jnp.float32(attention_factor), interleaved)
