@@ -1,0 +1,296 @@
+"""Flash attention as Pallas kernels (Dao et al. 2022; Dao 2023, "FlashAttention-2").
+
+    out = softmax(cap * tanh(scale * q k^T / cap) - slope * |i - j|, masked) v
+
+computed one `[block_q, block_k]` tile at a time with the online softmax (see
+`kernels/flash_kernels.py`), never materialising `[T, S]`. The backward is FlashAttention-2
+style: the forward saves only the log-sum-exp, a dQ kernel walks key blocks per query
+block and a dK/dV kernel walks query blocks per key block, summing the G query heads of
+its KV head (KV heads are never repeated per query head).
+
+Block skipping: with default positions (0..T-1 queries, 0..S-1 keys) the tile pattern of
+`AttentionMask(causal, window, sinks)` is computed on the host (`kernels/block_metadata.py`)
+and each program visits only its non-empty tiles, evaluating the mask only in partial
+ones; a window of w over n tokens costs O(n * w). With explicit `q_positions` /
+`k_positions` (traced arrays) the pattern is unknown on the host, so every tile is visited
+and masked from the positions: correct, but O(T * S). Lengths are padded to the block
+sizes; padded keys are always masked.
+
+Backends (`interpret=None`): CPU runs the kernels in the Pallas interpreter, GPU compiles
+them through Triton, TPU hands the same mask to JAX's splash attention (`kernels/splash.py`,
+causal / window / segments / soft-cap only). A materialised additive `bias` is not taken:
+pass `alibi_slopes` (evaluated per tile) or use the dense / blockwise implementations.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import pallas as pl
+
+from longctx_jax.attention.dense import check_qkv
+from longctx_jax.attention.kernels import flash_kernels as fk
+from longctx_jax.attention.kernels.block_metadata import block_lists
+from longctx_jax.attention.kernels.splash import splash_attention
+from longctx_jax.attention.masks import AttentionMask
+from longctx_jax.typing import Array, ArrayLike
+
+_AUX_NAMES = ("q_pos", "k_pos", "q_seg", "kv_seg", "slopes")
+
+
+def _next_pow2(x: int) -> int:
+    return 1 << max(x - 1, 0).bit_length()
+
+
+def _pad_axis(x: Array, axis: int, size: int) -> Array:
+    if x.shape[axis] == size:
+        return x
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (0, size - x.shape[axis])
+    return jnp.pad(x, pad)
+
+
+def _compiler_params(cfg: fk.KernelConfig):
+    if cfg.interpret:
+        return None
+    from jax.experimental.pallas import triton as plgpu
+
+    return plgpu.CompilerParams(num_warps=4, num_stages=2)
+
+
+def _aux_args(cfg: fk.KernelConfig, aux: dict, seq_specs: dict, slope_spec) -> tuple[list, list]:
+    """Optional inputs in the order `flash_kernels._unpack` expects, with their BlockSpecs."""
+    args, specs = [], []
+    for name in _AUX_NAMES:
+        if aux.get(name) is not None:
+            args.append(aux[name])
+            specs.append(slope_spec if name == "slopes" else seq_specs[name])
+    return args, specs
+
+
+def _full_spec(shape: tuple[int, ...]) -> pl.BlockSpec:
+    return pl.BlockSpec(shape, lambda *_: (0,) * len(shape))
+
+
+def _metadata(cfg: fk.KernelConfig):
+    return block_lists(cfg.mask, cfg.q_len, cfg.kv_len, cfg.block_q, cfg.block_k, not cfg.has_positions)
+
+
+def _forward(cfg: fk.KernelConfig, q, k, v, aux):
+    B, Tp, N, H = q.shape
+    Sp = k.shape[1]
+    G, bq = cfg.groups, cfg.block_q
+    lists = _metadata(cfg)
+    meta = [jnp.asarray(lists.kv_index), jnp.asarray(lists.kv_full), jnp.asarray(lists.kv_count)]
+    seq_specs = {
+        "q_pos": pl.BlockSpec((None, Tp), lambda b, n, i: (b, 0)),
+        "k_pos": pl.BlockSpec((None, Sp), lambda b, n, i: (b, 0)),
+        "q_seg": pl.BlockSpec((None, Tp), lambda b, n, i: (b, 0)),
+        "kv_seg": pl.BlockSpec((None, Sp), lambda b, n, i: (b, 0)),
+    }
+    aux_args, aux_specs = _aux_args(cfg, aux, seq_specs, _full_spec((N,)))
+    q_spec = pl.BlockSpec((None, bq, None, H), lambda b, n, i: (b, i, n, 0))
+    kv_spec = pl.BlockSpec((None, Sp, None, H), lambda b, n, i: (b, 0, n // G, 0))
+    row_spec = pl.BlockSpec((None, None, bq), lambda b, n, i: (b, n, i))
+    return pl.pallas_call(
+        functools.partial(fk.forward_kernel, cfg=cfg),
+        grid=(B, N, Tp // bq),
+        in_specs=[_full_spec(m.shape) for m in meta] + [q_spec, kv_spec, kv_spec] + aux_specs,
+        out_specs=[q_spec, row_spec],
+        out_shape=[
+            jax.ShapeDtypeStruct(q.shape, q.dtype),
+            jax.ShapeDtypeStruct((B, N, Tp), jnp.float32),
+        ],
+        interpret=cfg.interpret,
+        compiler_params=_compiler_params(cfg),
+        name="flash_forward",
+    )(*meta, q, k, v, *aux_args)
+
+
+def _backward(cfg: fk.KernelConfig, q, k, v, aux, out, lse, d_out):
+    B, Tp, N, H = q.shape
+    Sp, K = k.shape[1], k.shape[2]
+    G, bq, bk = cfg.groups, cfg.block_q, cfg.block_k
+    lists = _metadata(cfg)
+    delta = jnp.einsum("BTNH,BTNH->BNT", out.astype(jnp.float32), d_out.astype(jnp.float32))
+    d_out = d_out.astype(q.dtype)
+    slope_spec = _full_spec((N,))
+
+    # dQ: one program per (batch, query head, query block), walking its key blocks.
+    meta = [jnp.asarray(lists.kv_index), jnp.asarray(lists.kv_full), jnp.asarray(lists.kv_count)]
+    seq_specs = {
+        "q_pos": pl.BlockSpec((None, Tp), lambda b, n, i: (b, 0)),
+        "k_pos": pl.BlockSpec((None, Sp), lambda b, n, i: (b, 0)),
+        "q_seg": pl.BlockSpec((None, Tp), lambda b, n, i: (b, 0)),
+        "kv_seg": pl.BlockSpec((None, Sp), lambda b, n, i: (b, 0)),
+    }
+    aux_args, aux_specs = _aux_args(cfg, aux, seq_specs, slope_spec)
+    q_spec = pl.BlockSpec((None, bq, None, H), lambda b, n, i: (b, i, n, 0))
+    kv_spec = pl.BlockSpec((None, Sp, None, H), lambda b, n, i: (b, 0, n // G, 0))
+    row_spec = pl.BlockSpec((None, None, bq), lambda b, n, i: (b, n, i))
+    dq = pl.pallas_call(
+        functools.partial(fk.dq_kernel, cfg=cfg),
+        grid=(B, N, Tp // bq),
+        in_specs=[_full_spec(m.shape) for m in meta]
+        + [q_spec, kv_spec, kv_spec, q_spec, row_spec, row_spec]
+        + aux_specs,
+        out_specs=q_spec,
+        out_shape=jax.ShapeDtypeStruct(q.shape, jnp.float32),
+        interpret=cfg.interpret,
+        compiler_params=_compiler_params(cfg),
+        name="flash_dq",
+    )(*meta, q, k, v, d_out, lse, delta, *aux_args)
+
+    # dK/dV: one program per (batch, KV head, key block), walking its query blocks and the
+    # G query heads that share the KV head.
+    meta = [jnp.asarray(lists.q_index), jnp.asarray(lists.q_full), jnp.asarray(lists.q_count)]
+    seq_specs = {
+        "q_pos": pl.BlockSpec((None, Tp), lambda b, h, j: (b, 0)),
+        "k_pos": pl.BlockSpec((None, Sp), lambda b, h, j: (b, 0)),
+        "q_seg": pl.BlockSpec((None, Tp), lambda b, h, j: (b, 0)),
+        "kv_seg": pl.BlockSpec((None, Sp), lambda b, h, j: (b, 0)),
+    }
+    aux_args, aux_specs = _aux_args(cfg, aux, seq_specs, slope_spec)
+    q_group_spec = pl.BlockSpec((None, Tp, G, H), lambda b, h, j: (b, 0, h, 0))
+    k_block_spec = pl.BlockSpec((None, bk, None, H), lambda b, h, j: (b, j, h, 0))
+    rows_group_spec = pl.BlockSpec((None, G, Tp), lambda b, h, j: (b, h, 0))
+    dk, dv = pl.pallas_call(
+        functools.partial(fk.dkv_kernel, cfg=cfg),
+        grid=(B, K, Sp // bk),
+        in_specs=[_full_spec(m.shape) for m in meta]
+        + [q_group_spec, k_block_spec, k_block_spec, q_group_spec, rows_group_spec, rows_group_spec]
+        + aux_specs,
+        out_specs=[k_block_spec, k_block_spec],
+        out_shape=[jax.ShapeDtypeStruct(k.shape, jnp.float32)] * 2,
+        interpret=cfg.interpret,
+        compiler_params=_compiler_params(cfg),
+        name="flash_dkv",
+    )(*meta, q, k, v, d_out, lse, delta, *aux_args)
+    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _flash(cfg: fk.KernelConfig, q, k, v, aux):
+    return _forward(cfg, q, k, v, aux)[0]
+
+
+def _flash_fwd(cfg: fk.KernelConfig, q, k, v, aux):
+    out, lse = _forward(cfg, q, k, v, aux)
+    return out, (q, k, v, aux, out, lse)
+
+
+def _flash_bwd(cfg: fk.KernelConfig, residuals, d_out):
+    q, k, v, aux, out, lse = residuals
+    dq, dk, dv = _backward(cfg, q, k, v, aux, out, lse, d_out)
+    return dq, dk, dv, None
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)
+
+
+def _resolve_block(block: int, length: int, name: str) -> int:
+    if block < 1 or block & (block - 1):
+        raise ValueError(f"{name} must be a positive power of two, got {block}")
+    return min(block, max(16, _next_pow2(length)))
+
+
+def flash_attention(
+    q: Array,
+    k: Array,
+    v: Array,
+    *,
+    causal: bool = True,
+    window: int | None = None,
+    sinks: int = 0,
+    bias: Array | None = None,
+    alibi_slopes: ArrayLike | None = None,
+    segment_ids: ArrayLike | None = None,
+    kv_segment_ids: ArrayLike | None = None,
+    q_positions: ArrayLike | None = None,
+    k_positions: ArrayLike | None = None,
+    logit_soft_cap: float | None = None,
+    scale: float | None = None,
+    block_q: int = 64,
+    block_k: int = 64,
+    interpret: bool | None = None,
+) -> Array:
+    """Flash attention over `[B, T, N, H]` queries and `[B, S, K, H]` keys/values.
+
+    Args:
+      q, k, v: queries `[B, T, N, H]`, keys and values `[B, S, K, H]`, N % K == 0.
+      causal, window, sinks: the `AttentionMask` pattern, on true positions.
+      bias: not supported (a `[T, S]` bias defeats the kernel); must be None.
+      alibi_slopes: `[N]` ALiBi slopes; -slope * |q_pos - k_pos| is evaluated per tile.
+      segment_ids, kv_segment_ids: `[B, T]` / `[B, S]` packed-document ids.
+      q_positions, k_positions: `[B, T]` / `[B, S]` true positions. Giving either turns
+        off block skipping (every tile is visited and masked).
+      logit_soft_cap: if set, logits become cap * tanh(logits / cap).
+      scale: logit scale, default 1 / sqrt(head_dim).
+      block_q, block_k: tile sizes, powers of two (>= 16 to compile with Triton); clamped
+        to the padded sequence lengths.
+      interpret: None = Pallas interpreter on CPU, Triton on GPU, splash attention on TPU;
+        True forces the interpreter, False forces compilation.
+
+    Returns:
+      `[B, T, N, H]` in q's dtype. Rows with no allowed key are zero, with zero gradients.
+    """
+    G = check_qkv(q, k, v)
+    if bias is not None:
+        raise ValueError(
+            "flash_attention does not take a materialised `bias`; pass alibi_slopes for ALiBi, "
+            "or use impl='dense' / 'blockwise' for an arbitrary bias"
+        )
+    B, T, N, H = q.shape
+    S = k.shape[1]
+    mask = AttentionMask(causal=causal, window=window, sinks=sinks)
+    scale = float(H**-0.5 if scale is None else scale)
+    if logit_soft_cap is not None and logit_soft_cap <= 0:
+        raise ValueError(f"logit_soft_cap must be positive or None, got {logit_soft_cap}")
+    backend = jax.default_backend()
+    if interpret is None:
+        if backend == "tpu":
+            if alibi_slopes is not None or q_positions is not None or k_positions is not None:
+                raise ValueError(
+                    "flash_attention on TPU (splash) takes no alibi_slopes or explicit positions"
+                )
+            return splash_attention(
+                q, k, v, mask, scale=scale, segment_ids=segment_ids, kv_segment_ids=kv_segment_ids,
+                logit_soft_cap=logit_soft_cap, block_q=max(block_q, 128), block_k=max(block_k, 128),
+            )
+        interpret = backend != "gpu"
+    if not interpret and backend != "gpu":
+        raise ValueError(f"interpret=False compiles the Triton kernels and needs a GPU, not {backend!r}")
+    bq = _resolve_block(block_q, T, "block_q")
+    bk = _resolve_block(block_k, S, "block_k")
+    Tp, Sp = -(-T // bq) * bq, -(-S // bk) * bk
+    Hp = H if interpret else max(16, _next_pow2(H))
+
+    aux = {}
+    has_positions = q_positions is not None or k_positions is not None
+    if has_positions:
+        q_pos = jnp.arange(T) if q_positions is None else q_positions
+        k_pos = jnp.arange(S) if k_positions is None else k_positions
+        aux["q_pos"] = _pad_axis(jnp.broadcast_to(jnp.asarray(q_pos, jnp.int32), (B, T)), 1, Tp)
+        aux["k_pos"] = _pad_axis(jnp.broadcast_to(jnp.asarray(k_pos, jnp.int32), (B, S)), 1, Sp)
+    if segment_ids is not None:
+        kv_ids = segment_ids if kv_segment_ids is None else kv_segment_ids
+        aux["q_seg"] = _pad_axis(jnp.broadcast_to(jnp.asarray(segment_ids, jnp.int32), (B, T)), 1, Tp)
+        aux["kv_seg"] = _pad_axis(jnp.broadcast_to(jnp.asarray(kv_ids, jnp.int32), (B, S)), 1, Sp)
+    if alibi_slopes is not None:
+        slopes = np.shape(alibi_slopes)
+        if slopes != (N,):
+            raise ValueError(f"alibi_slopes must have shape ({N},), got {slopes}")
+        aux["slopes"] = jax.lax.stop_gradient(jnp.asarray(alibi_slopes, jnp.float32))
+
+    cfg = fk.KernelConfig(
+        mask=mask, q_len=T, kv_len=S, block_q=bq, block_k=bk, groups=G, scale=scale,
+        logit_soft_cap=None if logit_soft_cap is None else float(logit_soft_cap),
+        has_positions=has_positions, has_segments=segment_ids is not None,
+        has_alibi=alibi_slopes is not None, interpret=bool(interpret),
+    )
+    q_p = _pad_axis(_pad_axis(q, 1, Tp), 3, Hp)
+    k_p = _pad_axis(_pad_axis(k, 1, Sp), 3, Hp)
+    v_p = _pad_axis(_pad_axis(v, 1, Sp), 3, Hp)
+    out = _flash(cfg, q_p, k_p, v_p, aux)
+    return out[:, :T, :, :H]

@@ -1,0 +1,1 @@
+"""Pallas kernels for attention: block-sparsity metadata, flash forward / backward, splash (TPU)."""
