@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from longctx_jax.attention.dispatch import attend
+from longctx_jax.models import kv_cache
 from longctx_jax.models.config import ModelConfig
 from longctx_jax.positional.alibi import alibi_slopes
 from longctx_jax.positional.rope import apply_rope, rope_frequencies
@@ -104,6 +105,26 @@ class Attention(nnx.Module):
                      q_positions=positions_BT, k_positions=positions_BT, **self.attention_kwargs())
         return self.output(out)
 
+    def cached(self, x_BTD: Array, k_BCKH: Array, v_BCKH: Array, plan: kv_cache.CachePlan
+               ) -> tuple[Array, Array, Array]:
+        """Attention of new tokens over a KV cache; returns (out, updated k, updated v).
+
+        Positions come from `plan` (see kv_cache.py). Plain caches store rotated keys;
+        StreamingLLM caches store raw keys and rotate every slot by its re-indexed position.
+        """
+        C = k_BCKH.shape[1]
+        q, k, v = self.project_qkv(x_BTD)
+        q = self.rotate(q, plan.q_positions_BT, C)
+        if not plan.rotate_on_read:
+            k = self.rotate(k, plan.q_positions_BT, C)
+        k_BCKH = kv_cache.write(k_BCKH, k, plan.write_index)
+        v_BCKH = kv_cache.write(v_BCKH, v, plan.write_index)
+        k_read = self.rotate(k_BCKH, plan.k_positions_BC, C) if plan.rotate_on_read else k_BCKH
+        out = attend(q, k_read.astype(q.dtype), v_BCKH.astype(q.dtype), impl=self.cfg.attention_impl,
+                     q_positions=plan.q_positions_BT, k_positions=plan.k_positions_BC,
+                     **self.attention_kwargs())
+        return self.output(out), k_BCKH, v_BCKH
+
 
 class SwiGLU(nnx.Module):
     """down(silu(gate(x)) * up(x)) (Shazeer 2020)."""
@@ -137,6 +158,12 @@ class Block(nnx.Module):
         x_BTD = x_BTD + self.attn(self.attn_norm(x_BTD), positions_BT, segment_ids_BT)
         return x_BTD + self.mlp(self.mlp_norm(x_BTD))
 
+    def cached(self, x_BTD: Array, k_BCKH: Array, v_BCKH: Array, plan: kv_cache.CachePlan
+               ) -> tuple[Array, Array, Array]:
+        out, k_BCKH, v_BCKH = self.attn.cached(self.attn_norm(x_BTD), k_BCKH, v_BCKH, plan)
+        x_BTD = x_BTD + out
+        return x_BTD + self.mlp(self.mlp_norm(x_BTD)), k_BCKH, v_BCKH
+
 
 class Decoder(nnx.Module):
     """Token ids `[B, T]` -> float32 logits `[B, T, V]`."""
@@ -144,7 +171,9 @@ class Decoder(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         pdt = jnp.dtype(cfg.param_dtype)
-        self.embed = _param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), 1.0, pdt)
+        # Tied: the table is also the output layer, so keep logits O(1) at init.
+        embed_std = cfg.init_std if cfg.tie_embeddings else 1.0
+        self.embed = _param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), embed_std, pdt)
         self.layers = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
         self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps, pdt)
         if not cfg.tie_embeddings:
@@ -186,3 +215,23 @@ class Decoder(nnx.Module):
             else:
                 h = block(h, positions_BT, segment_ids_BT)
         return self.logits(h)
+
+    def decode(self, tokens_BT: Array, cache: kv_cache.KVCache) -> tuple[Array, kv_cache.KVCache]:
+        """Logits of new tokens that follow the cached ones, and the updated cache.
+
+        Args:
+          tokens_BT: the next `T` tokens of every sequence `[batch, T]` (a prompt, or one
+            generated token); positions continue from `cache.length`.
+          cache: a `kv_cache.KVCache` of this model's layers and KV heads.
+
+        Returns:
+          (float32 logits `[batch, T, vocab]`, cache with the T tokens written).
+        """
+        plan = cache.plan(tokens_BT.shape[1])
+        h = self.embed_tokens(tokens_BT)
+        ks, vs = [], []
+        for block, k_BCKH, v_BCKH in zip(self.layers, cache.k, cache.v, strict=True):
+            h, k_BCKH, v_BCKH = block.cached(h, k_BCKH, v_BCKH, plan)
+            ks.append(k_BCKH)
+            vs.append(v_BCKH)
+        return self.logits(h), cache.advance(ks, vs, tokens_BT.shape[1])
