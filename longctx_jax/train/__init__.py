@@ -1,0 +1,1 @@
+"""Training: optimizer, jitted steps, Orbax checkpoints, the training loop."""

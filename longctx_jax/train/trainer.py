@@ -1,0 +1,191 @@
+"""The training loop: `train_and_evaluate(config, workdir)`.
+
+Builds the data, the decoder and the optax optimizer from an ml_collections config,
+resumes from the newest Orbax checkpoint in `workdir/checkpoints` if there is one, and
+trains with a jitted, state-donating step. Batches come from `batch_at(step)`, so a resumed
+run sees exactly the data an uninterrupted run would: resuming is bit-exact.
+
+Writes to `workdir`: `config.json`, `metrics.jsonl` (`step`, `train_loss`, `val_loss`,
+`val_bpb`, ...), TensorBoard events, `checkpoints/`, `summary.json` and `summary.md`.
+"""
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+from tqdm import tqdm
+
+from longctx_jax.data import (
+    Batches,
+    ByteTokenizer,
+    Tokenizer,
+    byte_unigram_baseline,
+    make_batches,
+    validation_set,
+)
+from longctx_jax.models.config import ModelConfig
+from longctx_jax.models.decoder import Decoder
+from longctx_jax.train.checkpoint import Checkpointer, abstract_like
+from longctx_jax.train.metrics import MetricsWriter
+from longctx_jax.train.optimizer import learning_rate_schedule, make_optimizer
+from longctx_jax.train.step import (
+    TrainState,
+    init_train_state,
+    make_eval_step,
+    make_train_step,
+    summarize_eval,
+)
+
+
+@dataclasses.dataclass
+class TrainingData:
+    """Training batches by step, the fixed validation set, and the tokenizer behind them."""
+
+    tokenizer: Tokenizer
+    train: Batches
+    validation: dict[str, np.ndarray]
+    eval_batch_size: int
+    unigram_bpb: float
+
+    def train_batch(self, step: int) -> dict[str, np.ndarray]:
+        return self.train.batch_at(step)
+
+    def validation_batches(self):
+        total = len(self.validation["inputs"])
+        for start in range(0, total - self.eval_batch_size + 1, self.eval_batch_size):
+            yield {k: v[start:start + self.eval_batch_size] for k, v in self.validation.items()}
+
+
+def make_training_data(data_cfg: ml_collections.ConfigDict, *, seed: int) -> TrainingData:
+    """Byte-level batches of `config.data` (stdlib corpus, a text directory or a TFDS dataset)."""
+    tokenizer = ByteTokenizer()
+    seq_len, batch_size = int(data_cfg.seq_len), int(data_cfg.batch_size)
+    train = make_batches(data_cfg, tokenizer, data_cfg.train_split, seq_len, batch_size, seed)
+    validation = validation_set(data_cfg, tokenizer, seq_len, int(data_cfg.eval_sequences))
+    if len(validation["inputs"]) < batch_size:
+        raise ValueError(
+            f"the validation split holds {len(validation['inputs'])} sequences of length {seq_len}, "
+            f"fewer than one batch ({batch_size}); lower data.batch_size or data.seq_len"
+        )
+    return TrainingData(tokenizer, train, validation, batch_size, byte_unigram_baseline(data_cfg))
+
+
+def build_model(config: ml_collections.ConfigDict, vocab_size: int) -> Decoder:
+    """The decoder described by `config.model`, its vocabulary sized by the tokenizer."""
+    model_cfg = dict(config.model)
+    if model_cfg.get("vocab_size") is None:
+        model_cfg["vocab_size"] = vocab_size
+    elif model_cfg["vocab_size"] < vocab_size:
+        raise ValueError(
+            f"model.vocab_size ({model_cfg['vocab_size']}) is smaller than the tokenizer's ({vocab_size})"
+        )
+    return Decoder(ModelConfig.from_config(model_cfg), rngs=nnx.Rngs(config.seed))
+
+
+def evaluate(eval_step, params: nnx.State, data: TrainingData) -> dict[str, float]:
+    """Mean validation loss, perplexity and bits per byte over the fixed validation set."""
+    totals = {"nll_sum": 0.0, "tokens": 0.0, "bytes": 0.0}
+    for batch in data.validation_batches():
+        sums = eval_step(params, batch)
+        for name in totals:
+            totals[name] += float(sums[name])
+    return summarize_eval(totals)
+
+
+def _write_summary(workdir: str, summary: dict[str, Any]) -> None:
+    with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=2)
+    lines = ["# Training run", "", "| metric | value |", "| --- | --- |"]
+    lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in summary.items()]
+    with open(os.path.join(workdir, "summary.md"), "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int | None = None
+) -> dict[str, Any]:
+    """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the summary.
+
+    Args:
+      config: the experiment config (see configs/tiny.py).
+      workdir: run directory; holds checkpoints and metrics.
+      stop_at_step: end this process after that step (as a preemption would), leaving the
+        run resumable; None trains to `config.train.steps`.
+    """
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+        f.write(config.to_json_best_effort(indent=2))
+
+    total_steps = int(config.train.steps)
+    data = make_training_data(config.data, seed=int(config.seed))
+    model = build_model(config, data.tokenizer.vocab_size)
+    graphdef, params = nnx.split(model)
+    tx = make_optimizer(config.optim, total_steps)
+    schedule = learning_rate_schedule(config.optim, total_steps)
+    state: TrainState = init_train_state(params, tx)
+    num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=int(config.train.keep_checkpoints),
+                                save_every=int(config.train.checkpoint_every))
+    latest = checkpointer.latest_step()
+    if latest is not None:
+        state = checkpointer.restore(latest, abstract_like(state))
+        print(f"resumed from checkpoint step {latest} in {checkpointer.directory}")
+
+    use_segment_ids = bool(config.data.get("use_segment_ids", True))
+    train_step = make_train_step(graphdef, tx, use_segment_ids=use_segment_ids)
+    eval_step = make_eval_step(graphdef, use_segment_ids=use_segment_ids)
+    writer = MetricsWriter(workdir)
+
+    start_step = int(state.step)
+    end_step = total_steps if stop_at_step is None else min(total_steps, stop_at_step)
+    tokens_per_step = int(config.data.batch_size) * int(config.data.seq_len)
+    log_every, eval_every = int(config.train.log_every), int(config.train.eval_every)
+    recent_losses: list[jax.Array] = []
+    val: dict[str, float] = {}
+    run_start = window_start = time.perf_counter()
+    window_tokens = 0
+    progress = tqdm(range(start_step, end_step), initial=start_step, total=total_steps,
+                    desc="train", unit="step", dynamic_ncols=True)
+    for step in progress:
+        state, metrics = train_step(state, data.train_batch(step))
+        recent_losses.append(metrics["train_loss"])
+        window_tokens += tokens_per_step
+        done = step + 1
+        if done % log_every == 0 or done == total_steps or done % eval_every == 0:
+            train_loss = float(np.mean(jax.device_get(recent_losses)))
+            elapsed = time.perf_counter() - window_start
+            record = {"train_loss": train_loss, "grad_norm": float(metrics["grad_norm"]),
+                      "learning_rate": float(schedule(step)), "tokens_per_sec": window_tokens / elapsed}
+            recent_losses, window_tokens, window_start = [], 0, time.perf_counter()
+            if done % eval_every == 0 or done == total_steps:
+                val = evaluate(eval_step, state.params, data)
+                record.update(val)
+            writer.write(done, record)
+            progress.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{record['tokens_per_sec']:.0f}",
+                                 **({"val_bpb": f"{val['val_bpb']:.3f}"} if "val_bpb" in record else {}))
+        if checkpointer.should_save(done) or done == total_steps:
+            checkpointer.save(done, state)
+    progress.close()
+    writer.close()
+    checkpointer.close()
+
+    summary = {
+        "steps": int(state.step),
+        "num_params": num_params,
+        "tokens_seen": int(state.step) * tokens_per_step,
+        "wall_seconds_this_process": time.perf_counter() - run_start,
+        "unigram_bpb": data.unigram_bpb,
+        **{f"final_{k}": v for k, v in val.items()},
+    }
+    if int(state.step) == total_steps and not val:
+        summary.update({f"final_{k}": v for k, v in evaluate(eval_step, state.params, data).items()})
+    _write_summary(workdir, summary)
+    return {"state": state, "graphdef": graphdef, **summary}
