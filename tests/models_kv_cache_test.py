@@ -1,0 +1,132 @@
+"""KV cache: cached decoding equals full recomputation; StreamingLLM re-indexing; memory calculator."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from longctx_jax.models import memory
+from longctx_jax.models.config import ModelConfig
+from longctx_jax.models.decoder import Decoder
+from longctx_jax.models.kv_cache import EMPTY_POSITION, KVCache
+
+
+def tiny_model(num_layers: int = 2, **kw) -> Decoder:
+    cfg = ModelConfig(vocab_size=61, d_model=32, num_layers=num_layers, num_heads=4, num_kv_heads=2,
+                      mlp_dim=48, rope_theta=500.0, init_std=0.2, **kw)
+    return Decoder(cfg, rngs=nnx.Rngs(3))
+
+
+def empty_cache(model: Decoder, capacity: int, **kw) -> KVCache:
+    cfg = model.cfg
+    return KVCache.create(num_layers=cfg.num_layers, batch=2, capacity=capacity,
+                          num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, **kw)
+
+
+@pytest.mark.parametrize("use_jit", [False, True])
+@pytest.mark.parametrize("kw", [{}, {"window": 5}, {"qkv_bias": True, "tie_embeddings": False}])
+def test_incremental_decode_matches_full_forward(use_jit, kw):
+    model = tiny_model(**kw)
+    tokens = jax.random.randint(jax.random.key(0), (2, 14), 0, 61)
+    full = model(tokens)
+    decode = nnx.jit(lambda m, t, c: m.decode(t, c)) if use_jit else (lambda m, t, c: m.decode(t, c))
+    cache = empty_cache(model, capacity=16)
+    logits, cache = decode(model, tokens[:, :6], cache)  # prefill
+    steps = [logits]
+    for t in range(6, 14):
+        logits, cache = decode(model, tokens[:, t:t + 1], cache)
+        steps.append(logits)
+    chex.assert_trees_all_close(jnp.concatenate(steps, axis=1), full, rtol=1e-4, atol=1e-4)
+    assert int(cache.length) == 14
+    # GQA: only the KV heads are stored.
+    chex.assert_shape(cache.k[0], (2, 16, 2, 8))
+
+
+def streaming_reference(tokens: list[int], sinks: int, window: int) -> list[list[int]]:
+    """Which tokens StreamingLLM keeps after each step, in cache order (sinks, then oldest first)."""
+    kept_after = []
+    for n in range(1, len(tokens) + 1):
+        seen = list(range(n))
+        kept_after.append(seen if n <= sinks + window else seen[:sinks] + seen[n - window:])
+    return kept_after
+
+
+@pytest.mark.parametrize("sinks,capacity", [(4, 10), (0, 6), (2, 3)])
+def test_streaming_plan_reindexes_positions(sinks, capacity):
+    cache = KVCache.create(num_layers=1, batch=1, capacity=capacity, num_kv_heads=1, head_dim=2,
+                           streaming=True, sinks=sinks)
+    window = capacity - sinks
+    kept = streaming_reference(list(range(40)), sinks, window)
+    slot_of = {}
+    plan_step = jax.jit(lambda c: c.plan(1))
+    for n in range(40):
+        plan = plan_step(cache)
+        slot_of[n] = int(plan.write_index)
+        # The new query sits at the cache length; each kept token's slot holds its rank.
+        assert int(plan.q_positions_BT[0, 0]) == len(kept[n]) - 1
+        k_pos = np.asarray(plan.k_positions_BC[0])
+        for rank, t in enumerate(kept[n]):
+            assert k_pos[slot_of[t]] == rank, (n, t)
+        assert np.sum(k_pos != EMPTY_POSITION) == len(kept[n])
+        cache = cache.advance(cache.k, cache.v, 1)
+
+
+def test_streaming_one_layer_equals_recompute_on_kept_tokens():
+    """With one layer, cached pre-RoPE keys/values depend only on their token, so StreamingLLM's
+    next-token logits equal a full forward over the kept tokens at positions 0..len-1."""
+    model = tiny_model(num_layers=1)
+    sinks, capacity = 2, 7
+    tokens = np.asarray(jax.random.randint(jax.random.key(1), (2, 25), 0, 61))
+    cache = empty_cache(model, capacity, streaming=True, sinks=sinks)
+    decode = nnx.jit(lambda m, t, c: m.decode(t, c))
+    logits, cache = decode(model, jnp.asarray(tokens[:, :5]), cache)
+    chex.assert_trees_all_close(logits, model(jnp.asarray(tokens[:, :5])), rtol=1e-4, atol=1e-4)
+    kept = streaming_reference(list(range(25)), sinks, capacity - sinks)
+    forward = nnx.jit(lambda m, t: m(t)[:, -1:])
+    for n in range(5, 25):
+        logits, cache = decode(model, jnp.asarray(tokens[:, n:n + 1]), cache)
+        ref = forward(model, jnp.asarray(tokens[:, kept[n]]))
+        chex.assert_trees_all_close(logits, ref, rtol=1e-4, atol=1e-4)
+    chex.assert_shape(cache.k[0], (2, capacity, 2, 8))
+    assert int(cache.length) == 25
+
+
+def test_check_room_errors():
+    plain = KVCache.create(num_layers=1, batch=1, capacity=8, num_kv_heads=1, head_dim=2)
+    plain.check_room(0, 8)
+    with pytest.raises(ValueError, match="do not fit"):
+        plain.check_room(0, 9)
+    with pytest.raises(ValueError, match="do not fit"):
+        plain.check_room(8, 1)
+    stream = KVCache.create(num_layers=1, batch=1, capacity=8, num_kv_heads=1, head_dim=2, streaming=True)
+    stream.check_room(100, 1)
+    with pytest.raises(ValueError, match="single tokens"):
+        stream.check_room(6, 3)
+    with pytest.raises(ValueError, match="sinks"):
+        KVCache.create(num_layers=1, batch=1, capacity=4, num_kv_heads=1, head_dim=2, streaming=True, sinks=4)
+
+
+@pytest.mark.parametrize("name,length,dtype,expected", [
+    ("Llama-2-7B", 4096, "float16", 2 * 2**30),       # 32 layers x 32 KV heads x 128
+    ("Llama-3-8B", 8192, "bfloat16", 1 * 2**30),      # GQA: 8 KV heads
+    ("Llama-3-70B", 131072, "bfloat16", 40 * 2**30),  # 80 layers at 128K
+    ("SmolLM2-135M", 8192, "float32", 360 * 2**20),   # 30 layers x 3 KV heads x 64
+])
+def test_memory_known_shapes(name, length, dtype, expected):
+    shape = memory.KNOWN_SHAPES[name]
+    assert memory.kv_cache_bytes(shape, length=length, dtype=dtype) == expected
+    assert memory.max_cache_length(shape, expected, dtype=dtype) == length
+    assert memory.max_cache_length(shape, expected - 1, dtype=dtype) == length - 1
+    assert memory.kv_cache_bytes(shape, length=length, batch=3, dtype=dtype) == 3 * expected
+
+
+def test_memory_matches_allocated_cache():
+    model = tiny_model()
+    cache = empty_cache(model, capacity=16)
+    allocated = sum(x.nbytes for x in cache.k + cache.v)
+    shape = memory.CacheShape(model.cfg.num_layers, model.cfg.num_kv_heads, model.cfg.head_dim)
+    assert memory.kv_cache_bytes(shape, length=16, batch=2, dtype="float32") == allocated
+    with pytest.raises(ValueError, match="unknown cache dtype"):
+        memory.kv_cache_bytes(shape, length=1, dtype="float64")
