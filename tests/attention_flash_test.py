@@ -35,6 +35,10 @@ def _value_and_grads(fn, q, k, v, d_out, **kwargs):
     return out, grads
 
 
+def _reference(q, k, v, d_out, kwargs):
+    return jax.jit(lambda q, k, v: _value_and_grads(dense.attention, q, k, v, d_out, **kwargs))(q, k, v)
+
+
 def _flash(q, k, v, **kwargs):
     return flash_attention(q, k, v, **BLOCKS, **kwargs)
 
@@ -74,7 +78,7 @@ def test_matches_dense_output_and_grads(name):
     q, k, v, d_out = _inputs(**shapes)
     kwargs = _materialise(kwargs, q.shape[0], q.shape[1], k.shape[1])
     out, grads = jax.jit(lambda q, k, v: _value_and_grads(_flash, q, k, v, d_out, **kwargs))(q, k, v)
-    want_out, want_grads = _value_and_grads(dense.attention, q, k, v, d_out, **kwargs)
+    want_out, want_grads = _reference(q, k, v, d_out, kwargs)
     chex.assert_shape(out, q.shape)
     chex.assert_trees_all_close(out, want_out, atol=1e-5, rtol=1e-5)
     chex.assert_trees_all_close(grads, want_grads, atol=1e-5, rtol=1e-5)
@@ -86,7 +90,7 @@ def test_fully_masked_rows_are_zero_with_zero_grads():
     kv_ids = jnp.asarray([[0] * 12 + [1] * 12])  # no key is in segment 2
     kwargs = dict(causal=False, segment_ids=q_ids, kv_segment_ids=kv_ids)
     out, grads = _value_and_grads(_flash, q, k, v, d_out, **kwargs)  # no jit
-    want_out, want_grads = _value_and_grads(dense.attention, q, k, v, d_out, **kwargs)
+    want_out, want_grads = _reference(q, k, v, d_out, kwargs)
     chex.assert_tree_all_finite((out, grads))
     chex.assert_trees_all_close(out[:, 16:], jnp.zeros_like(out[:, 16:]))
     chex.assert_trees_all_close(grads[0][:, 16:], jnp.zeros_like(grads[0][:, 16:]))
@@ -100,7 +104,7 @@ def test_bfloat16_close_to_float32_reference():
     kwargs = dict(window=16, sinks=2)
     out, grads = jax.jit(lambda q, k, v: _value_and_grads(_flash, q, k, v, d_out, **kwargs))(q, k, v)
     f32 = [x.astype(jnp.float32) for x in (q, k, v)]
-    want_out, want_grads = _value_and_grads(dense.attention, *f32, d_out, **kwargs)
+    want_out, want_grads = _reference(*f32, d_out, kwargs)
     assert out.dtype == jnp.bfloat16 and all(g.dtype == jnp.bfloat16 for g in grads)
     chex.assert_trees_all_close(out.astype(jnp.float32), want_out, atol=3e-2, rtol=3e-2)
     chex.assert_trees_all_close(
@@ -119,7 +123,11 @@ def test_rejects_bias_and_bad_blocks():
 
 
 def _brute_force_states(mask, T, S, bq, bk):
-    allowed = np.asarray(mask.allowed(np.arange(T)[:, None], np.arange(S)[None, :]))
+    """Tile states from every (query, key) pair, straight from the mask's definition."""
+    qi, kj = np.arange(T)[:, None], np.arange(S)[None, :]
+    allowed = (kj <= qi) if mask.causal else np.ones((T, S), bool)
+    if mask.window is not None:
+        allowed = allowed & ((np.abs(qi - kj) < mask.window) | (kj < mask.sinks))
     nq, nk = -(-T // bq), -(-S // bk)
     states = np.zeros((nq, nk), np.int8)
     for i, j in itertools.product(range(nq), range(nk)):
@@ -154,3 +162,18 @@ def test_window_lists_only_o_n_w_blocks():
         listed_blocks = lists.kv_index[i, : lists.kv_count[i]]
         np.testing.assert_array_equal(listed_blocks, np.flatnonzero(states[i] != EMPTY))
         np.testing.assert_array_equal(lists.kv_full[i, : lists.kv_count[i]], states[i, listed_blocks] == FULL)
+
+
+def test_skipped_tiles_are_never_read():
+    # Keys 0..15 (key block 0) are NaN. With a window of 8, query blocks 2 and 3 (rows 32..63)
+    # list no tile of key block 0; reading it even under a mask would give 0 * NaN = NaN.
+    q, k, v, _ = _inputs(B=1, T=64, S=64, N=2, K=1)
+    mask = AttentionMask(causal=True, window=8)
+    lists = block_lists(mask, 64, 64, 16, 16)
+    assert all(0 not in lists.kv_index[i, : lists.kv_count[i]] for i in (2, 3))
+    poisoned_v = v.at[:, :16].set(jnp.nan)
+    poisoned_k = k.at[:, :16].set(jnp.nan)
+    out = _flash(q, poisoned_k, poisoned_v, window=8)
+    want = dense.attention(q, k, v, window=8)
+    chex.assert_tree_all_finite(out[:, 32:])
+    chex.assert_trees_all_close(out[:, 32:], want[:, 32:], atol=1e-5, rtol=1e-5)
