@@ -1,0 +1,1 @@
+"""Context-parallel helpers: sequence layouts that balance causal work across devices."""
