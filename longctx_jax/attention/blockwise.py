@@ -1,0 +1,388 @@
+"""Memory-efficient attention in plain jnp: online softmax over key blocks, recomputing backward.
+
+Rabe & Staats 2021 ("Self-attention Does Not Need O(n^2) Memory") and the FlashAttention
+recurrence (Dao et al. 2022), written with `lax` loops instead of a kernel. Queries are cut
+into blocks of `block_q`, keys into blocks of `block_k`; for each query block the softmax
+state (running max m, denominator l, unnormalised output o) is merged over key blocks
+(`online_softmax.merge`), so no `[T, S]` array is ever stored. The backward is a
+`custom_vjp` that saves only the output and lse = m + log l and recomputes each tile:
+    p = exp(s - lse),  dV += p^T dO,  dS = p * (dO V^T - delta),  delta = rowsum(dO * O) - dlse
+    dQ += dS K scale,  dK += dS^T Q scale,  dBias = dS.
+Memory is O(B T N H + B N block_q block_k) apart from a user-supplied dense `bias` / `mask`.
+
+Tiles that the mask makes empty are skipped with `lax.cond` (the test is one `any` over the
+boolean tile), and when positions are the default `arange` only the band of key blocks a
+causal / sliding-window mask can reach is iterated at all. Lengths that are not a multiple of
+the block sizes are padded and the padding masked.
+
+`mask` may be an array (broadcastable to `[B, N, T, S]`) or a hashable callable
+`mask(q_positions_Bt, k_positions_Bs) -> bool [B|1, N|1, t, s]` evaluated per tile on true
+positions (the pattern objects in `longctx_jax.attention.patterns` are such callables), so
+sparse patterns never materialise their `[T, S]` mask. Gradients do not flow into
+`alibi_slopes` (they are constants of the model).
+"""
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from longctx_jax.attention import online_softmax as osm
+from longctx_jax.attention.dense import check_qkv
+from longctx_jax.attention.masks import AttentionMask
+from longctx_jax.positional.alibi import alibi_tile_bias
+from longctx_jax.typing import Array, ArrayLike
+
+MaskFn = Callable[[Array, Array], Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Static:
+    """Everything about a call that is Python data (hashable, a `custom_vjp` nondiff arg)."""
+
+    causal: bool
+    window: int | None
+    sinks: int
+    scale: float
+    logit_soft_cap: float | None
+    block_q: int
+    block_k: int
+    num_kv_heads: int
+    band: bool
+    mask_fn: MaskFn | None
+
+
+class _Aux(NamedTuple):
+    """Non-differentiable per-call arrays, already padded to whole blocks."""
+
+    q_pos: Array  # [B, Tp] int
+    k_pos: Array  # [B, Sp] int
+    k_valid: Array  # [Sp] bool, False on padding
+    q_seg: Array | None  # [B, Tp]
+    k_seg: Array | None  # [B, Sp]
+    mask: Array | None  # [m0, mn, Tp, Sp] bool
+    slopes: Array | None  # [N] float32
+
+
+def _slice(x: Array, start, size: int, axis: int) -> Array:
+    return jax.lax.dynamic_slice_in_dim(x, start, size, axis=axis)
+
+
+def _to_KG(x_bntS: Array, num_heads: int, num_kv_heads: int) -> Array:
+    """`[b, N|1, t, s]` to the `[b, K|1, G|1, t, s]` layout of the logits."""
+    b, n, t, s = x_bntS.shape
+    if n == 1:
+        return x_bntS[:, None]
+    if n != num_heads:
+        raise ValueError(f"mask/bias head dim must be 1 or {num_heads}, got {n}")
+    return x_bntS.reshape(b, num_kv_heads, num_heads // num_kv_heads, t, s)
+
+
+def _tile_allowed(st: _Static, aux: _Aux, num_heads: int, qi, kj) -> Array:
+    """Boolean `[B, K|1, G|1, bq, bk]` tile of the full mask."""
+    bq, bk = st.block_q, st.block_k
+    qp = _slice(aux.q_pos, qi * bq, bq, 1)
+    kp = _slice(aux.k_pos, kj * bk, bk, 1)
+    ok = AttentionMask(st.causal, st.window, st.sinks).allowed(qp[:, :, None], kp[:, None, :])
+    ok = ok & _slice(aux.k_valid, kj * bk, bk, 0)[None, None, :]
+    if aux.q_seg is not None:
+        qs = _slice(aux.q_seg, qi * bq, bq, 1)
+        ks = _slice(aux.k_seg, kj * bk, bk, 1)
+        ok = ok & (qs[:, :, None] == ks[:, None, :])
+    ok = ok[:, None, None]
+    if aux.mask is not None:
+        m = jax.lax.dynamic_slice(
+            aux.mask, (0, 0, qi * bq, kj * bk), aux.mask.shape[:2] + (bq, bk)
+        )
+        ok = ok & _to_KG(m, num_heads, st.num_kv_heads)
+    if st.mask_fn is not None:
+        m = jnp.asarray(st.mask_fn(qp, kp), bool)
+        m = m.reshape((1,) * (4 - m.ndim) + m.shape)
+        ok = ok & _to_KG(m, num_heads, st.num_kv_heads)
+    return ok
+
+
+def _tile_bias(st: _Static, aux: _Aux, bias: Array | None, qi, kj) -> Array | None:
+    """Additive bias tile `[b, N|1, bq, bk]` float32 (user bias + ALiBi), or None."""
+    bq, bk = st.block_q, st.block_k
+    out = None
+    if bias is not None:
+        out = jax.lax.dynamic_slice(bias, (0, 0, qi * bq, kj * bk), bias.shape[:2] + (bq, bk))
+    if aux.slopes is not None:
+        qp = _slice(aux.q_pos, qi * bq, bq, 1)
+        kp = _slice(aux.k_pos, kj * bk, bk, 1)
+        alibi = alibi_tile_bias(aux.slopes[None, :, None, None], qp[:, None, :, None], kp[:, None, None, :])
+        out = alibi if out is None else out + alibi
+    return out
+
+
+def _key_band(st: _Static, qi, num_k_blocks: int):
+    """Key blocks [lo, hi) that query block qi can reach under default positions."""
+    lo, hi = 0, num_k_blocks
+    if not st.band:
+        return lo, hi
+    q_first = qi * st.block_q
+    q_last = q_first + st.block_q - 1
+    if st.causal:
+        hi = jnp.minimum(num_k_blocks, q_last // st.block_k + 1)
+    if st.window is not None and not st.sinks:
+        lo = jnp.maximum(0, (q_first - st.window + 1) // st.block_k)
+        if not st.causal:
+            hi = jnp.minimum(num_k_blocks, (q_last + st.window - 1) // st.block_k + 1)
+    return lo, hi
+
+
+def _query_band(st: _Static, kj, num_q_blocks: int):
+    """Query blocks [lo, hi) that can reach key block kj under default positions."""
+    lo, hi = 0, num_q_blocks
+    if not st.band:
+        return lo, hi
+    k_first = kj * st.block_k
+    k_last = k_first + st.block_k - 1
+    if st.causal:
+        lo = jnp.minimum(num_q_blocks, k_first // st.block_q)
+    if st.window is not None and not st.sinks:
+        hi = jnp.minimum(num_q_blocks, (k_last + st.window - 1) // st.block_q + 1)
+        if not st.causal:
+            lo = jnp.maximum(0, (k_first - st.window + 1) // st.block_q)
+    return lo, hi
+
+
+def _forward(st: _Static, q, k, v, bias, aux: _Aux) -> tuple[Array, Array]:
+    B, Tp, N, H = q.shape
+    nq, nk = Tp // st.block_q, k.shape[1] // st.block_k
+
+    def one_query_block(qi):
+        q_blk = _slice(q, qi * st.block_q, st.block_q, 1)
+
+        def body(kj, state):
+            allowed = _tile_allowed(st, aux, N, qi, kj)
+
+            def update(state):
+                k_blk = _slice(k, kj * st.block_k, st.block_k, 1)
+                v_blk = _slice(v, kj * st.block_k, st.block_k, 1)
+                part = osm.block_forward(
+                    q_blk, k_blk, v_blk, allowed, scale=st.scale,
+                    bias=_tile_bias(st, aux, bias, qi, kj), logit_soft_cap=st.logit_soft_cap,
+                )
+                return osm.merge(state, part)
+
+            return jax.lax.cond(jnp.any(allowed), update, lambda s: s, state)
+
+        lo, hi = _key_band(st, qi, nk)
+        return osm.finalize(jax.lax.fori_loop(lo, hi, body, osm.empty_state(q_blk)))
+
+    out_QBtNH, lse_QBtN = jax.lax.map(one_query_block, jnp.arange(nq))
+    out = out_QBtNH.transpose(1, 0, 2, 3, 4).reshape(B, Tp, N, H)
+    lse = lse_QBtN.transpose(1, 0, 2, 3).reshape(B, Tp, N)
+    return out, lse
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _attention_core(st: _Static, q, k, v, bias, aux: _Aux) -> tuple[Array, Array]:
+    return _forward(st, q, k, v, bias, aux)
+
+
+def _core_fwd(st, q, k, v, bias, aux):
+    out, lse = _forward(st, q, k, v, bias, aux)
+    return (out, lse), (q, k, v, bias, aux, out, lse)
+
+
+def _core_bwd(st: _Static, res, cotangents):
+    q, k, v, bias, aux, out, lse = res
+    d_out, d_lse = cotangents
+    B, Tp, N, H = q.shape
+    K = k.shape[2]
+    bq, bk = st.block_q, st.block_k
+    nq, nk = Tp // bq, k.shape[1] // bk
+    # d lse / d s = p, so an lse cotangent enters exactly like -delta.
+    delta = osm.output_delta(out, d_out) - d_lse.astype(jnp.float32)
+
+    def one_key_block(carry, kj):
+        k_blk = _slice(k, kj * bk, bk, 1)
+        v_blk = _slice(v, kj * bk, bk, 1)
+
+        def body(qi, c):
+            allowed = _tile_allowed(st, aux, N, qi, kj)
+
+            def update(c):
+                dq_acc, dk_j, dv_j, dbias_acc = c
+                tile_bias = _tile_bias(st, aux, bias, qi, kj)
+                bias_KG = None
+                if tile_bias is not None:
+                    tb = jnp.broadcast_to(tile_bias, (tile_bias.shape[0], N, bq, bk))
+                    bias_KG = _to_KG(tb, N, K)
+                dq_t, dk_t, dv_t, dlogits = osm.block_backward(
+                    _slice(q, qi * bq, bq, 1), k_blk, v_blk,
+                    _slice(d_out, qi * bq, bq, 1), _slice(lse, qi * bq, bq, 1),
+                    _slice(delta, qi * bq, bq, 1), allowed,
+                    scale=st.scale, bias=bias_KG, logit_soft_cap=st.logit_soft_cap,
+                )
+                dq_acc = jax.lax.dynamic_update_slice_in_dim(
+                    dq_acc, _slice(dq_acc, qi * bq, bq, 1) + dq_t, qi * bq, axis=1
+                )
+                if dbias_acc is not None:
+                    d_bn = dlogits.reshape(B, N, bq, bk)
+                    if bias.shape[0] == 1:
+                        d_bn = jnp.sum(d_bn, axis=0, keepdims=True)
+                    if bias.shape[1] == 1:
+                        d_bn = jnp.sum(d_bn, axis=1, keepdims=True)
+                    start = (0, 0, qi * bq, kj * bk)
+                    old = jax.lax.dynamic_slice(dbias_acc, start, d_bn.shape)
+                    dbias_acc = jax.lax.dynamic_update_slice(dbias_acc, old + d_bn, start)
+                return dq_acc, dk_j + dk_t, dv_j + dv_t, dbias_acc
+
+            return jax.lax.cond(jnp.any(allowed), update, lambda c: c, c)
+
+        dq_acc, dbias_acc = carry
+        zeros_kv = jnp.zeros((B, bk, K, H), jnp.float32)
+        lo, hi = _query_band(st, kj, nq)
+        dq_acc, dk_j, dv_j, dbias_acc = jax.lax.fori_loop(
+            lo, hi, body, (dq_acc, zeros_kv, zeros_kv, dbias_acc)
+        )
+        return (dq_acc, dbias_acc), (dk_j, dv_j)
+
+    dbias0 = None if bias is None else jnp.zeros(bias.shape, jnp.float32)
+    (dq, dbias), (dk_J, dv_J) = jax.lax.scan(
+        one_key_block, (jnp.zeros((B, Tp, N, H), jnp.float32), dbias0), jnp.arange(nk)
+    )
+    dk = dk_J.transpose(1, 0, 2, 3, 4).reshape(k.shape)
+    dv = dv_J.transpose(1, 0, 2, 3, 4).reshape(v.shape)
+    if dbias is not None:
+        dbias = dbias.astype(bias.dtype)
+    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), dbias, None
+
+
+_attention_core.defvjp(_core_fwd, _core_bwd)
+
+
+def _pad_to(x: Array, length: int, axis: int, mode: str = "constant") -> Array:
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (0, length - x.shape[axis])
+    if mode == "edge" and x.shape[axis] == 0:
+        mode = "constant"
+    return jnp.pad(x, pad, mode=mode)
+
+
+def _as_4d(x: ArrayLike, T: int, S: int, pad_T: int, pad_S: int, fill: Any) -> Array:
+    """Broadcastable `[.., .., T|1, S|1]` array to `[b, n, pad_T, pad_S]`, padded with fill."""
+    x = jnp.asarray(x)
+    if x.ndim > 4:
+        raise ValueError(f"bias/mask must broadcast to [B, N, T, S], got shape {x.shape}")
+    x = x.reshape((1,) * (4 - x.ndim) + x.shape)
+    x = jnp.broadcast_to(x, x.shape[:2] + (T, S))
+    pad = [(0, 0), (0, 0), (0, pad_T - T), (0, pad_S - S)]
+    return jnp.pad(x, pad, constant_values=fill)
+
+
+def blockwise_attention_with_lse(
+    q: Array,
+    k: Array,
+    v: Array,
+    *,
+    causal: bool = True,
+    window: int | None = None,
+    sinks: int = 0,
+    bias: Array | None = None,
+    alibi_slopes: ArrayLike | None = None,
+    segment_ids: ArrayLike | None = None,
+    kv_segment_ids: ArrayLike | None = None,
+    q_positions: ArrayLike | None = None,
+    k_positions: ArrayLike | None = None,
+    mask: ArrayLike | MaskFn | None = None,
+    logit_soft_cap: float | None = None,
+    scale: float | None = None,
+    block_q: int = 512,
+    block_k: int = 512,
+) -> tuple[Array, Array]:
+    """`blockwise_attention` that also returns lse `[B, T, N]` float32 (differentiable).
+
+    Rows that may attend to nothing have output 0 and lse 0.
+    """
+    check_qkv(q, k, v)
+    B, T, N, H = q.shape
+    S, K = k.shape[1], k.shape[2]
+    if block_q < 1 or block_k < 1:
+        raise ValueError(f"block_q and block_k must be positive, got {block_q}, {block_k}")
+    # Blocks never larger than the (rounded-up) sequence: short inputs stay cheap.
+    block_q = min(block_q, max(8, -(-T // 8) * 8))
+    block_k = min(block_k, max(8, -(-S // 8) * 8))
+    Tp = -(-T // block_q) * block_q
+    Sp = -(-S // block_k) * block_k
+    default_pos = q_positions is None and k_positions is None
+    if q_positions is None:
+        q_pos = jnp.broadcast_to(jnp.arange(Tp, dtype=jnp.int32), (B, Tp))
+    else:
+        q_pos = _pad_to(jnp.broadcast_to(jnp.asarray(q_positions), (B, T)), Tp, 1, "edge")
+    if k_positions is None:
+        k_pos = jnp.broadcast_to(jnp.arange(Sp, dtype=jnp.int32), (B, Sp))
+    else:
+        k_pos = _pad_to(jnp.broadcast_to(jnp.asarray(k_positions), (B, S)), Sp, 1, "edge")
+    q_seg = k_seg = None
+    if segment_ids is not None:
+        q_seg = jnp.broadcast_to(jnp.asarray(segment_ids), (B, T))
+        k_seg = q_seg if kv_segment_ids is None else jnp.broadcast_to(jnp.asarray(kv_segment_ids), (B, S))
+        q_seg, k_seg = _pad_to(q_seg, Tp, 1, "edge"), _pad_to(k_seg, Sp, 1, "edge")
+    mask_fn = mask if callable(mask) else None
+    mask_arr = None
+    if mask is not None and mask_fn is None:
+        mask_arr = _as_4d(jnp.asarray(mask, bool), T, S, Tp, Sp, False)
+    slopes = None if alibi_slopes is None else jnp.asarray(alibi_slopes, jnp.float32).reshape(N)
+    aux = _Aux(q_pos, k_pos, jnp.arange(Sp) < S, q_seg, k_seg, mask_arr, slopes)
+    st = _Static(
+        causal=causal, window=window, sinks=sinks,
+        scale=float(H**-0.5 if scale is None else scale),
+        logit_soft_cap=None if logit_soft_cap is None else float(logit_soft_cap),
+        block_q=block_q, block_k=block_k, num_kv_heads=K, band=default_pos, mask_fn=mask_fn,
+    )
+    AttentionMask(causal, window, sinks)  # validates window / sinks
+    bias_p = None if bias is None else _as_4d(jnp.asarray(bias, jnp.float32), T, S, Tp, Sp, 0.0)
+    out, lse = _attention_core(
+        st, _pad_to(q, Tp, 1), _pad_to(k, Sp, 1), _pad_to(v, Sp, 1), bias_p, aux
+    )
+    return out[:, :T].astype(q.dtype), lse[:, :T]
+
+
+def blockwise_attention(
+    q: Array,
+    k: Array,
+    v: Array,
+    *,
+    causal: bool = True,
+    window: int | None = None,
+    sinks: int = 0,
+    bias: Array | None = None,
+    alibi_slopes: ArrayLike | None = None,
+    segment_ids: ArrayLike | None = None,
+    kv_segment_ids: ArrayLike | None = None,
+    q_positions: ArrayLike | None = None,
+    k_positions: ArrayLike | None = None,
+    mask: ArrayLike | MaskFn | None = None,
+    logit_soft_cap: float | None = None,
+    scale: float | None = None,
+    block_q: int = 512,
+    block_k: int = 512,
+) -> Array:
+    """Memory-efficient attention with the semantics of `dense.attention`.
+
+    Args:
+      q, k, v: queries `[B, T, N, H]`, keys and values `[B, S, K, H]`, N % K == 0.
+      causal, window, sinks, bias, alibi_slopes, segment_ids, kv_segment_ids, q_positions,
+        k_positions, logit_soft_cap, scale: as in `longctx_jax.attention.dense.attention`.
+      mask: boolean array broadcastable to `[B, N, T, S]`, or a hashable callable
+        `(q_positions [B, t], k_positions [B, s]) -> bool [B|1, N|1, t, s]`.
+      block_q, block_k: query / key tile sizes (clipped to the padded lengths).
+
+    Returns:
+      `[B, T, N, H]` in q's dtype.
+    """
+    out, _ = blockwise_attention_with_lse(
+        q, k, v, causal=causal, window=window, sinks=sinks, bias=bias, alibi_slopes=alibi_slopes,
+        segment_ids=segment_ids, kv_segment_ids=kv_segment_ids, q_positions=q_positions,
+        k_positions=k_positions, mask=mask, logit_soft_cap=logit_soft_cap, scale=scale,
+        block_q=block_q, block_k=block_k,
+    )
+    return out
