@@ -1,0 +1,111 @@
+"""Figures from a results file (matplotlib, Agg backend; no display needed).
+
+  ppl_vs_length.png   perplexity (log y) against context length, one line per method, for all
+                      positions and for the last quarter; the training length is marked.
+  passkey.png         one accuracy heatmap (depth x length) per method.
+  niah_<method>.png   the needle-in-a-haystack heatmap of one method.
+"""
+
+import os
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _methods(records: Sequence[dict]) -> list[str]:
+    return list(dict.fromkeys(r["method"] for r in records))
+
+
+def plot_ppl_vs_length(records: Sequence[dict], path: str | os.PathLike, *, train_length: int | None = None,
+                       title: str = "") -> None:
+    """Writes the perplexity-vs-length figure from `perplexity` records."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, key, label in ((axes[0], "nll", "all positions"), (axes[1], "nll_last_quarter", "last quarter")):
+        for method in _methods(records):
+            rows = sorted((r["length"], r[key]) for r in records if r["method"] == method)
+            ax.plot([n for n, _ in rows], [np.exp(v) for _, v in rows], marker="o", label=method)
+        if train_length:
+            ax.axvline(train_length, color="grey", linestyle="--", label=f"train length {train_length}")
+        ax.set_yscale("log")
+        ax.set_xlabel("context length (tokens)")
+        ax.set_title(f"perplexity, {label}")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("perplexity")
+    axes[1].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def accuracy_grid(records: Sequence[dict], method: str) -> tuple[list[float], list[int], np.ndarray]:
+    """(depths, lengths, accuracy `[depths, lengths]`, NaN where a cell is missing)."""
+    rows = [r for r in records if r["method"] == method]
+    depths = sorted({r["depth"] for r in rows})
+    lengths = sorted({r["length"] for r in rows})
+    grid = np.full((len(depths), len(lengths)), np.nan)
+    for r in rows:
+        grid[depths.index(r["depth"]), lengths.index(r["length"])] = r["accuracy"]
+    return depths, lengths, grid
+
+
+def _heatmap(ax, records: Sequence[dict], method: str, train_length: int | None):
+    depths, lengths, grid = accuracy_grid(records, method)
+    image = ax.imshow(grid, cmap="RdYlGn", vmin=0.0, vmax=1.0, aspect="auto", origin="upper")
+    ax.set_xticks(range(len(lengths)), [f"{n // 1024}K" if n % 1024 == 0 else str(n) for n in lengths])
+    ax.set_yticks(range(len(depths)), [f"{round(d * 100)}%" for d in depths])
+    for i in range(len(depths)):
+        for j in range(len(lengths)):
+            if not np.isnan(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=7)
+    if train_length:
+        beyond = [j for j, n in enumerate(lengths) if n > train_length]
+        if beyond:
+            ax.axvline(beyond[0] - 0.5, color="black", linewidth=2)
+    ax.set_xlabel("context length")
+    ax.set_ylabel("needle depth")
+    ax.set_title(method)
+    return image
+
+
+def plot_heatmaps(records: Sequence[dict], path: str | os.PathLike, *, train_length: int | None = None,
+                  title: str = "", methods: Sequence[str] | None = None) -> None:
+    """Writes one depth x length accuracy heatmap per method side by side."""
+    methods = list(methods) if methods is not None else _methods(records)
+    if not methods:
+        raise ValueError("no records to plot")
+    fig, axes = plt.subplots(1, len(methods), figsize=(3.2 * len(methods) + 1, 4), squeeze=False)
+    image = None
+    for ax, method in zip(axes[0], methods, strict=True):
+        image = _heatmap(ax, records, method, train_length)
+    fig.colorbar(image, ax=list(axes[0]), label="accuracy")
+    if title:
+        fig.suptitle(title)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_figures(results: dict, workdir: str | os.PathLike) -> list[str]:
+    """All figures of a results dict into `workdir`; returns the written paths."""
+    train_length = results.get("train_length")
+    model = results.get("model", "")
+    written = []
+    if results.get("perplexity"):
+        path = os.path.join(workdir, "ppl_vs_length.png")
+        plot_ppl_vs_length(results["perplexity"], path, train_length=train_length, title=model)
+        written.append(path)
+    if results.get("passkey"):
+        path = os.path.join(workdir, "passkey.png")
+        plot_heatmaps(results["passkey"], path, train_length=train_length, title=f"{model} passkey")
+        written.append(path)
+    for method in _methods(results.get("niah", [])):
+        path = os.path.join(workdir, f"niah_{method}.png")
+        plot_heatmaps(results["niah"], path, train_length=train_length, title=f"{model} needle in a haystack",
+                      methods=[method])
+        written.append(path)
+    return written

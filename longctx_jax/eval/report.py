@@ -1,0 +1,134 @@
+"""report.md from a results dict: tables and a reading written from the numbers.
+
+Nothing in the report is typed by hand: every figure is read from results.json, and the
+reading paragraph states comparisons (in-length vs beyond-length perplexity of the unscaled
+model, the best method at the longest length, retrieval inside vs beyond the training length)
+only for the cells the results actually contain.
+"""
+
+import math
+import os
+
+import numpy as np
+
+
+def _ppl(nll: float) -> str:
+    return f"{math.exp(nll):.2f}"
+
+
+def _lookup(records, **key):
+    for r in records:
+        if all(r.get(k) == v for k, v in key.items()):
+            return r
+    return None
+
+
+def _methods(records) -> list[str]:
+    return list(dict.fromkeys(r["method"] for r in records))
+
+
+def perplexity_table(records) -> list[str]:
+    """Markdown rows: PPL (all / last quarter) per method and length."""
+    lengths = sorted({r["length"] for r in records})
+    lines = ["| method | " + " | ".join(str(n) for n in lengths) + " |",
+             "|---|" + "---|" * len(lengths)]
+    for m in _methods(records):
+        cells = []
+        for n in lengths:
+            r = _lookup(records, method=m, length=n)
+            cells.append("" if r is None else f"{_ppl(r['nll'])} / {_ppl(r['nll_last_quarter'])}")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def accuracy_table(records) -> list[str]:
+    """Markdown rows: accuracy averaged over depths, per method and length."""
+    lengths = sorted({r["length"] for r in records})
+    lines = ["| method | " + " | ".join(str(n) for n in lengths) + " |",
+             "|---|" + "---|" * len(lengths)]
+    for m in _methods(records):
+        cells = []
+        for n in lengths:
+            accs = [r["accuracy"] for r in records if r["method"] == m and r["length"] == n]
+            cells.append(f"{np.mean(accs):.2f}" if accs else "")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def mean_accuracy(records, method: str, *, within: int | None = None,
+                  beyond: int | None = None) -> float | None:
+    """Mean accuracy of a method over lengths <= within (or > beyond); None if no such cell."""
+    accs = [r["accuracy"] for r in records if r["method"] == method
+            and (within is None or r["length"] <= within) and (beyond is None or r["length"] > beyond)]
+    return float(np.mean(accs)) if accs else None
+
+
+def reading(results: dict) -> str:
+    """One paragraph of observations computed from the results."""
+    train = results.get("train_length")
+    ppl = results.get("perplexity", [])
+    sentences = []
+    base = sorted((r for r in ppl if r["method"] == "none"), key=lambda r: r["length"])
+    inside = [r for r in base if train is None or r["length"] <= train]
+    outside = [r for r in base if train is not None and r["length"] > train]
+    if inside and outside:
+        a, b = inside[-1], outside[-1]
+        sentences.append(
+            f"Without scaling, last-quarter perplexity goes from {_ppl(a['nll_last_quarter'])} at "
+            f"{a['length']} tokens (inside the {train}-token training length) to "
+            f"{_ppl(b['nll_last_quarter'])} at {b['length']} tokens "
+            f"({math.exp(b['nll_last_quarter'] - a['nll_last_quarter']):.1f}x).")
+    if ppl:
+        longest = max(r["length"] for r in ppl)
+        at_max = sorted((r for r in ppl if r["length"] == longest), key=lambda r: r["nll_last_quarter"])
+        if len(at_max) > 1:
+            ranking = ", ".join(f"{r['method']} {_ppl(r['nll_last_quarter'])}" for r in at_max)
+            sentences.append(f"At {longest} tokens the methods rank by last-quarter perplexity as: "
+                             f"{ranking}.")
+    for section, name in (("passkey", "passkey retrieval"), ("niah", "needle-in-a-haystack")):
+        recs = results.get(section, [])
+        parts = []
+        for m in _methods(recs):
+            inn = mean_accuracy(recs, m, within=train) if train else None
+            out = mean_accuracy(recs, m, beyond=train) if train else None
+            if inn is not None and out is not None:
+                parts.append(f"{m} {inn:.2f} within / {out:.2f} beyond")
+            elif inn is not None:
+                parts.append(f"{m} {inn:.2f} within")
+            elif out is not None:
+                parts.append(f"{m} {out:.2f} beyond")
+        if parts:
+            sentences.append(f"Mean {name} accuracy (within vs beyond {train} tokens): "
+                             + "; ".join(parts) + ".")
+    return " ".join(sentences) if sentences else "No results yet."
+
+
+def write_report(results: dict, path: str | os.PathLike, *, figures: list[str] | None = None,
+                 notes: str = "") -> None:
+    """Writes report.md: reading, perplexity and retrieval tables, figures."""
+    lines = [f"# Context extension report: {results.get('model', '')}", ""]
+    lines += [f"Training length: {results.get('train_length')} tokens.", ""]
+    if notes:
+        lines += [notes, ""]
+    lines += ["## Reading", "", reading(results), ""]
+    if results.get("perplexity"):
+        lines += ["## Perplexity (single forward; all positions / last quarter)", ""]
+        lines += perplexity_table(results["perplexity"]) + [""]
+    if results.get("perplexity_strided"):
+        recs = results["perplexity_strided"]
+        lines += ["## Perplexity (strided sliding window)", ""]
+        lengths = sorted({r["length"] for r in recs})
+        lines += ["| method | " + " | ".join(f"W={n}" for n in lengths) + " |",
+                  "|---|" + "---|" * len(lengths)]
+        for m in _methods(recs):
+            cells = [(_ppl(r["nll"]) if (r := _lookup(recs, method=m, length=n)) else "") for n in lengths]
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        lines.append("")
+    for section, name in (("passkey", "Passkey retrieval"), ("niah", "Needle in a haystack")):
+        if results.get(section):
+            lines += [f"## {name} (accuracy, mean over depths)", ""] + accuracy_table(results[section]) + [""]
+    for fig in figures or []:
+        name = os.path.basename(fig)
+        lines += [f"![{name}]({name})", ""]
+    with open(path, "w") as f:
+        f.write("\n".join(lines))

@@ -1,0 +1,90 @@
+"""Perplexity: prefix sharing is exact, the strided protocol scores each target once, resume."""
+
+import chex
+import numpy as np
+import pytest
+from flax import nnx
+
+from longctx_jax.data.tokenizers import ByteTokenizer
+from longctx_jax.eval.corpus import documents, stdlib_files, token_stream
+from longctx_jax.eval.perplexity import document_nll, perplexity_sweep, strided_nll, strided_windows
+from longctx_jax.eval.results import ResultStore
+from longctx_jax.eval.scoring import EvalModel
+from longctx_jax.models.config import ModelConfig
+from longctx_jax.models.decoder import Decoder
+
+TOK = ByteTokenizer()
+
+
+@pytest.fixture(scope="module")
+def model() -> EvalModel:
+    cfg = ModelConfig(vocab_size=TOK.vocab_size, d_model=32, num_layers=1, num_heads=4, num_kv_heads=2,
+                      mlp_dim=64)
+    return EvalModel(Decoder(cfg, rngs=nnx.Rngs(0)))
+
+
+def test_corpus_is_deterministic_real_text():
+    files = stdlib_files()
+    assert len(files) > 10 and files == sorted(files, key=lambda p: p.as_posix())
+    docs = documents(TOK, 256, 3)
+    chex.assert_shape(docs, (3, 256))
+    np.testing.assert_array_equal(docs.reshape(-1), token_stream(TOK, 768))
+    assert "def " in TOK.decode(token_stream(TOK, 20_000))
+
+
+def test_shared_prefix_equals_separate_forwards(model, tmp_path):
+    store = ResultStore(tmp_path / "r.json")
+    shared = perplexity_sweep(model, TOK, store, method="a", lengths=[64, 128], num_docs=2, progress=False)
+    separate = perplexity_sweep(model, TOK, store, method="b", lengths=[64, 128], num_docs=2,
+                                share_prefix=False, progress=False)
+    assert [r["length"] for r in shared] == [64, 128]
+    for r_a, r_b in zip(shared, separate, strict=True):
+        chex.assert_trees_all_close(r_a["nll"], r_b["nll"], rtol=1e-5)
+        chex.assert_trees_all_close(r_a["nll_last_quarter"], r_b["nll_last_quarter"], rtol=1e-5)
+    docs = documents(TOK, 129, 2)
+    nll = document_nll(model, docs[:, :65])
+    chex.assert_trees_all_close(shared[0]["nll_last_quarter"], float(nll[:, 48:].mean()), rtol=1e-5)
+    assert len(shared[0]["nll_by_eighth"]) == 8
+
+
+def test_sweep_resumes_without_running_the_model(model, tmp_path):
+    path = tmp_path / "r.json"
+    first = perplexity_sweep(model, TOK, ResultStore(path), method="none", lengths=[64], progress=False)
+
+    def must_not_run(tokens_BT, positions_BT):
+        raise AssertionError("a finished cell was recomputed")
+
+    again = ResultStore(path)
+    assert perplexity_sweep(must_not_run, TOK, again, method="none", lengths=[64], progress=False) == []
+    new = perplexity_sweep(model, TOK, again, method="none", lengths=[64, 128], progress=False)
+    assert [r["length"] for r in new] == [128]
+    assert ResultStore(path).records("perplexity")[0] == first[0]
+
+
+@pytest.mark.parametrize("L,window,stride", [(100, 32, 8), (64, 64, 16), (50, 16, 16), (10, 32, 4)])
+def test_strided_windows_score_every_target_once(L, window, stride):
+    counts = np.zeros(L, int)
+    for begin, end, first in strided_windows(L, window, stride):
+        assert end - begin <= window and begin <= first <= end
+        counts[first:end] += 1
+    np.testing.assert_array_equal(counts, np.ones(L, int))
+
+
+def test_strided_nll_against_reference_loop(model):
+    doc = documents(TOK, 97, 1)[0]
+    window, stride = 32, 8
+    # reference: one forward per window, written from the protocol's definition
+    total, prev_end = 0.0, 0
+    for begin in range(0, 96, stride):
+        end = min(begin + window, 96)
+        nll = model.token_nll(doc[None, begin:end], doc[None, begin + 1 : end + 1])[0]
+        total += float(nll[prev_end - begin :].sum())
+        prev_end = end
+        if end == 96:
+            break
+    got = strided_nll(model, doc, window=window, stride=stride, batch_size=4)
+    chex.assert_trees_all_close(got, total / 96, rtol=1e-5)
+    full = float(document_nll(model, doc[None, :65]).mean())
+    chex.assert_trees_all_close(strided_nll(model, doc[:65], window=64, stride=16), full, rtol=1e-5)
+    with pytest.raises(ValueError, match="stride"):
+        strided_windows(10, 4, 8)

@@ -1,0 +1,61 @@
+"""Figures and report.md from results, and the whole suite on a tiny from-scratch decoder."""
+
+import json
+import math
+
+import pytest
+from flax import nnx
+
+from longctx_jax.data.tokenizers import ByteTokenizer
+from longctx_jax.eval.plots import accuracy_grid
+from longctx_jax.eval.report import reading
+from longctx_jax.eval.suite import SuiteSpec, evaluate_checkpoint
+from longctx_jax.models.config import ModelConfig
+from longctx_jax.models.decoder import Decoder
+
+RESULTS = {
+    "model": "m", "train_length": 8192,
+    "perplexity": [
+        {"method": "none", "length": 8192, "nll": 2.0, "nll_last_quarter": 1.5},
+        {"method": "none", "length": 16384, "nll": 3.0, "nll_last_quarter": 4.0},
+        {"method": "yarn", "length": 16384, "nll": 2.1, "nll_last_quarter": 1.6},
+    ],
+    "passkey": [
+        {"method": "none", "length": 4096, "depth": 0.0, "accuracy": 1.0},
+        {"method": "none", "length": 4096, "depth": 1.0, "accuracy": 0.5},
+        {"method": "none", "length": 16384, "depth": 0.0, "accuracy": 0.0},
+    ],
+}
+
+
+def test_reading_is_computed_from_the_numbers():
+    text = reading(RESULTS)
+    assert f"{math.exp(1.5):.2f} at 8192" in text and f"{math.exp(4.0):.2f} at 16384" in text
+    assert f"({math.exp(2.5):.1f}x)" in text
+    assert text.index("yarn") < text.index("none 54.60")  # ranked by last-quarter perplexity
+    assert "none 0.75 within / 0.00 beyond" in text
+
+
+def test_accuracy_grid_marks_missing_cells():
+    depths, lengths, grid = accuracy_grid(RESULTS["passkey"], "none")
+    assert depths == [0.0, 1.0] and lengths == [4096, 16384]
+    assert grid[0, 0] == 1.0 and grid[1, 0] == 0.5 and math.isnan(grid[1, 1])
+
+
+def test_suite_on_tiny_decoder_writes_everything(tmp_path):
+    cfg = ModelConfig(vocab_size=ByteTokenizer.vocab_size, d_model=32, num_layers=1, num_heads=4,
+                      num_kv_heads=2, mlp_dim=64)
+    model = Decoder(cfg, rngs=nnx.Rngs(0))
+    spec = SuiteSpec(ppl_lengths=(256, 512), strided_windows=(256,), strided_stride=128,
+                     strided_doc_length=512, passkey_lengths=(512,), passkey_depths=(0.0, 1.0),
+                     niah_lengths=(512,), niah_depths=(0.5,), batch_tokens=512)
+    store = evaluate_checkpoint(model, ByteTokenizer(), tmp_path, spec, name="tiny", train_length=256)
+    for name in ("results.json", "report.md", "ppl_vs_length.png", "passkey.png", "niah_none.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved == store.data and saved["model"] == "tiny" and saved["train_length"] == 256
+    assert [(r["method"], r["length"]) for r in saved["perplexity"]] == [("none", 256), ("none", 512)]
+    assert len(saved["passkey"]) == 2 and len(saved["niah"]) == 1 and len(saved["perplexity_strided"]) == 1
+    assert "| none |" in (tmp_path / "report.md").read_text()
+    with pytest.raises(ValueError, match="unknown eval fields"):
+        SuiteSpec.from_mapping({"ppl_length": (1,)})
