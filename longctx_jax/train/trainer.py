@@ -32,6 +32,8 @@ from longctx_jax.data import (
 from longctx_jax.models.config import ModelConfig
 from longctx_jax.models.decoder import Decoder
 from longctx_jax.train.checkpoint import Checkpointer, abstract_like
+from longctx_jax.train.curriculum import training_batches
+from longctx_jax.train.init_from import init_params_from
 from longctx_jax.train.metrics import MetricsWriter
 from longctx_jax.train.optimizer import learning_rate_schedule, make_optimizer
 from longctx_jax.train.step import (
@@ -125,6 +127,7 @@ def train_and_evaluate(
 
     total_steps = int(config.train.steps)
     data = make_training_data(config.data, seed=int(config.seed))
+    data.train = training_batches(config, data.train)  # data.min_doc_tokens, train.curriculum
     model = build_model(config, data.tokenizer.vocab_size)
     graphdef, params = nnx.split(model)
     tx = make_optimizer(config.optim, total_steps)
@@ -138,6 +141,10 @@ def train_and_evaluate(
     if latest is not None:
         state = checkpointer.restore(latest, abstract_like(state))
         print(f"resumed from checkpoint step {latest} in {checkpointer.directory}")
+    elif config.train.get("init_from"):
+        params, source_step = init_params_from(state.params, config.train.init_from)
+        state = init_train_state(params, tx)
+        print(f"initialised from {config.train.init_from} (step {source_step}); fresh optimizer")
 
     use_segment_ids = bool(config.data.get("use_segment_ids", True))
     train_step = make_train_step(graphdef, tx, use_segment_ids=use_segment_ids)
