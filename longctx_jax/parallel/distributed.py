@@ -1,0 +1,129 @@
+"""Training on a `data x sequence (x tensor)` mesh: config -> mesh, sharded state and batches.
+
+The trainer calls four things from here:
+  `initialize(config)`        `jax.distributed.initialize()` when `config.mesh.distributed`
+                              (one process per host on a TPU pod slice / multi-GPU node);
+  `mesh_from_config(config)`  the mesh of `config.mesh` (None when the config has no mesh);
+  `shard_state(state, mesh)`  params and optimizer state placed by their logical axes
+                              (`longctx_jax.sharding.LOGICAL_AXIS_RULES`);
+  `shard_batch(batch, mesh, layout)`  `[batch, length]` arrays split over (data, sequence),
+                              optionally permuted into a load-balanced causal layout
+                              (zig-zag / striped; `parallel.layout`) with global positions;
+and wraps its jitted steps with `with_mesh`, so `jax.set_mesh` is in effect at every call
+(ring attention finds its mesh there).
+
+    config.mesh.data, .sequence, .tensor   axis sizes (product <= device count)
+    config.mesh.layout                     "natural" | "zigzag" | "striped"
+    config.mesh.distributed                call jax.distributed.initialize()
+See docs/distributed.md.
+"""
+
+import functools
+from collections.abc import Callable
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
+
+from longctx_jax import sharding
+from longctx_jax.parallel import layout as layouts
+from longctx_jax.typing import PyTree
+
+
+def default_mesh_config() -> ml_collections.ConfigDict:
+    """`config.mesh` defaults: one device, natural layout, single process."""
+    cfg = ml_collections.ConfigDict()
+    cfg.data = 1
+    cfg.sequence = 1
+    cfg.tensor = 1
+    cfg.layout = "natural"
+    cfg.distributed = False
+    return cfg
+
+
+def initialize(config: ml_collections.ConfigDict) -> None:
+    """Starts multi-process JAX when `config.mesh.distributed` is set (before any JAX work).
+
+    On TPU pod slices and SLURM / Open MPI GPU clusters `jax.distributed.initialize()` finds
+    the coordinator, process count and process id from the environment.
+    """
+    mesh_cfg = config.get("mesh")
+    if mesh_cfg is not None and mesh_cfg.get("distributed", False):
+        jax.distributed.initialize()
+
+
+def mesh_from_config(config: ml_collections.ConfigDict) -> jax.sharding.Mesh | None:
+    """The training mesh (Auto axes: XLA propagates shardings through the model), or None."""
+    mesh_cfg = config.get("mesh")
+    if mesh_cfg is None:
+        return None
+    if mesh_cfg.get("layout", "natural") not in layouts.LAYOUTS:
+        raise ValueError(f"config.mesh.layout must be one of {layouts.LAYOUTS}, got {mesh_cfg.layout!r}")
+    return sharding.make_mesh(
+        int(mesh_cfg.get("data", 1)), int(mesh_cfg.get("sequence", 1)), int(mesh_cfg.get("tensor", 1)),
+        axis_type=AxisType.Auto,
+    )
+
+
+def shard_state(state: PyTree, mesh: jax.sharding.Mesh | None) -> PyTree:
+    """Places a `TrainState` on `mesh`: params by their logical axes, optimizer moments like them.
+
+    Optimizer-state subtrees shaped like the params (Adam's mu / nu) take the params'
+    shardings; everything else (step counters) is replicated.
+    """
+    if mesh is None:
+        return state
+    param_shardings = sharding.state_shardings(state.params, mesh)
+    params_def = jax.tree.structure(state.params)
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def like_params(tree) -> bool:
+        return jax.tree.structure(tree) == params_def
+
+    def place(tree):
+        return jax.device_put(tree, param_shardings if like_params(tree) else replicated)
+
+    params = place(state.params)
+    opt_state = jax.tree.map(place, state.opt_state, is_leaf=like_params)
+    return state._replace(step=jax.device_put(state.step, replicated), params=params, opt_state=opt_state)
+
+
+def shard_batch(
+    batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh | None, layout: str = "natural"
+) -> dict[str, jax.Array] | dict[str, np.ndarray]:
+    """Splits `[batch, length]` arrays over (data, sequence) after an optional layout permutation.
+
+    Batches without `positions` get the global positions 0 .. length - 1 first, so a
+    permuted layout still masks and rotates by true positions. The loss is a mean over
+    tokens, so permuting inputs, targets and loss mask alike leaves it unchanged.
+    """
+    if mesh is None:
+        return batch
+    if layout != "natural":
+        length = np.shape(batch["inputs"])[1]
+        if "positions" not in batch:
+            batch = {**batch, "positions": np.broadcast_to(np.arange(length, dtype=np.int32),
+                                                           np.shape(batch["inputs"]))}
+        perm = layouts.layout_permutation(layout, length, dict(mesh.shape)["sequence"])
+        batch = {name: layouts.apply_permutation(np.asarray(x), perm) for name, x in batch.items()}
+    return jax.device_put(batch, sharding.batch_sharding(mesh))
+
+
+def with_mesh(mesh: jax.sharding.Mesh | None, fn: Callable) -> Callable:
+    """`fn` called under `jax.set_mesh(mesh)` (unchanged when mesh is None)."""
+    if mesh is None:
+        return fn
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with jax.set_mesh(mesh):
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
+def param_specs(params: nnx.State, mesh: jax.sharding.Mesh) -> PyTree:
+    """PartitionSpecs of the params on `mesh` (for logs and tests)."""
+    return jax.tree.map(lambda s: s.spec, sharding.state_shardings(params, mesh))
