@@ -1,0 +1,45 @@
+"""Every configs/repro_*.py variant loads, validates as a ModelConfig and documents its launch."""
+
+import glob
+import importlib
+import os
+
+import pytest
+
+from longctx_jax.data import ByteTokenizer
+from longctx_jax.models.config import ModelConfig
+from longctx_jax.train.curriculum import curriculum_stages
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODULES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, "configs", "repro_*.py")))
+CASES = [(m, v) for m in MODULES for v in importlib.import_module(f"configs.{m}").VARIANTS]
+
+
+def test_there_are_repro_configs():
+    expected = {"repro_alibi", "repro_pi", "repro_yarn", "repro_streaming", "repro_sliding_window"}
+    assert expected <= set(MODULES)
+
+
+@pytest.mark.parametrize("module, variant", CASES)
+def test_config_validates(module, variant):
+    mod = importlib.import_module(f"configs.{module}")
+    config = mod.get_config(variant)
+    model = dict(config.model)
+    model["vocab_size"] = ByteTokenizer().vocab_size
+    cfg = ModelConfig.from_config(model)
+    assert config.data.seq_len * config.data.batch_size == 64 * 32  # equal tokens per step everywhere
+    assert config.optim.warmup_steps < config.train.steps
+    if config.train.curriculum:
+        curriculum_stages(config.train.curriculum, config.data.seq_len * config.data.batch_size)
+    if config.train.init_from:
+        assert config.train.init_from.startswith("runs/repro/")
+        assert config.train.init_from != config.workdir
+    if cfg.rope_scaling is not None:
+        assert config.data.seq_len == 64 * cfg.rope_scaling_dict["factor"]
+    assert "python -m experiments." in mod.__doc__ and f"configs/{module}.py" in mod.__doc__
+
+
+def test_unknown_variant_is_rejected():
+    mod = importlib.import_module("configs.repro_alibi")
+    with pytest.raises(ValueError, match="unknown variant"):
+        mod.get_config("t5")
