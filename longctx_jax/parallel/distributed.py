@@ -9,8 +9,8 @@ The trainer calls four things from here:
   `shard_batch(batch, mesh, layout)`  `[batch, length]` arrays split over (data, sequence),
                               optionally permuted into a load-balanced causal layout
                               (zig-zag / striped; `parallel.layout`) with global positions;
-and wraps its jitted steps with `with_mesh`, so `jax.set_mesh` is in effect at every call
-(ring attention finds its mesh there).
+and wraps its jitted steps with `on_mesh`, which shards each batch and keeps `jax.set_mesh`
+in effect at every call (ring attention finds its mesh there).
 
     config.mesh.data, .sequence, .tensor   axis sizes (product <= device count)
     config.mesh.layout                     "natural" | "zigzag" | "striped"
@@ -108,18 +108,27 @@ def shard_batch(
                                                            np.shape(batch["inputs"]))}
         perm = layouts.layout_permutation(layout, length, dict(mesh.shape)["sequence"])
         batch = {name: layouts.apply_permutation(np.asarray(x), perm) for name, x in batch.items()}
-    return jax.device_put(batch, sharding.batch_sharding(mesh))
+    batch_sharding = sharding.batch_sharding(mesh)
+    # Every process holds the same global batch (batches are a function of the step); each
+    # builds only its addressable shards, so this also works across hosts.
+    return {
+        name: jax.make_array_from_callback(np.shape(x), batch_sharding, lambda i, x=x: np.asarray(x)[i])
+        for name, x in batch.items()
+    }
 
 
-def with_mesh(mesh: jax.sharding.Mesh | None, fn: Callable) -> Callable:
-    """`fn` called under `jax.set_mesh(mesh)` (unchanged when mesh is None)."""
+def on_mesh(step_fn: Callable, mesh: jax.sharding.Mesh | None, layout: str = "natural") -> Callable:
+    """`step_fn(state_or_params, batch)` run under `jax.set_mesh(mesh)` on a sharded batch.
+
+    Unchanged when mesh is None. The batch is laid out by `shard_batch`.
+    """
     if mesh is None:
-        return fn
+        return step_fn
 
-    @functools.wraps(fn)
-    def wrapped(*args, **kwargs):
+    @functools.wraps(step_fn)
+    def wrapped(first, batch):
         with jax.set_mesh(mesh):
-            return fn(*args, **kwargs)
+            return step_fn(first, shard_batch(batch, mesh, layout))
 
     return wrapped
 
