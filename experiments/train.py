@@ -6,6 +6,7 @@
 from absl import app, logging
 from ml_collections import config_flags
 
+from longctx_jax.parallel import distributed
 from longctx_jax.train.trainer import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "Experiment config file.")
@@ -16,6 +17,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)
     config = _CONFIG.value
+    distributed.initialize(config)  # multi-host only, when config.mesh.distributed is set
     summary = train_and_evaluate(config, config.workdir)
     print(f"run directory: {config.workdir}")
     for name in ("steps", "final_val_loss", "final_val_bpb", "unigram_bpb"):

@@ -31,6 +31,7 @@ from longctx_jax.data import (
 )
 from longctx_jax.models.config import ModelConfig
 from longctx_jax.models.decoder import Decoder
+from longctx_jax.parallel import distributed
 from longctx_jax.train.checkpoint import Checkpointer, abstract_like
 from longctx_jax.train.curriculum import training_batches
 from longctx_jax.train.init_from import init_params_from
@@ -132,7 +133,8 @@ def train_and_evaluate(
     graphdef, params = nnx.split(model)
     tx = make_optimizer(config.optim, total_steps)
     schedule = learning_rate_schedule(config.optim, total_steps)
-    state: TrainState = init_train_state(params, tx)
+    mesh = distributed.mesh_from_config(config)  # None without config.mesh: one device
+    state: TrainState = distributed.shard_state(init_train_state(params, tx), mesh)
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
 
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=int(config.train.keep_checkpoints),
@@ -143,12 +145,14 @@ def train_and_evaluate(
         print(f"resumed from checkpoint step {latest} in {checkpointer.directory}")
     elif config.train.get("init_from"):
         params, source_step = init_params_from(state.params, config.train.init_from)
-        state = init_train_state(params, tx)
+        state = distributed.shard_state(init_train_state(params, tx), mesh)
         print(f"initialised from {config.train.init_from} (step {source_step}); fresh optimizer")
 
     use_segment_ids = bool(config.data.get("use_segment_ids", True))
+    layout = config.mesh.get("layout", "natural") if mesh is not None else "natural"
     train_step = make_train_step(graphdef, tx, use_segment_ids=use_segment_ids)
     eval_step = make_eval_step(graphdef, use_segment_ids=use_segment_ids)
+    train_step, eval_step = (distributed.on_mesh(f, mesh, layout) for f in (train_step, eval_step))
     writer = MetricsWriter(workdir)
 
     start_step = int(state.step)
