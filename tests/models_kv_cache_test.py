@@ -25,8 +25,9 @@ def empty_cache(model: Decoder, capacity: int, **kw) -> KVCache:
                           num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, **kw)
 
 
-@pytest.mark.parametrize("use_jit", [False, True])
-@pytest.mark.parametrize("kw", [{}, {"window": 5}, {"qkv_bias": True, "tie_embeddings": False}])
+@pytest.mark.parametrize("use_jit,kw", [
+    (False, {}), (True, {}), (True, {"window": 5}), (True, {"qkv_bias": True, "tie_embeddings": False}),
+])
 def test_incremental_decode_matches_full_forward(use_jit, kw):
     model = tiny_model(**kw)
     tokens = jax.random.randint(jax.random.key(0), (2, 14), 0, 61)
