@@ -17,23 +17,24 @@ import ml_collections
 from configs import tiny
 
 TRAIN_LEN = 64
+BATCH = 16  # tokens per step = BATCH * TRAIN_LEN in every reproduction run
 VARIANTS = ("rope", "alibi", "nope")
 
 
-def base_config(variant: str, *, steps: int = 400) -> ml_collections.ConfigDict:
-    """The shared tiny model (3 layers, d=96) trained at TRAIN_LEN; variant picks the positions."""
+def base_config(variant: str, *, steps: int = 300) -> ml_collections.ConfigDict:
+    """The shared tiny model (2 layers, d=64) trained at TRAIN_LEN; variant picks the positions."""
     config = tiny.get_config(variant)
     config.workdir = f"runs/repro/{variant}"
-    config.model.d_model = 96
-    config.model.num_layers = 3
+    config.model.d_model = 64
+    config.model.num_layers = 2
     config.model.num_heads = 4
     config.model.num_kv_heads = 2
-    config.model.mlp_dim = 256
+    config.model.mlp_dim = 192
     config.data.seq_len = TRAIN_LEN
-    config.data.batch_size = 32
+    config.data.batch_size = BATCH
     config.data.eval_sequences = 64
     config.optim.learning_rate = 3e-3
-    config.optim.warmup_steps = 40
+    config.optim.warmup_steps = 30
     config.train.steps = steps
     config.train.log_every = 50
     config.train.eval_every = steps

@@ -3,7 +3,7 @@
 Claim: a RoPE model trained at L, fine-tuned briefly with PI (linear rope_scaling, factor 4)
 at 4L, has lower perplexity at 4L than (a) the base model extrapolating directly and (b) the
 same-budget fine-tune at 4L without interpolation. Starts from the RoPE base of
-configs/repro_alibi.py (train it first), fine-tunes 100 steps at 256 tokens with the same
+configs/repro_alibi.py (train it first), fine-tunes 60 steps at 256 tokens with the same
 tokens per step, fresh optimizer, on documents of >= 256 tokens. Launch:
 
   python -m experiments.train --config configs/repro_alibi.py:rope --config.workdir=runs/repro/rope
@@ -17,20 +17,20 @@ or everything with evaluation (writes runs/repro/pi.json):
 
 import ml_collections
 
-from configs.repro_alibi import TRAIN_LEN, base_config
+from configs.repro_alibi import BATCH, TRAIN_LEN, base_config
 
 FACTOR = 4
 VARIANTS = ("pi", "noscale")
 
 
-def finetune_config(name: str, rope_scaling: dict | None, *, steps: int = 100) -> ml_collections.ConfigDict:
+def finetune_config(name: str, rope_scaling: dict | None, *, steps: int = 60) -> ml_collections.ConfigDict:
     """Fine-tune the RoPE base at FACTOR * TRAIN_LEN with `rope_scaling` (same tokens/step)."""
     config = base_config("rope", steps=steps)
     config.workdir = f"runs/repro/{name}"
     config.train.init_from = "runs/repro/rope"
     config.model.rope_scaling = rope_scaling
     config.data.seq_len = FACTOR * TRAIN_LEN
-    config.data.batch_size = 32 // FACTOR
+    config.data.batch_size = BATCH // FACTOR
     config.data.eval_sequences = 16
     config.data.min_doc_tokens = FACTOR * TRAIN_LEN
     config.optim.learning_rate = 1e-3

@@ -13,7 +13,7 @@ fine-tune budget of configs/repro_pi.py, so the two together match it. Launch:
 
 import ml_collections
 
-from configs.repro_alibi import TRAIN_LEN
+from configs.repro_alibi import BATCH, TRAIN_LEN
 from configs.repro_pi import finetune_config
 
 VARIANTS = ("stage1", "stage2")
@@ -24,9 +24,9 @@ def get_config(variant: str = "stage1") -> ml_collections.ConfigDict:
         raise ValueError(f"unknown variant {variant!r}; valid: {VARIANTS}")
     factor = 2 if variant == "stage1" else 4
     config = finetune_config(f"progressive{variant[-1]}", {"rope_type": "linear", "factor": float(factor)},
-                             steps=50)
+                             steps=30)
     config.data.seq_len = factor * TRAIN_LEN
-    config.data.batch_size = 32 // factor
+    config.data.batch_size = BATCH // factor
     config.data.min_doc_tokens = factor * TRAIN_LEN
     if variant == "stage2":
         config.train.init_from = "runs/repro/progressive1"

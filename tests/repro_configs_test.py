@@ -27,7 +27,7 @@ def test_config_validates(module, variant):
     model = dict(config.model)
     model["vocab_size"] = ByteTokenizer().vocab_size
     cfg = ModelConfig.from_config(model)
-    assert config.data.seq_len * config.data.batch_size == 64 * 32  # equal tokens per step everywhere
+    assert config.data.seq_len * config.data.batch_size == 64 * 16  # equal tokens per step everywhere
     assert config.optim.warmup_steps < config.train.steps
     if config.train.curriculum:
         curriculum_stages(config.train.curriculum, config.data.seq_len * config.data.batch_size)
