@@ -40,18 +40,27 @@ def default_mesh_config() -> ml_collections.ConfigDict:
     cfg.tensor = 1
     cfg.layout = "natural"
     cfg.distributed = False
+    cfg.coordinator_address = ml_collections.config_dict.placeholder(str)
+    cfg.num_processes = ml_collections.config_dict.placeholder(int)
+    cfg.process_id = ml_collections.config_dict.placeholder(int)
     return cfg
+
+
+_INIT_FIELDS = ("coordinator_address", "num_processes", "process_id")
 
 
 def initialize(config: ml_collections.ConfigDict) -> None:
     """Starts multi-process JAX when `config.mesh.distributed` is set (before any JAX work).
 
-    On TPU pod slices and SLURM / Open MPI GPU clusters `jax.distributed.initialize()` finds
-    the coordinator, process count and process id from the environment.
+    On TPU pod slices, Slurm and Open MPI, `jax.distributed.initialize()` reads the
+    coordinator, process count and process id from the environment; elsewhere set
+    `config.mesh.coordinator_address`, `.num_processes` and `.process_id`.
     """
     mesh_cfg = config.get("mesh")
-    if mesh_cfg is not None and mesh_cfg.get("distributed", False):
-        jax.distributed.initialize()
+    if mesh_cfg is None or not mesh_cfg.get("distributed", False):
+        return
+    kwargs = {name: mesh_cfg.get(name) for name in _INIT_FIELDS if mesh_cfg.get(name) is not None}
+    jax.distributed.initialize(**kwargs)
 
 
 def mesh_from_config(config: ml_collections.ConfigDict) -> jax.sharding.Mesh | None:
