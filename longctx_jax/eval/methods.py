@@ -1,0 +1,98 @@
+"""Context-extension methods as `ModelConfig` changes of a pretrained decoder.
+
+RoPE-side methods set an HF `rope_scaling` mapping (see `longctx_jax.positional.rope`) with
+factor s = target_length / train_length:
+
+  "none"      no scaling
+  "linear"    Position Interpolation (Chen et al. 2023): positions divided by s
+  "ntk"       NTK-aware base change (bloc97 2023): base * s^(d / (d - 2))
+  "dynamic"   dynamic NTK (emozilla 2023): the NTK base from the current length
+  "yarn"      YaRN (Peng et al. 2023): NTK-by-parts ramp (beta_fast 32, beta_slow 1) +
+              attention temperature 0.1 ln s + 1
+  "llama3"    Llama 3.1 frequency bands (low_freq_factor 1, high_freq_factor 4)
+  "longrope"  LongRoPE (Ding et al. 2024) per-dimension factors; without searched factors,
+              the ramp lambda_i = 1 + (s - 1) * i / (d/2 - 1) (no interpolation for the
+              fastest dimension, full interpolation for the slowest), short factors all 1
+
+Attention-side methods keep plain RoPE and restrict attention on the dense/blockwise path:
+
+  "sliding_window"  each query sees its `window` most recent keys
+  "streaming"       StreamingLLM (Xiao et al. 2023): the window plus the first `sinks` tokens.
+                    Without a KV cache the keys keep their true positions, so the sink tokens
+                    sit at their real (long) distance rather than being re-indexed next to the
+                    window as in the cached implementation (`longctx_jax.models.kv_cache`).
+"""
+
+from collections.abc import Mapping
+from typing import Any
+
+from flax import nnx
+
+from longctx_jax.models.decoder import Decoder
+
+ROPE_METHODS = ("none", "linear", "ntk", "dynamic", "yarn", "llama3", "longrope")
+ATTENTION_METHODS = ("sliding_window", "streaming")
+METHODS = ROPE_METHODS + ATTENTION_METHODS
+
+
+def ramp_longrope_factors(factor: float, rotary_dim: int) -> dict[str, list[float]]:
+    """Per-dimension LongRoPE factors from the linear ramp rule (see module doc)."""
+    half = rotary_dim // 2
+    long = [1.0 + (factor - 1.0) * i / max(half - 1, 1) for i in range(half)]
+    return {"short_factor": [1.0] * half, "long_factor": long}
+
+
+def rope_scaling_for(method: str, *, factor: float, train_length: int, rotary_dim: int,
+                     longrope: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+    """The HF `rope_scaling` mapping of a RoPE-side method (None for "none" and attention methods).
+
+    Args:
+      method: one of `METHODS`.
+      factor: target length / training length (>= 1).
+      train_length: the model's pretraining context (original_max_position_embeddings).
+      rotary_dim: rotary dimension (head_dim for full RoPE), for LongRoPE's per-dimension factors.
+      longrope: searched LongRoPE fields ({"short_factor", "long_factor"}, optionally more)
+        replacing the ramp rule.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown extension method {method!r}; valid: {METHODS}")
+    if factor < 1.0:
+        raise ValueError(f"scaling factor must be >= 1, got {factor}")
+    if method in ("none",) + ATTENTION_METHODS:
+        return None
+    base = {"rope_type": method, "factor": float(factor)}
+    if method in ("dynamic", "yarn", "llama3", "longrope"):
+        base["original_max_position_embeddings"] = int(train_length)
+    if method == "llama3":
+        base.update(low_freq_factor=1.0, high_freq_factor=4.0)
+    if method == "longrope":
+        base.update(ramp_longrope_factors(factor, rotary_dim) if longrope is None else dict(longrope))
+    return base
+
+
+def config_changes(method: str, *, factor: float, train_length: int, rotary_dim: int,
+                   window: int | None = None, sinks: int = 4,
+                   longrope: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """`ModelConfig` fields that turn the pretrained model into `method`.
+
+    Args:
+      window: attention window of "sliding_window" and "streaming" (default train_length).
+      sinks: StreamingLLM sink tokens.
+      other args: see `rope_scaling_for`.
+    """
+    changes: dict[str, Any] = {
+        "rope_scaling": rope_scaling_for(method, factor=factor, train_length=train_length,
+                                         rotary_dim=rotary_dim, longrope=longrope),
+        "window": None, "sinks": 0,
+    }
+    if method in ATTENTION_METHODS:
+        changes["window"] = int(window or train_length)
+        changes["sinks"] = int(sinks) if method == "streaming" else 0
+    return changes
+
+
+def with_config(model: Decoder, **changes: Any) -> Decoder:
+    """The same weights under a changed `ModelConfig` (no copy of the parameters)."""
+    cfg = model.cfg.replace(**changes)
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0))))
+    return nnx.merge(graphdef, nnx.state(model))
