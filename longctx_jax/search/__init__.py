@@ -1,0 +1,1 @@
+"""Searches over model settings (LongRoPE's evolutionary rescale-factor search)."""
