@@ -1,0 +1,43 @@
+"""Attention benchmark: time and memory of dense vs blockwise vs jax.nn.dot_product_attention.
+
+  python -m experiments.bench_attention --config configs/bench_attention.py --config.workdir=runs/bench_attention
+  python -m experiments.bench_attention --config configs/bench_attention.py --config.preset=quick
+
+CPU section (always): lengths 1K..64K (preset "full") or 1K..4K ("quick"), batch 1, 8 heads,
+head_dim 64, float32, causal. GPU section (only when a GPU backend is present): forward and
+forward+backward TFLOP/s of flash vs cudnn vs xla, causal and sliding window, head_dim 64 /
+128, bfloat16, 2K..32K.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.workdir = "runs/bench_attention"
+    config.preset = "full"  # "full": 1K..64K; "quick": 1K..4K, fewer repeats
+    config.lengths = ()  # overrides the preset's lengths when non-empty
+    config.cpu = ml_collections.ConfigDict()
+    config.cpu.batch = 1
+    config.cpu.heads = 8
+    config.cpu.kv_heads = 8
+    config.cpu.head_dim = 64
+    config.cpu.dtype = "float32"
+    config.cpu.causal = True
+    config.cpu.impls = ("blockwise", "xla", "dense")
+    config.cpu.block_q = 512
+    config.cpu.block_k = 1024
+    config.cpu.repeats = 3
+    config.cpu.long_from = 16384  # lengths from here on are timed once
+    # Implementations that materialise [B, N, T, S] float32 logits are skipped above this.
+    config.cpu.max_quadratic_gib = 6.0
+    config.gpu = ml_collections.ConfigDict()
+    config.gpu.lengths = (2048, 4096, 8192, 16384, 32768)
+    config.gpu.batch = 1
+    config.gpu.heads = 16
+    config.gpu.head_dims = (64, 128)
+    config.gpu.dtype = "bfloat16"
+    config.gpu.window = 1024
+    config.gpu.impls = ("flash", "cudnn", "xla")
+    config.gpu.repeats = 10
+    return config
