@@ -17,11 +17,11 @@ import ml_collections
 from configs import tiny
 
 TRAIN_LEN = 64
-BATCH = 16  # tokens per step = BATCH * TRAIN_LEN in every reproduction run
+BATCH = 32  # tokens per step = BATCH * TRAIN_LEN in every reproduction run
 VARIANTS = ("rope", "alibi", "nope")
 
 
-def base_config(variant: str, *, steps: int = 300) -> ml_collections.ConfigDict:
+def base_config(variant: str, *, steps: int = 600) -> ml_collections.ConfigDict:
     """The shared tiny model (2 layers, d=64) trained at TRAIN_LEN; variant picks the positions."""
     config = tiny.get_config(variant)
     config.workdir = f"runs/repro/{variant}"

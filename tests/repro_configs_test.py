@@ -1,14 +1,18 @@
-"""Every configs/repro_*.py variant loads, validates as a ModelConfig and documents its launch."""
+"""Every configs/repro_*.py variant loads, validates and documents its launch; the driver's evaluators."""
 
 import glob
 import importlib
 import os
 
+import numpy as np
 import pytest
 
+from experiments import reproduce
 from longctx_jax.data import ByteTokenizer
 from longctx_jax.models.config import ModelConfig
 from longctx_jax.train.curriculum import curriculum_stages
+from longctx_jax.train.trainer import build_model
+from tests.train_trainer_test import small_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODULES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, "configs", "repro_*.py")))
@@ -27,7 +31,7 @@ def test_config_validates(module, variant):
     model = dict(config.model)
     model["vocab_size"] = ByteTokenizer().vocab_size
     cfg = ModelConfig.from_config(model)
-    assert config.data.seq_len * config.data.batch_size == 64 * 16  # equal tokens per step everywhere
+    assert config.data.seq_len * config.data.batch_size == 64 * 32  # equal tokens per step everywhere
     assert config.optim.warmup_steps < config.train.steps
     if config.train.curriculum:
         curriculum_stages(config.train.curriculum, config.data.seq_len * config.data.batch_size)
@@ -43,3 +47,13 @@ def test_unknown_variant_is_rejected():
     mod = importlib.import_module("configs.repro_alibi")
     with pytest.raises(ValueError, match="unknown variant"):
         mod.get_config("t5")
+
+
+@pytest.mark.slow
+def test_streaming_evaluator_without_eviction_matches_single_forward():
+    model = build_model(small_config(), reproduce.VOCAB)
+    docs = np.random.default_rng(0).integers(0, 256, (2, 33)).astype(np.int32)
+    dense = reproduce.ppl_vs_length(model, docs, [32])["32"]
+    stream = reproduce.stream_ppl(model, docs, cache_size=40, sinks=4)  # 32 tokens: nothing evicted
+    np.testing.assert_allclose(stream["ppl"], dense, rtol=1e-4)
+    assert len(stream["ppl_by_eighth"]) == 8
