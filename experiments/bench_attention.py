@@ -2,7 +2,8 @@
 
   python -m experiments.bench_attention --config configs/bench_attention.py --config.preset=quick
 
-CPU: for each length, forward time (median of `repeats`, compilation excluded) and the
+CPU: for each length, forward time (median of `repeats`, once from `long_from` tokens on,
+compilation excluded; wall and process CPU seconds, the latter steadier on a shared host) and the
 compiled program's memory (`memory_analysis()`: arguments + outputs + temporaries, the
 peak XLA plans for) of every implementation in `config.cpu.impls`, plus the process's
 peak RSS after each case (blockwise runs first, so its RSS is not inflated by the dense
@@ -74,7 +75,7 @@ def cpu_section(cfg, lengths, repeats) -> list[dict]:
     for impl in cfg.impls:
         for n in lengths:
             row = dict(impl=impl, seq_len=n, batch=cfg.batch, heads=cfg.heads, kv_heads=cfg.kv_heads,
-                       head_dim=cfg.head_dim, dtype=cfg.dtype, causal=cfg.causal)
+                       head_dim=cfg.head_dim, dtype=cfg.dtype, causal=cfg.causal, window=cfg.window)
             logits_gib = cfg.batch * cfg.heads * n * n * 4 / GIB
             if impl != "blockwise" and logits_gib > cfg.max_quadratic_gib:
                 row["skipped"] = (
@@ -84,7 +85,7 @@ def cpu_section(cfg, lengths, repeats) -> list[dict]:
                 rows.append(row)
                 print(row, flush=True)
                 continue
-            kwargs = dict(causal=cfg.causal)
+            kwargs = dict(causal=cfg.causal, window=cfg.window)
             if impl == "blockwise":
                 kwargs.update(block_q=cfg.block_q, block_k=cfg.block_k)
             fn = jax.jit(functools.partial(dispatch.attend, impl=impl, **kwargs))
@@ -97,10 +98,12 @@ def cpu_section(cfg, lengths, repeats) -> list[dict]:
             row["compiled_total_bytes"] = int(
                 mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
             )
-            # Already compiled: no warm-up call; long sequences are timed once.
-            row["forward_seconds"], row["forward_cpu_seconds"] = _time(
-                compiled, args, repeats if n < cfg.long_from else 1, warmup=False
-            )
+            if n > cfg.time_max_len:
+                row["not_timed"] = f"seq_len > time_max_len={cfg.time_max_len}; compiled memory only"
+            else:  # already compiled: no warm-up call; long sequences are timed once
+                row["forward_seconds"], row["forward_cpu_seconds"] = _time(
+                    compiled, args, repeats if n < cfg.long_from else 1, warmup=False
+                )
             row["peak_rss_bytes_so_far"] = _peak_rss_bytes()
             row["compiled_total_gib"] = row["compiled_total_bytes"] / GIB
             rows.append(row)

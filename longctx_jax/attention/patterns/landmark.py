@@ -138,7 +138,8 @@ def landmark_attention(
       scale: logit scale, default 1 / sqrt(H).
       impl: "dense" (materialised `[L, L]` grouped softmax) or "blockwise" (a scan over
         blocks merging online-softmax states; `[L, block_size + 1]` logits per step, the
-        step rematerialised in the backward).
+        step rematerialised in the backward, which still keeps one `[B, L, N, H]` state
+        per block: O(L^2 N H / (block_size + 1)) for gradients, O(L N H) forward only).
 
     Returns:
       `[B, L, N, H]` in q's dtype.
