@@ -1,0 +1,100 @@
+"""LongRoPE evolutionary search for a pretrained model's per-band RoPE factors.
+
+  python -m experiments.longrope_search --config configs/longrope_search_smollm2.py:cpu \
+      --config.workdir=runs/longrope_cpu
+"""
+
+import json
+import math
+import os
+import time
+
+import numpy as np
+from absl import app, logging
+from ml_collections import config_flags
+
+from longctx_jax.eval.corpus import documents
+from longctx_jax.models.llama import load_gguf, smollm2_path
+from longctx_jax.positional.rope import rotary_dim_of
+from longctx_jax.search import longrope
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/longrope_search_smollm2.py", "Search config.")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)
+    config = _CONFIG.value
+    os.makedirs(config.workdir, exist_ok=True)
+    with open(os.path.join(config.workdir, "config.json"), "w") as f:
+        f.write(config.to_json(indent=2))
+    model, tokenizer = load_gguf(
+        config.checkpoint or smollm2_path(),
+        dtype=config.dtype,
+        attention_impl=config.attention_impl,
+        rope_scaling={"rope_type": "default"},
+    )
+    space = longrope.SearchSpace(
+        rotary_dim=rotary_dim_of(model.cfg.head_dim),
+        base=model.cfg.rope_theta,
+        original_length=config.original_length,
+        factor=config.factor,
+        max_factor=config.max_factor,
+        n_hat_choices=tuple(config.n_hat_choices),
+    )
+    docs = documents(tokenizer, space.target_length + 1, config.num_docs, offset=config.doc_offset)
+    start = time.time()
+    state = longrope.search(
+        model,
+        docs,
+        space,
+        state_path=os.path.join(config.workdir, "search_state.json"),
+        population_size=config.population_size,
+        num_parents=config.num_parents,
+        generations=config.generations,
+        seed=config.seed,
+        chunk=config.chunk,
+        num_layers=config.num_layers,
+        mutation_prob=config.mutation_prob,
+        sigma=config.sigma,
+    )
+    best, best_nll = state.best()
+    rope = longrope.longrope_scaling(best, space)
+    with open(os.path.join(config.workdir, "rope_scaling.json"), "w") as f:
+        json.dump(rope, f, indent=2)
+    refs = {c.key(): name for name, c in longrope.reference_candidates(space).items()}
+    baselines = {
+        refs[longrope.Candidate(tuple(r["factors"]), r["n_hat"]).key()]: math.exp(r["nll"])
+        for r in state.history
+        if longrope.Candidate(tuple(r["factors"]), r["n_hat"]).key() in refs
+    }
+    per_generation = [
+        math.exp(min(r["nll"] for r in state.history if r["generation"] <= g))
+        for g in range(state.generation)
+    ]
+    summary = {
+        "target_length": space.target_length,
+        "original_length": space.original_length,
+        "factor": space.factor,
+        "num_docs": int(config.num_docs),
+        "num_layers": config.num_layers,
+        "population_size": config.population_size,
+        "generations": state.generation,
+        "candidates_scored": len(state.history),
+        "best_ppl": math.exp(best_nll),
+        "best_n_hat": best.n_hat,
+        "baseline_ppl": baselines,
+        "best_ppl_by_generation": per_generation,
+        "seconds_this_run": time.time() - start,
+        "best_factors_first_last": [best.factors[0], best.factors[-1]],
+    }
+    with open(os.path.join(config.workdir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    print(json.dumps(summary, indent=2))
+    print(f"winner rope_scaling: {os.path.join(config.workdir, 'rope_scaling.json')}")
+    assert np.isfinite(best_nll)
+
+
+if __name__ == "__main__":
+    app.run(main)
