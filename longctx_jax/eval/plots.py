@@ -68,7 +68,6 @@ def _heatmap(ax, records: Sequence[dict], method: str, train_length: int | None)
         if beyond:
             ax.axvline(beyond[0] - 0.5, color="black", linewidth=2)
     ax.set_xlabel("context length")
-    ax.set_ylabel("needle depth")
     ax.set_title(method)
     return image
 
@@ -83,6 +82,7 @@ def plot_heatmaps(records: Sequence[dict], path: str | os.PathLike, *, train_len
     image = None
     for ax, method in zip(axes[0], methods, strict=True):
         image = _heatmap(ax, records, method, train_length)
+    axes[0][0].set_ylabel("needle depth")
     fig.colorbar(image, ax=list(axes[0]), label="accuracy")
     if title:
         fig.suptitle(title)
