@@ -51,16 +51,18 @@ VOCAB = ByteTokenizer().vocab_size
 
 
 def train(config: ml_collections.ConfigDict) -> dict:
-    """Trains `config` in its workdir unless a finished run is there; returns its summary."""
-    config = config.copy_and_resolve_references()
-    config.train.steps = max(int(config.train.steps * _STEPS_SCALE.value), config.optim.warmup_steps + 1)
-    config.train.eval_every = config.train.checkpoint_every = config.train.steps
+    """Trains `config` in its workdir unless a finished run is there; returns its summary.
+
+    A finished run (its summary.json) is reused whatever its step count, which the summary
+    records; `--steps_scale` only sizes runs trained now.
+    """
     path = os.path.join(config.workdir, "summary.json")
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
-            summary = json.load(f)
-        if summary.get("steps") == config.train.steps:
-            return summary
+            return json.load(f)
+    config = config.copy_and_resolve_references()
+    config.train.steps = max(int(config.train.steps * _STEPS_SCALE.value), config.optim.warmup_steps + 1)
+    config.train.eval_every = config.train.checkpoint_every = config.train.steps
     out = train_and_evaluate(config, config.workdir)
     return {k: v for k, v in out.items() if k not in ("state", "graphdef")}
 
