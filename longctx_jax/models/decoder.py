@@ -216,13 +216,16 @@ class Decoder(nnx.Module):
                 h = block(h, positions_BT, segment_ids_BT)
         return self.logits(h)
 
-    def decode(self, tokens_BT: Array, cache: kv_cache.KVCache) -> tuple[Array, kv_cache.KVCache]:
+    def decode(self, tokens_BT: Array, cache: kv_cache.KVCache, *, last_only: bool = False
+               ) -> tuple[Array, kv_cache.KVCache]:
         """Logits of new tokens that follow the cached ones, and the updated cache.
 
         Args:
           tokens_BT: the next `T` tokens of every sequence `[batch, T]` (a prompt, or one
             generated token); positions continue from `cache.length`.
           cache: a `kv_cache.KVCache` of this model's layers and KV heads.
+          last_only: return logits of the last token only (`[batch, 1, vocab]`), which is
+            all sampling needs and saves T x vocab floats in a long prefill.
 
         Returns:
           (float32 logits `[batch, T, vocab]`, cache with the T tokens written).
@@ -234,4 +237,6 @@ class Decoder(nnx.Module):
             h, k_BCKH, v_BCKH = block.cached(h, k_BCKH, v_BCKH, plan)
             ks.append(k_BCKH)
             vs.append(v_BCKH)
+        if last_only:
+            h = h[:, -1:]
         return self.logits(h), cache.advance(ks, vs, tokens_BT.shape[1])
