@@ -14,7 +14,10 @@ compare); single-forward perplexity at 4096/8192/12288/16384 on one stdlib docum
 lengths read from one 16K forward per method (exact for these length-independent methods, see
 `longctx_jax.eval.perplexity`); passkey for "none" at 2048 tokens, depths 0/50/100%, one trial;
 no strided protocol and no needle grid. A SmolLM2-135M forward costs about 14 TFLOP at 16K
-(2/3 of it attention), so two 16K forwards are already most of the CPU budget.
+(2/3 of it attention), so the default is about 30 TFLOP: roughly 12 minutes on an otherwise idle
+2-core CPU at the ~40 GFLOP/s its float32 matmuls reach, and several times longer when the cores
+are shared (see the run's results.json "timing_s"). To trade the sanity checks for speed, cut
+the lengths, e.g. `--config.eval.ppl_lengths="(4096,8192,12288)"`.
 
 Full preset: every method of `longctx_jax.eval.methods.METHODS`; perplexity at 4K..32K on two
 documents; the strided protocol (stride 256) at windows 4K..32K over a 32K document; passkey at
