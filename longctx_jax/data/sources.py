@@ -126,6 +126,6 @@ def load_documents(data_config: ml_collections.ConfigDict, split: str) -> Docume
         raise ValueError(
             f"text_feature {feature!r} not in {builder.info.full_name}; have {list(builder.info.features)}"
         )
-    records = builder.as_data_source(split=split)  # NotImplementedError if not array_record.
+    records = builder.as_data_source(split=split)  # TFDS refuses formats other than array_record.
     cache_id = _safe(f"{builder.info.full_name}-{split}-{feature}")
     return DocumentSource(records, feature, cache_id)
