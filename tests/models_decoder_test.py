@@ -1,4 +1,5 @@
-"""Decoder: shapes, causality, GQA == MHA with repeated KV heads, position schemes, config errors."""
+"""Decoder: shapes, causality, GQA == MHA with repeated KV heads, position schemes, config errors,
+the `hidden` seams (rotary, attention_fn, num_layers) and remat."""
 
 import chex
 import jax
@@ -7,8 +8,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from longctx_jax.attention import dense
 from longctx_jax.models.config import ModelConfig
 from longctx_jax.models.decoder import Decoder
+from longctx_jax.positional.rope import apply_rope, rope_frequencies
 
 BASE = dict(vocab_size=61, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=64)
 
@@ -119,3 +122,41 @@ def test_sliding_window_config_limits_receptive_field():
     diff = np.abs(np.asarray(model(tokens) - model(perturbed))).max(axis=-1)[0]
     # One layer, window 3: token 2 is seen by positions 2, 3, 4 only.
     assert (diff[[2, 3, 4]] > 1e-4).all() and (diff[5:] < 1e-6).all() and (diff[:2] < 1e-6).all()
+
+
+def test_hidden_with_written_out_rotary_and_attention_is_the_decoder():
+    """`Decoder.hidden`'s seams: defaults written out by hand, an identity rotary, num_layers."""
+    cfg = ModelConfig(**BASE)
+    model = Decoder(cfg, rngs=nnx.Rngs(4))
+    tokens = _tokens()
+    h = model.embed_tokens(tokens)
+    inv_freq, factor = rope_frequencies(cfg.head_dim, cfg.rope_theta, None)
+
+    def rotary(x_BTNH, positions_BT):
+        return apply_rope(x_BTNH, positions_BT, inv_freq, factor)
+
+    def attention_fn(q, k, v):
+        return dense.attention(q, k, v, causal=True)
+
+    got = model.logits(model.hidden(h, rotary=rotary, attention_fn=attention_fn))
+    chex.assert_trees_all_close(got, model(tokens), atol=1e-5, rtol=1e-5)
+    # No rotation at all is the NoPE model with the same parameters.
+    nope = nnx.merge(nnx.split(Decoder(cfg.replace(position="none"), rngs=nnx.Rngs(0)))[0], nnx.state(model))
+    got = model.logits(model.hidden(h, rotary=lambda x_BTNH, positions_BT: x_BTNH))
+    chex.assert_trees_all_close(got, nope(tokens), atol=1e-5, rtol=1e-5)
+    chex.assert_trees_all_close(model.hidden(h, num_layers=0), h)
+
+
+def test_remat_changes_neither_loss_nor_gradient_even_inside_lax_map():
+    """The model is closed over by lax.map (as LongRoPE's population_nll does), where remat must work."""
+    tokens = _tokens(batch=3)
+
+    def loss(params, graphdef):
+        model = nnx.merge(graphdef, params)
+        return jnp.mean(jax.lax.map(lambda t_T: jnp.mean(jnp.square(model(t_T[None]))), tokens))
+
+    results = []
+    for remat in (False, True):
+        graphdef, params = nnx.split(Decoder(ModelConfig(**BASE, remat=remat), rngs=nnx.Rngs(5)))
+        results.append(jax.jit(jax.value_and_grad(loss), static_argnums=1)(params, graphdef))
+    chex.assert_trees_all_close(results[0], results[1], atol=1e-5, rtol=1e-5)

@@ -11,9 +11,15 @@ RoPE (with any Hugging Face `rope_scaling`), ALiBi, or none (NoPE) come from
 through `longctx_jax.attention.dispatch.attend`. The pretrained-model loaders fill this
 same module with real weights.
 
+`Decoder.hidden` is the one block loop: variants run it on embeddings they build (memory
+tokens) or with every layer's rotation or attention replaced through `rotary=` /
+`attention_fn=` (LongRoPE's searched frequencies, landmark attention), never a copied block.
+
 Parameters carry logical axis names (`logical_axes` metadata) that `longctx_jax.sharding`
 maps to mesh axes.
 """
+
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +31,11 @@ from longctx_jax.models.config import ModelConfig
 from longctx_jax.positional.alibi import alibi_slopes
 from longctx_jax.positional.rope import apply_rope, rope_frequencies
 from longctx_jax.typing import Array
+
+# (x_BTNH, positions_BT) -> x rotated; replaces the configured RoPE of every layer.
+RotaryFn = Callable[[Array, Array], Array]
+# (q_BTNH, k_BTKH, v_BTKH) -> out_BTNH; replaces `attend` with the config's options.
+AttentionFn = Callable[[Array, Array, Array], Array]
 
 
 def _param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str, ...], std: float, dtype) -> nnx.Param:
@@ -95,14 +106,34 @@ class Attention(nnx.Module):
     def output(self, out_BTNH: Array) -> Array:
         return jnp.einsum("BTNH,NHD->BTD", out_BTNH, self.wo[...].astype(out_BTNH.dtype))
 
-    def __call__(self, x_BTD: Array, positions_BT: Array | None, segment_ids_BT: Array | None) -> Array:
+    def __call__(
+        self,
+        x_BTD: Array,
+        positions_BT: Array | None,
+        segment_ids_BT: Array | None,
+        *,
+        rotary: RotaryFn | None = None,
+        attention_fn: AttentionFn | None = None,
+    ) -> Array:
+        """Self-attention of `x_BTD`; `rotary` / `attention_fn` replace the configured ones.
+
+        `rotary` gets the RoPE positions (`positions_BT`, or `[1, T]` ids 0 .. T-1 when None);
+        `attention_fn` gets the rotated q, k and v and sees neither positions nor segment ids.
+        """
         B, T, _ = x_BTD.shape
         rope_positions = positions_BT if positions_BT is not None else jnp.arange(T)[None, :]
         q, k, v = self.project_qkv(x_BTD)
-        q = self.rotate(q, rope_positions, T)
-        k = self.rotate(k, rope_positions, T)
-        out = attend(q, k, v, impl=self.cfg.attention_impl, segment_ids=segment_ids_BT,
-                     q_positions=positions_BT, k_positions=positions_BT, **self.attention_kwargs())
+        if rotary is None:
+            q = self.rotate(q, rope_positions, T)
+            k = self.rotate(k, rope_positions, T)
+        else:
+            q = rotary(q, rope_positions)
+            k = rotary(k, rope_positions)
+        if attention_fn is None:
+            out = attend(q, k, v, impl=self.cfg.attention_impl, segment_ids=segment_ids_BT,
+                         q_positions=positions_BT, k_positions=positions_BT, **self.attention_kwargs())
+        else:
+            out = attention_fn(q, k, v)
         return self.output(out)
 
     def cached(self, x_BTD: Array, k_BCKH: Array, v_BCKH: Array, plan: kv_cache.CachePlan
@@ -154,8 +185,18 @@ class Block(nnx.Module):
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, pdt)
         self.mlp = SwiGLU(cfg, rngs)
 
-    def __call__(self, x_BTD: Array, positions_BT: Array | None, segment_ids_BT: Array | None) -> Array:
-        x_BTD = x_BTD + self.attn(self.attn_norm(x_BTD), positions_BT, segment_ids_BT)
+    def __call__(
+        self,
+        x_BTD: Array,
+        positions_BT: Array | None,
+        segment_ids_BT: Array | None,
+        *,
+        rotary: RotaryFn | None = None,
+        attention_fn: AttentionFn | None = None,
+    ) -> Array:
+        attn = self.attn(self.attn_norm(x_BTD), positions_BT, segment_ids_BT,
+                         rotary=rotary, attention_fn=attention_fn)
+        x_BTD = x_BTD + attn
         return x_BTD + self.mlp(self.mlp_norm(x_BTD))
 
     def cached(self, x_BTD: Array, k_BCKH: Array, v_BCKH: Array, plan: kv_cache.CachePlan
@@ -208,13 +249,45 @@ class Decoder(nnx.Module):
         Returns:
           float32 logits `[batch, seq, vocab]`.
         """
-        h = self.embed_tokens(tokens_BT)
-        for block in self.layers:
+        return self.logits(self.hidden(self.embed_tokens(tokens_BT), positions_BT, segment_ids_BT))
+
+    def hidden(
+        self,
+        h_BTD: Array,
+        positions_BT: Array | None = None,
+        segment_ids_BT: Array | None = None,
+        *,
+        rotary: RotaryFn | None = None,
+        attention_fn: AttentionFn | None = None,
+        num_layers: int | None = None,
+    ) -> Array:
+        """The block stack on given inputs: hidden states `[B, T, D]` before the final norm.
+
+        Args:
+          h_BTD: inputs of the first block (token embeddings, or embeddings the caller built).
+          positions_BT: as in `__call__` (default 0 .. T - 1).
+          segment_ids_BT: as in `__call__`; only the default attention uses them.
+          rotary: `(x_BTNH, positions_BT) -> rotated x` used by every layer instead of the
+            configured RoPE (e.g. frequencies given from outside, possibly traced).
+          attention_fn: `(q_BTNH, k_BTKH, v_BTKH) -> out_BTNH` used by every layer instead of
+            `attend` with the config's options (e.g. landmark attention).
+          num_layers: run only the first `num_layers` blocks (default all).
+
+        Returns:
+          the last block's output `[B, T, D]` (`logits` applies the final norm and head).
+        """
+        def run(block: Block, x_BTD: Array) -> Array:
+            return block(x_BTD, positions_BT, segment_ids_BT, rotary=rotary, attention_fn=attention_fn)
+
+        for block in list(self.layers)[:num_layers]:
             if self.cfg.remat:
-                h = nnx.remat(lambda blk, x: blk(x, positions_BT, segment_ids_BT))(block, h)
+                # A pure (state, x) function rather than nnx.remat: nnx.remat refuses blocks
+                # whose parameters come from an outer trace (a model closed over by lax.map).
+                graphdef, state = nnx.split(block)
+                h_BTD = jax.checkpoint(lambda s, x: run(nnx.merge(graphdef, s), x))(state, h_BTD)
             else:
-                h = block(h, positions_BT, segment_ids_BT)
-        return self.logits(h)
+                h_BTD = run(block, h_BTD)
+        return h_BTD
 
     def decode(self, tokens_BT: Array, cache: kv_cache.KVCache, *, last_only: bool = False
                ) -> tuple[Array, kv_cache.KVCache]:

@@ -12,14 +12,15 @@ scores pick the `top_k` earlier blocks per head and the query attends to those b
 its own (`landmark_retrieval_attention`), so the attended context stays about
 (top_k + 1) * block_size tokens however long the input is.
 
-`LandmarkDecoder` owns a plain `Decoder` and composes its blocks (norms, `project_qkv`,
-`rotate`, `output`, SwiGLU) around the landmark attention; it is called like a Decoder on
-landmark-augmented token ids, so `longctx_jax.train.step.make_train_step` trains it.
+`LandmarkDecoder` owns a plain `Decoder` and runs its block stack (`Decoder.hidden`) with the
+landmark attention as `attention_fn`; it is called like a Decoder on landmark-augmented token
+ids, so `longctx_jax.train.step.make_train_step` trains it.
 `passkey_batch` builds the synthetic passkey task with landmarks inserted.
 Config: configs/repro_landmark.py (passkey retrieval beyond the training length).
 """
 
-import jax.numpy as jnp
+import functools
+
 import numpy as np
 from flax import nnx
 
@@ -30,7 +31,7 @@ from longctx_jax.attention.patterns.landmark import (
 )
 from longctx_jax.models import memory_tokens
 from longctx_jax.models.config import ModelConfig
-from longctx_jax.models.decoder import Decoder
+from longctx_jax.models.decoder import AttentionFn, Decoder
 from longctx_jax.typing import Array
 
 
@@ -81,24 +82,17 @@ class LandmarkDecoder(nnx.Module):
             raise ValueError(
                 "LandmarkDecoder does not take packed segment_ids; train with use_segment_ids=False"
             )
-        B, L = tokens_BL.shape
-        positions = (
-            jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L)) if positions_BL is None else positions_BL
-        )
         h = self.decoder.embed_tokens(tokens_BL)
-        for block in self.decoder.layers:
-            q, k, v = block.attn.project_qkv(block.attn_norm(h))
-            q = block.attn.rotate(q, positions, L)
-            k = block.attn.rotate(k, positions, L)
-            if self.top_k is None:
-                out = landmark_attention(q, k, v, block_size=self.block_size, impl=self.impl)
-            else:
-                out = landmark_retrieval_attention(
-                    q, k, v, block_size=self.block_size, top_k=self.top_k, impl=self.impl
-                )
-            h = h + block.attn.output(out)
-            h = h + block.mlp(block.mlp_norm(h))
+        h = self.decoder.hidden(h, positions_BL, attention_fn=self.attention_fn())
         return self.decoder.logits(h)
+
+    def attention_fn(self) -> AttentionFn:
+        """`(q, k, v) -> out` of every layer: the grouped softmax, or top-k retrieval if `top_k`."""
+        if self.top_k is None:
+            return functools.partial(landmark_attention, block_size=self.block_size, impl=self.impl)
+        return functools.partial(
+            landmark_retrieval_attention, block_size=self.block_size, top_k=self.top_k, impl=self.impl
+        )
 
 
 def with_landmarks(

@@ -11,7 +11,8 @@ sees the whole segment; the write slots are fed the current memory too (RMT's de
 Logits are taken at the segment tokens only. Training backpropagates through the recurrence,
 truncated every `bptt_segments` segments (a stop_gradient on the memory entering a segment).
 
-`MemoryTokenDecoder` owns a plain `Decoder` and its blocks, and is called like one
+`MemoryTokenDecoder` owns a plain `Decoder`, runs its block stack (`Decoder.hidden`) on the
+memory-augmented embeddings, and is called like one
 (`model(tokens[B, L]) -> logits[B, L, V]`), so `longctx_jax.train.step.make_train_step`
 trains it unchanged. `carry_memory=False` resets the memory every segment (the ablation with
 the same parameters and compute). `passkey_batch` makes the synthetic task used by the tests
@@ -72,8 +73,7 @@ class MemoryTokenDecoder(nnx.Module):
         M = self.num_memory
         h = jnp.concatenate([mem_BMD, self.decoder.embed_tokens(tokens_BS), mem_BMD], axis=1)
         positions = jnp.broadcast_to(jnp.arange(2 * M + S, dtype=jnp.int32), (B, 2 * M + S))
-        for block in self.decoder.layers:
-            h = block(h, positions, None)
+        h = self.decoder.hidden(h, positions)
         return self.decoder.logits(h[:, M : M + S]), h[:, M + S :]
 
     def run_segments(self, mem_BMD: Array, tokens_BL: Array) -> tuple[Array, Array]:

@@ -20,9 +20,8 @@ uniform crossovers of two parents, re-projected onto the constraints and dedupli
 The whole population is scored in one compiled computation: `population_nll` maps
 `forward_with_frequencies` over the stacked `[P, d/2]` inverse frequencies with
 `jax.lax.map(..., batch_size=chunk)` (a vmap over `chunk` candidates at a time), so the model
-is never rebuilt per candidate. `forward_with_frequencies` composes the `Decoder`'s own
-submodules (embed_tokens, layers[i].attn.project_qkv / output, mlp, norms, logits) with
-externally supplied frequencies.
+is never rebuilt per candidate. `forward_with_frequencies` runs the `Decoder`'s own block
+stack (`Decoder.hidden`) with a `rotary` that uses the externally supplied frequencies.
 
 The winner is written as a Hugging Face `longrope` rope_scaling dict (long_factor = lambda,
 short_factor = ones, factor = s, original_max_position_embeddings = L), which `load_gguf`,
@@ -45,7 +44,6 @@ import numpy as np
 import optax
 from flax import nnx
 
-from longctx_jax.attention.dispatch import attend
 from longctx_jax.models.decoder import Decoder
 from longctx_jax.positional import rope_scaling as scaling
 from longctx_jax.positional.rope import apply_rope
@@ -220,19 +218,17 @@ def forward_with_frequencies(
 ) -> Array:
     """The decoder's logits `[B, T, V]` with RoPE frequencies given from outside.
 
-    Same computation as `Decoder.__call__` (default positions 0 .. T-1, no packing), but
-    every layer rotates queries and keys with `inv_freq_R` (`[rotary_dim // 2]`, may be a
-    traced array) and, for p < n_hat, `unscaled_inv_freq_R`. `num_layers` runs only the first
-    layers (a smaller CPU-sized model from a pretrained one).
+    Same computation as `Decoder.__call__` (default positions 0 .. T-1, no packing; it runs
+    `Decoder.hidden`), but every layer rotates queries and keys with `inv_freq_R`
+    (`[rotary_dim // 2]`, may be a traced array) and, for p < n_hat, `unscaled_inv_freq_R`.
+    `num_layers` runs only the first layers (a smaller CPU-sized model from a pretrained one).
     """
     cfg = model.cfg
     if cfg.position != "rope":
         raise ValueError(f"forward_with_frequencies needs a RoPE model, got position={cfg.position!r}")
-    B, T = tokens_BT.shape
-    positions_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
-    layers = list(model.layers)[: len(model.layers) if num_layers is None else num_layers]
 
-    def rotate(x_BTNH):
+    # Positions are the decoder's default (0 .. T-1); only the frequencies differ.
+    def rotary(x_BTNH: Array, positions_BT: Array) -> Array:
         return apply_rope(
             x_BTNH,
             positions_BT,
@@ -243,12 +239,7 @@ def forward_with_frequencies(
             num_unscaled=n_hat,
         )
 
-    h = model.embed_tokens(tokens_BT)
-    for block in layers:
-        q, k, v = block.attn.project_qkv(block.attn_norm(h))
-        out = attend(rotate(q), rotate(k), v, impl=cfg.attention_impl, **block.attn.attention_kwargs())
-        h = h + block.attn.output(out)
-        h = h + block.mlp(block.mlp_norm(h))
+    h = model.hidden(model.embed_tokens(tokens_BT), rotary=rotary, num_layers=num_layers)
     return model.logits(h)
 
 
