@@ -10,10 +10,11 @@ state (running max m, denominator l, unnormalised output o) is merged over key b
     dQ += dS K scale,  dK += dS^T Q scale,  dBias = dS.
 Memory is O(B T N H + B N block_q block_k) apart from a user-supplied dense `bias` / `mask`.
 
-Tiles that the mask makes empty are skipped with `lax.cond` (the test is one `any` over the
-boolean tile), and when positions are the default `arange` only the band of key blocks a
-causal / sliding-window mask can reach is iterated at all. Lengths that are not a multiple of
-the block sizes are padded and the padding masked.
+Tiles that the mask makes empty are skipped and tiles it leaves full run without the mask
+(a `lax.switch` on `any` / `all` of the boolean tile), and when positions are the default
+`arange` only the band of key blocks a causal / sliding-window mask can reach is iterated at
+all. The forward loops in the grouped `[B, K, G, T, H]` layout of `online_softmax`. Lengths
+that are not a multiple of the block sizes are padded and the padding masked.
 
 `mask` may be an array (broadcastable to `[B, N, T, S]`) or a hashable callable
 `mask(q_positions_Bt, k_positions_Bs) -> bool [B|1, N|1, t, s]` evaluated per tile on true
@@ -71,16 +72,6 @@ def _slice(x: Array, start, size: int, axis: int) -> Array:
     return jax.lax.dynamic_slice_in_dim(x, start, size, axis=axis)
 
 
-def _to_KG(x_bntS: Array, num_heads: int, num_kv_heads: int) -> Array:
-    """`[b, N|1, t, s]` to the `[b, K|1, G|1, t, s]` layout of the logits."""
-    b, n, t, s = x_bntS.shape
-    if n == 1:
-        return x_bntS[:, None]
-    if n != num_heads:
-        raise ValueError(f"mask/bias head dim must be 1 or {num_heads}, got {n}")
-    return x_bntS.reshape(b, num_kv_heads, num_heads // num_kv_heads, t, s)
-
-
 def _tile_allowed(st: _Static, aux: _Aux, num_heads: int, qi, kj) -> Array:
     """Boolean `[B, K|1, G|1, bq, bk]` tile of the full mask."""
     bq, bk = st.block_q, st.block_k
@@ -97,11 +88,11 @@ def _tile_allowed(st: _Static, aux: _Aux, num_heads: int, qi, kj) -> Array:
         m = jax.lax.dynamic_slice(
             aux.mask, (0, 0, qi * bq, kj * bk), aux.mask.shape[:2] + (bq, bk)
         )
-        ok = ok & _to_KG(m, num_heads, st.num_kv_heads)
+        ok = ok & osm.group_heads(m, num_heads, st.num_kv_heads)
     if st.mask_fn is not None:
         m = jnp.asarray(st.mask_fn(qp, kp), bool)
         m = m.reshape((1,) * (4 - m.ndim) + m.shape)
-        ok = ok & _to_KG(m, num_heads, st.num_kv_heads)
+        ok = ok & osm.group_heads(m, num_heads, st.num_kv_heads)
     return ok
 
 
@@ -154,31 +145,39 @@ def _query_band(st: _Static, kj, num_q_blocks: int):
 def _forward(st: _Static, q, k, v, bias, aux: _Aux) -> tuple[Array, Array]:
     B, Tp, N, H = q.shape
     nq, nk = Tp // st.block_q, k.shape[1] // st.block_k
+    q_BKGTH = osm.to_grouped(q, st.num_kv_heads)
+    k_BKSH, v_BKSH = osm.kv_to_grouped(k), osm.kv_to_grouped(v)
 
     def one_query_block(qi):
-        q_blk = _slice(q, qi * st.block_q, st.block_q, 1)
+        q_blk = _slice(q_BKGTH, qi * st.block_q, st.block_q, 3)
 
         def body(kj, state):
             allowed = _tile_allowed(st, aux, N, qi, kj)
 
-            def update(state):
-                k_blk = _slice(k, kj * st.block_k, st.block_k, 1)
-                v_blk = _slice(v, kj * st.block_k, st.block_k, 1)
-                part = osm.block_forward(
-                    q_blk, k_blk, v_blk, allowed, scale=st.scale,
-                    bias=_tile_bias(st, aux, bias, qi, kj), logit_soft_cap=st.logit_soft_cap,
+            def update(state, tile_allowed):
+                k_blk = _slice(k_BKSH, kj * st.block_k, st.block_k, 2)
+                v_blk = _slice(v_BKSH, kj * st.block_k, st.block_k, 2)
+                tile_bias = _tile_bias(st, aux, bias, qi, kj)
+                part = osm.grouped_block_forward(
+                    q_blk, k_blk, v_blk, tile_allowed, scale=st.scale, logit_soft_cap=st.logit_soft_cap,
+                    bias=None if tile_bias is None else osm.group_heads(tile_bias, N, st.num_kv_heads),
                 )
                 return osm.merge(state, part)
 
-            return jax.lax.cond(jnp.any(allowed), update, lambda s: s, state)
+            # 0: empty tile, skipped; 1: partly masked; 2: full, no mask to apply.
+            kind = jnp.where(jnp.all(allowed), 2, jnp.where(jnp.any(allowed), 1, 0))
+            return jax.lax.switch(
+                kind, [lambda s: s, lambda s: update(s, allowed), lambda s: update(s, None)], state
+            )
 
         lo, hi = _key_band(st, qi, nk)
         return osm.finalize(jax.lax.fori_loop(lo, hi, body, osm.empty_state(q_blk)))
 
-    out_QBtNH, lse_QBtN = jax.lax.map(one_query_block, jnp.arange(nq))
-    out = out_QBtNH.transpose(1, 0, 2, 3, 4).reshape(B, Tp, N, H)
-    lse = lse_QBtN.transpose(1, 0, 2, 3).reshape(B, Tp, N)
-    return out, lse
+    out_QBKGtH, lse_QBKGt = jax.lax.map(one_query_block, jnp.arange(nq))
+    Q, _, K, G, t, _ = out_QBKGtH.shape
+    out_BKGTH = out_QBKGtH.transpose(1, 2, 3, 0, 4, 5).reshape(B, K, G, Q * t, H)
+    lse_BKGT = lse_QBKGt.transpose(1, 2, 3, 0, 4).reshape(B, K, G, Q * t)
+    return osm.from_grouped(out_BKGTH, lse_BKGT)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -214,7 +213,7 @@ def _core_bwd(st: _Static, res, cotangents):
                 bias_KG = None
                 if tile_bias is not None:
                     tb = jnp.broadcast_to(tile_bias, (tile_bias.shape[0], N, bq, bk))
-                    bias_KG = _to_KG(tb, N, K)
+                    bias_KG = osm.group_heads(tb, N, K)
                 dq_t, dk_t, dv_t, dlogits = osm.block_backward(
                     _slice(q, qi * bq, bq, 1), k_blk, v_blk,
                     _slice(d_out, qi * bq, bq, 1), _slice(lse, qi * bq, bq, 1),
