@@ -3,7 +3,6 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-DEMO_CONFIG ?= configs/tiny.py
 PYTEST_WORKERS ?= 2
 
 .PHONY: install demo test test-slow lint bench
@@ -18,7 +17,7 @@ $(STAMP): setup.cfg pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m experiments.train --config $(DEMO_CONFIG) --config.workdir=runs/demo
+	$(BIN)/python -m experiments.extend --config configs/extend_smollm2.py --config.workdir=runs/extend_smollm2
 
 lint: $(STAMP)
 	$(BIN)/python -m ruff check longctx_jax experiments configs tests

@@ -12,11 +12,10 @@ Full sweep (4K..32K, every method, full heatmaps; add 65536 to the lengths on a 
 Default preset (the choice, and why): methods "none" and "yarn" only (the two the sanity checks
 compare); single-forward perplexity at 4096/8192/12288/16384 on one stdlib document, all four
 lengths read from one 16K forward per method (exact for these length-independent methods, see
-`longctx_jax.eval.perplexity`); passkey for "none" at 2048 tokens, depths 0/50/100%, one trial;
-no strided protocol and no needle grid. A SmolLM2-135M forward costs about 14 TFLOP at 16K
-(2/3 of it attention), so the default is about 30 TFLOP: roughly 12 minutes on an otherwise idle
-2-core CPU at the ~40 GFLOP/s its float32 matmuls reach, and several times longer when the cores
-are shared (see the run's results.json "timing_s"). To trade the sanity checks for speed, cut
+`longctx_jax.eval.perplexity`); passkey for "none" at 2048 and 4096 tokens, depths 0/25/50/75/100%,
+one trial each; no strided protocol and no needle grid. Measured on an idle 2-core CPU: about
+12 minutes (a 16K forward of SmolLM2-135M takes about 4 minutes with blockwise attention; see
+the run's results.json "timing_s" and report.md). To trade the sanity checks for speed, cut
 the lengths, e.g. `--config.eval.ppl_lengths="(4096,8192,12288)"`.
 
 Full preset: every method of `longctx_jax.eval.methods.METHODS`; perplexity at 4K..32K on two
@@ -48,8 +47,8 @@ PRESETS = {
             "ppl_num_docs": 1,
             "strided_windows": (),
             "strided_doc_length": 0,
-            "passkey_lengths": (2048,),
-            "passkey_depths": (0.0, 0.5, 1.0),
+            "passkey_lengths": (2048, 4096),
+            "passkey_depths": (0.0, 0.25, 0.5, 0.75, 1.0),
             "passkey_trials": 1,
             "niah_lengths": (),
             "niah_trials": 1,

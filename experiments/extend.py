@@ -76,7 +76,11 @@ def main(argv: list[str]) -> None:
     store.update_meta({"timing_s": timing})
     notes = (f"Preset `{config.preset}`; methods {', '.join(config.methods)}; RoPE factor "
              f"{factor:g} = {target} / {config.train_length}; attention `{config.attention_impl}`. "
-             "Streaming runs without a KV cache: sinks keep their true positions.")
+             f"Wall time of the last invocation: {timing['total_this_run']:.0f} s "
+             f"(per method, all invocations: "
+             + ", ".join(f"{m} {timing[m]:.0f} s" for m in config.methods if m in timing) + ").")
+    if "streaming" in config.methods:
+        notes += " Streaming runs without a KV cache: sinks keep their true positions."
     for path in finalize(store, config.workdir, notes=notes):
         print(path)
     print(f"wall time this run: {timing['total_this_run']:.0f} s")

@@ -7,6 +7,7 @@
 """
 
 import os
+import textwrap
 from collections.abc import Sequence
 
 import matplotlib
@@ -78,15 +79,16 @@ def plot_heatmaps(records: Sequence[dict], path: str | os.PathLike, *, train_len
     methods = list(methods) if methods is not None else _methods(records)
     if not methods:
         raise ValueError("no records to plot")
-    fig, axes = plt.subplots(1, len(methods), figsize=(3.2 * len(methods) + 1, 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(methods), figsize=(3.2 * len(methods) + 1, 4), squeeze=False,
+                             layout="constrained")
     image = None
     for ax, method in zip(axes[0], methods, strict=True):
         image = _heatmap(ax, records, method, train_length)
     axes[0][0].set_ylabel("needle depth")
     fig.colorbar(image, ax=list(axes[0]), label="accuracy")
-    if title:
-        fig.suptitle(title)
-    fig.savefig(path, dpi=120)
+    if title:  # wrapped to the figure's width: one narrow heatmap would clip a long model name
+        fig.suptitle("\n".join(textwrap.wrap(title, int(8 * fig.get_figwidth()))))
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
