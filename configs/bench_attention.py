@@ -27,7 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.cpu.window = ml_collections.config_dict.placeholder(int)  # e.g. 1024: sliding window
     config.cpu.impls = ("blockwise", "xla", "dense")
     config.cpu.block_q = 512
-    config.cpu.block_k = 1024
+    config.cpu.block_k = 512
     config.cpu.repeats = 3
     config.cpu.long_from = 16384  # lengths from here on are timed once
     config.cpu.time_max_len = 65536  # longer lengths: compiled memory only, no timing

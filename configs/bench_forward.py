@@ -5,7 +5,9 @@
 
 Prefill runs the prompt through the KV-cache path (cache of exactly that length, last-token
 logits only, `attention_impl`); decode times single-token steps (dense attention) with `decode_context` tokens already cached.
-Writes `<workdir>/bench_forward.json`.
+With the `bench` extra installed (`pip install -e ".[bench]"`: torch 2.13.0 CPU and transformers)
+the same prompts also run through Hugging Face `LlamaForCausalLM` (sdpa) holding the same
+weights. Writes `<workdir>/bench_forward.json`.
 """
 
 import ml_collections
@@ -20,5 +22,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.attention_impl = "blockwise"  # prefill; dense would materialise [N, T, T] float32 logits
     config.decode_context = 8192
     config.decode_steps = 32
-    config.repeats = 2  # timed prefill runs after the compiling one (median reported)
+    config.repeats = 1  # timed prefill runs per length after compiling (median reported)
+    config.compare_transformers = True  # also time HF transformers when the `bench` extra is installed
     return config

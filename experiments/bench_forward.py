@@ -8,6 +8,13 @@ Decode: one-token steps of the jitted `Generator.decode_step` with `decode_conte
 already in the cache (the cache is filled with random keys/values: the cost of a step does
 not depend on their content), timed over `decode_steps` steps. Wall and process CPU seconds
 are both recorded; the latter is steadier on a shared host.
+
+The peer, measured in the same run when `transformers` and `torch` are installed (the `bench`
+extra, `pip install -e ".[bench]"`): Hugging Face `LlamaForCausalLM` (PyTorch CPU, `sdpa`
+attention, float32) holding the same dequantized GGUF weights, prefilling with
+`use_cache=True, logits_to_keep=1` and decoding one token at a time from an 8K
+`DynamicCache`. Its last-token logits on the same prompt are compared with ours (recorded as
+`hf_max_abs_logit_diff`), so both sides provably compute the same model.
 """
 
 import json
@@ -18,11 +25,12 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from absl import app
 from flax import nnx
 from ml_collections import config_flags
 
-from longctx_jax.models import llama, memory
+from longctx_jax.models import gguf_file, llama, memory
 from longctx_jax.models.decoder import Decoder
 from longctx_jax.models.generate import Generator
 from longctx_jax.models.kv_cache import KVCache
@@ -36,6 +44,11 @@ def _timed(fn) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
+def prompt_tokens(length: int, vocab_size: int) -> jax.Array:
+    """The benchmark prompt `[1, length]`: seeded random ids (speed does not depend on content)."""
+    return jax.random.randint(jax.random.key(0), (1, length), 0, vocab_size)
+
+
 def bench_prefill(model, length: int, repeats: int) -> dict:
     graphdef, state = nnx.split(model)
     cfg = model.cfg
@@ -47,12 +60,18 @@ def bench_prefill(model, length: int, repeats: int) -> dict:
         logits, cache = nnx.merge(graphdef, state).decode(tokens_BT, cache, last_only=True)
         return logits, cache.k[-1]
 
-    tokens = jax.random.randint(jax.random.key(0), (1, length), 0, cfg.vocab_size)
-    compile_wall, _ = _timed(lambda: jax.block_until_ready(prefill(state, tokens)))
-    runs = [_timed(lambda: jax.block_until_ready(prefill(state, tokens))) for _ in range(repeats)]
+    tokens = prompt_tokens(length, cfg.vocab_size)
+    compiled = None
+
+    def compile_only():
+        nonlocal compiled
+        compiled = prefill.lower(state, tokens).compile()
+
+    compile_wall, _ = _timed(compile_only)
+    runs = [_timed(lambda: jax.block_until_ready(compiled(state, tokens))) for _ in range(repeats)]
     wall = statistics.median(r[0] for r in runs)
     cpu = statistics.median(r[1] for r in runs)
-    return dict(length=length, first_call_s=compile_wall, wall_s=wall, cpu_s=cpu,
+    return dict(length=length, compile_s=compile_wall, wall_s=wall, cpu_s=cpu,
                 tokens_per_s=length / wall, runs=[dict(wall_s=w, cpu_s=c) for w, c in runs])
 
 
@@ -79,6 +98,73 @@ def bench_decode(model, context: int, steps: int) -> dict:
                 ms_per_token=1000 * wall / steps)
 
 
+def hf_peer(path: str, cfg):
+    """transformers' `LlamaForCausalLM` (sdpa, float32) with the GGUF's weights; None without it."""
+    try:
+        import torch
+        import transformers
+    except ImportError:
+        return None
+    metadata, tensors = gguf_file.read(path)
+    permuted = llama.GGUF_ARCHITECTURES[metadata["general.architecture"]]
+    weights = llama.gguf_weights(tensors, cfg, permuted=permuted)
+    hf_cfg = transformers.LlamaConfig(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.mlp_dim,
+        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, rms_norm_eps=cfg.norm_eps,
+        rope_theta=cfg.rope_theta, rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
+        tie_word_embeddings=cfg.tie_embeddings, max_position_embeddings=1 << 17,
+        attn_implementation="sdpa",
+    )
+    model = transformers.LlamaForCausalLM(hf_cfg).to(torch.float32).eval()
+    state = {name: torch.tensor(w, dtype=torch.float32) for name, w in weights.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or set(missing) - {"lm_head.weight"}:
+        raise ValueError(f"weights do not fit transformers' Llama: missing {missing}, "
+                         f"unexpected {unexpected}")
+    if cfg.tie_embeddings:
+        model.tie_weights()
+    torch.set_num_threads(os.cpu_count() or 1)
+    return model
+
+
+def hf_last_logits(hf_model, tokens) -> np.ndarray:
+    import torch
+
+    with torch.inference_mode():
+        ids = torch.from_numpy(np.asarray(tokens, np.int64))
+        return hf_model(ids, use_cache=True, logits_to_keep=1).logits[0, -1].numpy()
+
+
+def bench_hf_prefill(hf_model, length: int, vocab_size: int, repeats: int) -> dict:
+    tokens = prompt_tokens(length, vocab_size)
+    runs = [_timed(lambda: hf_last_logits(hf_model, tokens)) for _ in range(repeats)]
+    wall = statistics.median(r[0] for r in runs)
+    cpu = statistics.median(r[1] for r in runs)
+    return dict(length=length, wall_s=wall, cpu_s=cpu, tokens_per_s=length / wall,
+                runs=[dict(wall_s=w, cpu_s=c) for w, c in runs])
+
+
+def bench_hf_decode(hf_model, context: int, steps: int, vocab_size: int) -> dict:
+    import torch
+
+    tokens = torch.from_numpy(np.asarray(prompt_tokens(context, vocab_size), np.int64))
+    with torch.inference_mode():
+        out = hf_model(tokens, use_cache=True, logits_to_keep=1)
+        cache = out.past_key_values
+        next_id = out.logits[:, -1:].argmax(-1)
+
+        def run():
+            nonlocal cache, next_id
+            for _ in range(steps):
+                out = hf_model(next_id, past_key_values=cache, use_cache=True)
+                cache, next_id = out.past_key_values, out.logits[:, -1:].argmax(-1)
+
+        wall, cpu = _timed(run)
+    return dict(context=context, steps=steps, wall_s=wall, cpu_s=cpu, tokens_per_s=steps / wall,
+                ms_per_token=1000 * wall / steps)
+
+
 def main(argv) -> None:
     del argv
     cfg = _CONFIG.value
@@ -95,21 +181,47 @@ def main(argv) -> None:
                   machine=platform.machine(), prefill=[], decode=None)
     os.makedirs(cfg.workdir, exist_ok=True)
     out_path = os.path.join(cfg.workdir, "bench_forward.json")
+    hf_model = hf_peer(path, model.cfg) if cfg.compare_transformers else None
+    if hf_model is not None:
+        import torch
+        import transformers
+
+        check = prompt_tokens(min(cfg.prefill_lengths), model.cfg.vocab_size)
+        ours = np.asarray(model(check)[0, -1])
+        result["hf"] = dict(transformers=transformers.__version__, torch=torch.__version__,
+                            attn_implementation="sdpa", threads=torch.get_num_threads(), prefill=[],
+                            hf_max_abs_logit_diff=float(np.abs(ours - hf_last_logits(hf_model, check)).max()),
+                            parity_length=int(check.shape[1]))
+        print(f"transformers {transformers.__version__} / torch {torch.__version__}: max |logit diff| "
+              f"{result['hf']['hf_max_abs_logit_diff']:.2e} at {check.shape[1]} tokens", flush=True)
+
+    def save():
+        with open(out_path, "w") as f:
+            json.dump(result, f, indent=1)
+
     for length in cfg.prefill_lengths:
         row = bench_prefill(prefill_model, int(length), cfg.repeats)
         row["kv_cache_bytes"] = memory.kv_cache_bytes(shape, length=int(length), dtype=cfg.dtype)
         result["prefill"].append(row)
-        print(f"prefill {length:6d}: {row['tokens_per_s']:8.1f} tokens/s ({row['wall_s']:.2f}s wall, "
-              f"{row['cpu_s']:.2f}s CPU)", flush=True)
-        with open(out_path, "w") as f:
-            json.dump(result, f, indent=1)
+        line = f"prefill {length:6d}: ours {row['tokens_per_s']:8.1f} tokens/s ({row['wall_s']:.2f}s wall)"
+        if hf_model is not None:
+            peer = bench_hf_prefill(hf_model, int(length), model.cfg.vocab_size, cfg.repeats)
+            result["hf"]["prefill"].append(peer)
+            line += f", transformers {peer['tokens_per_s']:8.1f} tokens/s ({peer['wall_s']:.2f}s wall)"
+        print(line, flush=True)
+        save()
     if cfg.decode_steps:
         result["decode"] = bench_decode(model, int(cfg.decode_context), int(cfg.decode_steps))
         d = result["decode"]
-        print(f"decode at {d['context']}: {d['tokens_per_s']:.1f} tokens/s "
-              f"({d['ms_per_token']:.1f} ms/token)")
-    with open(out_path, "w") as f:
-        json.dump(result, f, indent=1)
+        line = (f"decode at {d['context']}: ours {d['tokens_per_s']:.2f} tokens/s "
+                f"({d['ms_per_token']:.1f} ms/token)")
+        if hf_model is not None:
+            p = bench_hf_decode(hf_model, int(cfg.decode_context), int(cfg.decode_steps),
+                                model.cfg.vocab_size)
+            result["hf"]["decode"] = p
+            line += f", transformers {p['tokens_per_s']:.2f} tokens/s ({p['ms_per_token']:.1f} ms/token)"
+        print(line)
+    save()
     print(f"wrote {out_path}")
 
 
