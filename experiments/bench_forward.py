@@ -61,18 +61,24 @@ def bench_prefill(model, length: int, repeats: int) -> dict:
         return logits, cache.k[-1]
 
     tokens = prompt_tokens(length, cfg.vocab_size)
-    compiled = None
-
-    def compile_only():
-        nonlocal compiled
-        compiled = prefill.lower(state, tokens).compile()
-
-    compile_wall, _ = _timed(compile_only)
+    start = time.perf_counter()
+    compiled = prefill.lower(state, tokens).compile()
+    compile_s = time.perf_counter() - start
     runs = [_timed(lambda: jax.block_until_ready(compiled(state, tokens))) for _ in range(repeats)]
+    return dict(_prefill_row(length, runs), compile_s=compile_s)
+
+
+def _prefill_row(length: int, runs: list[tuple[float, float]]) -> dict:
+    """Median wall / CPU seconds of timed prefill runs and the tokens/s they give."""
     wall = statistics.median(r[0] for r in runs)
     cpu = statistics.median(r[1] for r in runs)
-    return dict(length=length, compile_s=compile_wall, wall_s=wall, cpu_s=cpu,
-                tokens_per_s=length / wall, runs=[dict(wall_s=w, cpu_s=c) for w, c in runs])
+    return dict(length=length, wall_s=wall, cpu_s=cpu, tokens_per_s=length / wall,
+                runs=[dict(wall_s=w, cpu_s=c) for w, c in runs])
+
+
+def _decode_row(context: int, steps: int, wall: float, cpu: float) -> dict:
+    return dict(context=context, steps=steps, wall_s=wall, cpu_s=cpu, tokens_per_s=steps / wall,
+                ms_per_token=1000 * wall / steps)
 
 
 def bench_decode(model, context: int, steps: int) -> dict:
@@ -93,9 +99,7 @@ def bench_decode(model, context: int, steps: int) -> dict:
             out, _, cache = gen.decode_step(gen.state, out[:, None], cache, key)
         jax.block_until_ready(out)
 
-    wall, cpu = _timed(run)
-    return dict(context=context, steps=steps, wall_s=wall, cpu_s=cpu, tokens_per_s=steps / wall,
-                ms_per_token=1000 * wall / steps)
+    return _decode_row(context, steps, *_timed(run))
 
 
 def hf_peer(path: str, cfg):
@@ -112,7 +116,7 @@ def hf_peer(path: str, cfg):
         vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.mlp_dim,
         num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
         num_key_value_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, rms_norm_eps=cfg.norm_eps,
-        rope_theta=cfg.rope_theta, rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
+        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
         tie_word_embeddings=cfg.tie_embeddings, max_position_embeddings=1 << 17,
         attn_implementation="sdpa",
     )
@@ -138,11 +142,7 @@ def hf_last_logits(hf_model, tokens) -> np.ndarray:
 
 def bench_hf_prefill(hf_model, length: int, vocab_size: int, repeats: int) -> dict:
     tokens = prompt_tokens(length, vocab_size)
-    runs = [_timed(lambda: hf_last_logits(hf_model, tokens)) for _ in range(repeats)]
-    wall = statistics.median(r[0] for r in runs)
-    cpu = statistics.median(r[1] for r in runs)
-    return dict(length=length, wall_s=wall, cpu_s=cpu, tokens_per_s=length / wall,
-                runs=[dict(wall_s=w, cpu_s=c) for w, c in runs])
+    return _prefill_row(length, [_timed(lambda: hf_last_logits(hf_model, tokens)) for _ in range(repeats)])
 
 
 def bench_hf_decode(hf_model, context: int, steps: int, vocab_size: int) -> dict:
@@ -160,9 +160,7 @@ def bench_hf_decode(hf_model, context: int, steps: int, vocab_size: int) -> dict
                 out = hf_model(next_id, past_key_values=cache, use_cache=True)
                 cache, next_id = out.past_key_values, out.logits[:, -1:].argmax(-1)
 
-        wall, cpu = _timed(run)
-    return dict(context=context, steps=steps, wall_s=wall, cpu_s=cpu, tokens_per_s=steps / wall,
-                ms_per_token=1000 * wall / steps)
+        return _decode_row(context, steps, *_timed(run))
 
 
 def main(argv) -> None:

@@ -43,6 +43,11 @@ def check_qkv(q: Array, k: Array, v: Array) -> int:
     return group_heads(q.shape[2], k.shape[2])
 
 
+def soft_cap(logits: Array, logit_soft_cap: float | None) -> Array:
+    """cap * tanh(logits / cap) (Gemma 2), or `logits` unchanged when the cap is None."""
+    return logits if logit_soft_cap is None else logit_soft_cap * jnp.tanh(logits / logit_soft_cap)
+
+
 def attention_logits(
     q_BTNH: Array,
     k_BSKH: Array,
@@ -58,8 +63,7 @@ def attention_logits(
     logits = jnp.einsum(
         "BTKGH,BSKH->BKGTS", q_BTKGH, k_BSKH, preferred_element_type=jnp.float32
     ) * scale
-    if logit_soft_cap is not None:
-        logits = logit_soft_cap * jnp.tanh(logits / logit_soft_cap)
+    logits = soft_cap(logits, logit_soft_cap)
     if bias is not None:
         bias = jnp.broadcast_to(jnp.asarray(bias, jnp.float32), (bias.shape[0], N) + bias.shape[2:])
         logits = logits + bias.reshape(bias.shape[0], K, N // K, *bias.shape[2:])

@@ -23,7 +23,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from longctx_jax.attention.dense import MASKED_LOGIT, attention_logits
+from longctx_jax.attention.dense import MASKED_LOGIT, attention_logits, soft_cap
 from longctx_jax.typing import Array
 
 
@@ -107,8 +107,7 @@ def grouped_block_forward(
     two selects over the tile.
     """
     logits = jnp.einsum("BKGTH,BKSH->BKGTS", q_BKGTH, k_BKSH, preferred_element_type=jnp.float32) * scale
-    if logit_soft_cap is not None:
-        logits = logit_soft_cap * jnp.tanh(logits / logit_soft_cap)
+    logits = soft_cap(logits, logit_soft_cap)
     if bias is not None:
         logits = logits + bias
     if allowed is not None:
@@ -189,9 +188,7 @@ def block_backward(
     K = k_BSKH.shape[2]
     G = N // K
     raw = attention_logits(q_BTNH, k_BSKH, scale=1.0)
-    capped = raw * scale
-    if logit_soft_cap is not None:
-        capped = logit_soft_cap * jnp.tanh(capped / logit_soft_cap)
+    capped = soft_cap(raw * scale, logit_soft_cap)
     logits = capped if bias is None else capped + jnp.broadcast_to(bias, capped.shape)
     lse = _to_BKGT(lse_BTN, K)[..., None]
     probs = jnp.where(allowed, jnp.exp(jnp.where(allowed, logits, lse) - lse), 0.0)

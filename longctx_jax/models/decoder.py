@@ -123,12 +123,9 @@ class Attention(nnx.Module):
         B, T, _ = x_BTD.shape
         rope_positions = positions_BT if positions_BT is not None else jnp.arange(T)[None, :]
         q, k, v = self.project_qkv(x_BTD)
-        if rotary is None:
-            q = self.rotate(q, rope_positions, T)
-            k = self.rotate(k, rope_positions, T)
-        else:
-            q = rotary(q, rope_positions)
-            k = rotary(k, rope_positions)
+        rotate = rotary or (lambda x, positions: self.rotate(x, positions, T))
+        q = rotate(q, rope_positions)
+        k = rotate(k, rope_positions)
         if attention_fn is None:
             out = attend(q, k, v, impl=self.cfg.attention_impl, segment_ids=segment_ids_BT,
                          q_positions=positions_BT, k_positions=positions_BT, **self.attention_kwargs())
