@@ -2,8 +2,8 @@
 
   python -m experiments.bench_forward --config configs/bench_forward.py --config.workdir=runs/bench_forward
 
-Prefill: `Decoder.decode` over a whole prompt of T tokens into an empty cache of T slots
-(last-token logits only), compiled once per length, then timed `repeats` times (median).
+Prefill: `Decoder.prefill` (what `Generator` runs) of a whole prompt of T tokens into an empty
+cache of T slots (last-token logits only), compiled once per length, then timed `repeats` times (median).
 Decode: one-token steps of the jitted `Generator.decode_step` with `decode_context` tokens
 already in the cache (the cache is filled with random keys/values: the cost of a step does
 not depend on their content), timed over `decode_steps` steps. Wall and process CPU seconds
@@ -57,7 +57,7 @@ def bench_prefill(model, length: int, repeats: int) -> dict:
     def prefill(state, tokens_BT):
         cache = KVCache.create(num_layers=cfg.num_layers, batch=1, capacity=length,
                                num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, dtype=cfg.dtype)
-        logits, cache = nnx.merge(graphdef, state).decode(tokens_BT, cache, last_only=True)
+        logits, cache = nnx.merge(graphdef, state).prefill(tokens_BT, cache, last_only=True)
         return logits, cache.k[-1]
 
     tokens = prompt_tokens(length, cfg.vocab_size)

@@ -131,3 +131,33 @@ def test_memory_matches_allocated_cache():
     assert memory.kv_cache_bytes(shape, length=16, batch=2, dtype="float32") == allocated
     with pytest.raises(ValueError, match="unknown cache dtype"):
         memory.kv_cache_bytes(shape, length=1, dtype="float64")
+
+
+@pytest.mark.parametrize("kw,cache_kw", [
+    ({}, {}), ({"window": 5}, {}), ({}, {"streaming": True, "sinks": 2}),
+    ({}, {"dtype": "bfloat16"}), ({"attention_impl": "blockwise"}, {}),
+])
+def test_prefill_equals_decode_into_an_empty_cache(kw, cache_kw):
+    model = tiny_model(**kw)
+    tokens = jax.random.randint(jax.random.key(4), (2, 11), 0, 61)
+    cache = empty_cache(model, capacity=16, **cache_kw)
+    ref_logits, ref_cache = nnx.jit(lambda m, t, c: m.decode(t, c))(model, tokens, cache)
+    logits, filled = nnx.jit(lambda m, t, c: m.prefill(t, c))(model, tokens, cache)
+    chex.assert_trees_all_close(logits, ref_logits, rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_close(filled.k, ref_cache.k, rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_close(filled.v, ref_cache.v, rtol=1e-5, atol=1e-5)
+    assert int(filled.length) == 11 and filled.streaming == ref_cache.streaming
+    # A stale cache gives the same result: prefill ignores what it held.
+    _, stale = nnx.jit(lambda m, t, c: m.decode(t, c))(model, tokens[:, :3], cache)
+    again, _ = nnx.jit(lambda m, t, c: m.prefill(t, c))(model, tokens, stale)
+    chex.assert_trees_all_close(again, logits)
+    # Decoding continues from the prefilled cache as from the decoded one.
+    nxt = tokens[:, :1]
+    chex.assert_trees_all_close(model.decode(nxt, filled)[0], model.decode(nxt, ref_cache)[0],
+                                rtol=1e-5, atol=1e-5)
+
+
+def test_prefill_longer_than_the_cache_is_refused():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="prefill needs 1 to 8 tokens"):
+        model.prefill(jnp.zeros((2, 9), jnp.int32), empty_cache(model, capacity=8))

@@ -153,6 +153,26 @@ class Attention(nnx.Module):
                      **self.attention_kwargs())
         return self.output(out), k_BCKH, v_BCKH
 
+    def prefill(self, x_BTD: Array, k_BCKH: Array, v_BCKH: Array, *, streaming: bool
+                ) -> tuple[Array, Array, Array]:
+        """`cached` on an empty cache: the T new tokens attend to themselves at positions 0 .. T-1.
+
+        With default positions the attention iterates only the causal band of key blocks
+        instead of masking all C slots. Keys and values are rounded to the cache dtype before
+        attending, exactly as `cached` reads them back; they land in slots 0 .. T-1.
+        """
+        T, C = x_BTD.shape[1], k_BCKH.shape[1]
+        positions = jnp.arange(T)[None, :]
+        q, k, v = self.project_qkv(x_BTD)
+        q = self.rotate(q, positions, C)
+        stored_k = (k if streaming else self.rotate(k, positions, C)).astype(k_BCKH.dtype)
+        stored_v = v.astype(v_BCKH.dtype)
+        k_read = self.rotate(stored_k, positions, C) if streaming else stored_k
+        out = attend(q, k_read.astype(q.dtype), stored_v.astype(q.dtype), impl=self.cfg.attention_impl,
+                     **self.attention_kwargs())
+        return (self.output(out), kv_cache.write(k_BCKH, stored_k, 0),
+                kv_cache.write(v_BCKH, stored_v, 0))
+
 
 class SwiGLU(nnx.Module):
     """down(silu(gate(x)) * up(x)) (Shazeer 2020)."""
@@ -196,9 +216,10 @@ class Block(nnx.Module):
         x_BTD = x_BTD + attn
         return x_BTD + self.mlp(self.mlp_norm(x_BTD))
 
-    def cached(self, x_BTD: Array, k_BCKH: Array, v_BCKH: Array, plan: kv_cache.CachePlan
-               ) -> tuple[Array, Array, Array]:
-        out, k_BCKH, v_BCKH = self.attn.cached(self.attn_norm(x_BTD), k_BCKH, v_BCKH, plan)
+    def with_cache(self, x_BTD: Array, cache_attention: Callable[[Array], tuple[Array, Array, Array]]
+                   ) -> tuple[Array, Array, Array]:
+        """The block with `cache_attention(normed x) -> (out, k cache, v cache)` as its attention."""
+        out, k_BCKH, v_BCKH = cache_attention(self.attn_norm(x_BTD))
         x_BTD = x_BTD + out
         return x_BTD + self.mlp(self.mlp_norm(x_BTD)), k_BCKH, v_BCKH
 
@@ -301,12 +322,42 @@ class Decoder(nnx.Module):
           (float32 logits `[batch, T, vocab]`, cache with the T tokens written).
         """
         plan = cache.plan(tokens_BT.shape[1])
-        h = self.embed_tokens(tokens_BT)
-        ks, vs = [], []
-        for block, k_BCKH, v_BCKH in zip(self.layers, cache.k, cache.v, strict=True):
-            h, k_BCKH, v_BCKH = block.cached(h, k_BCKH, v_BCKH, plan)
-            ks.append(k_BCKH)
-            vs.append(v_BCKH)
+        h, ks, vs = self._through_cache(
+            tokens_BT, cache, lambda block, x, k, v: block.attn.cached(x, k, v, plan))
         if last_only:
             h = h[:, -1:]
         return self.logits(h), cache.advance(ks, vs, tokens_BT.shape[1])
+
+    def prefill(self, tokens_BT: Array, cache: kv_cache.KVCache, *, last_only: bool = False
+                ) -> tuple[Array, kv_cache.KVCache]:
+        """`decode` of a prompt into an empty cache, as fast as a plain forward pass.
+
+        The result is that of `decode(tokens_BT, <cache emptied>)`: whatever `cache` held is
+        ignored and the returned cache holds exactly the T prompt tokens. The prompt attends
+        only to itself with default positions, so blockwise attention visits just the causal
+        band of tiles rather than masking every slot of the cache.
+
+        Raises:
+          ValueError: the prompt is longer than the cache.
+        """
+        T = tokens_BT.shape[1]
+        if not 1 <= T <= cache.capacity:
+            raise ValueError(f"prefill needs 1 to {cache.capacity} tokens (the cache size), got {T}")
+        h, ks, vs = self._through_cache(
+            tokens_BT, cache,
+            lambda block, x, k, v: block.attn.prefill(x, k, v, streaming=cache.streaming))
+        if last_only:
+            h = h[:, -1:]
+        return self.logits(h), cache.emptied().advance(ks, vs, T)
+
+    def _through_cache(self, tokens_BT: Array, cache: kv_cache.KVCache, layer_attention
+                       ) -> tuple[Array, list[Array], list[Array]]:
+        """Runs every block with `layer_attention(block, normed x, k, v)`; the new k / v per layer."""
+        h = self.embed_tokens(tokens_BT)
+        ks, vs = [], []
+        for block, k_BCKH, v_BCKH in zip(self.layers, cache.k, cache.v, strict=True):
+            h, k_BCKH, v_BCKH = block.with_cache(
+                h, lambda x, b=block, k=k_BCKH, v=v_BCKH: layer_attention(b, x, k, v))
+            ks.append(k_BCKH)
+            vs.append(v_BCKH)
+        return h, ks, vs

@@ -69,15 +69,14 @@ class Generator:
         )
         graphdef = self.graphdef
 
-        def step(state, tokens_BT, cache, key):
-            logits_BTV, cache = nnx.merge(graphdef, state).decode(tokens_BT, cache, last_only=True)
+        def sampled(logits_BTV, cache, key):
             return sample_token(logits_BTV[:, -1], key, temperature, top_p), logits_BTV[:, -1], cache
 
         def prefill(state, prompt_BT, cache, key):  # compiled once per prompt length
-            return step(state, prompt_BT, cache, key)
+            return sampled(*nnx.merge(graphdef, state).prefill(prompt_BT, cache, last_only=True), key)
 
         def decode_step(state, token_B1, cache, key):  # compiled once
-            return step(state, token_B1, cache, key)
+            return sampled(*nnx.merge(graphdef, state).decode(token_B1, cache, last_only=True), key)
 
         self.prefill = jax.jit(prefill, donate_argnums=(2,))
         self.decode_step = jax.jit(decode_step, donate_argnums=(2,))

@@ -144,6 +144,10 @@ class KVCache:
             rotate_on_read=self.streaming,
         )
 
+    def emptied(self) -> "KVCache":
+        """The same cache with no tokens written (slots keep stale values; no step reads them)."""
+        return dataclasses.replace(self, length=jnp.zeros((), jnp.int32))
+
     def advance(self, k: tuple[Array, ...], v: tuple[Array, ...], num_new: int) -> "KVCache":
         """The cache after a step wrote `num_new` tokens into the layer arrays `k`, `v`."""
         return dataclasses.replace(self, k=tuple(k), v=tuple(v), length=self.length + num_new)
