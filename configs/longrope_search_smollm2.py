@@ -5,7 +5,13 @@ GPU (factor 2: 8K -> 16K, 8 held-out stdlib documents of 16K tokens, population 
   python -m experiments.longrope_search --config configs/longrope_search_smollm2.py \
       --config.workdir=runs/longrope_smollm2
 
-CPU preset (actually run): all 30 layers, pretending the pretrained length is 256 and
+CPU preset at the real lengths (run on the 2-core CPU: one 16K document, population 6, two
+generations, ~11 forwards of 16K tokens at ~3 min each):
+
+  python -m experiments.longrope_search --config configs/longrope_search_smollm2.py:cpu16k \
+      --config.workdir=runs/longrope_smollm2_cpu16k
+
+CPU miniature: all 30 layers, pretending the pretrained length is 256 and
 searching factor 2 (target 512 tokens) on 2 documents, population 6, 2 generations (a search
 on the first few layers alone is possible with `--config.num_layers=4`, but a truncated
 pretrained model's perplexity is meaningless):
@@ -15,7 +21,9 @@ pretrained model's perplexity is meaningless):
 
 Writes `search_state.json` (population + generation + every score; rerunning resumes),
 `rope_scaling.json` (the winner as an HF `longrope` dict for `load_gguf(rope_scaling=...)`
-or experiments/extend.py's `--config.longrope`) and `summary.json`.
+or experiments/extend.py's `--config.longrope`) and `summary.json`, which also holds the
+perplexity of `compare_methods` (published methods as HF rope_scaling dicts, YaRN with its own
+0.1 ln s + 1 temperature) on the same documents and the winner's ratio to each.
 """
 
 import ml_collections
@@ -41,6 +49,7 @@ def get_config(preset: str = "gpu") -> ml_collections.ConfigDict:
     config.mutation_prob = 0.3
     config.sigma = 0.1
     config.chunk = 1  # candidates vmapped together (memory: chunk x one 16K forward)
+    config.compare_methods = ("linear", "ntk", "yarn")  # scored on the same documents
     if preset == "cpu":
         config.workdir = "runs/longrope_cpu"
         config.original_length = 256
@@ -53,6 +62,15 @@ def get_config(preset: str = "gpu") -> ml_collections.ConfigDict:
         config.num_parents = 3
         config.generations = 2
         config.chunk = 3
+    elif preset == "cpu16k":
+        config.workdir = "runs/longrope_smollm2_cpu16k"
+        config.num_docs = 1
+        config.attention_impl = "blockwise"
+        config.dtype = "float32"
+        config.population_size = 6
+        config.num_parents = 2
+        config.generations = 2
+        config.compare_methods = ("yarn",)
     elif preset != "gpu":
-        raise ValueError(f"unknown preset {preset!r}; valid: gpu, cpu")
+        raise ValueError(f"unknown preset {preset!r}; valid: gpu, cpu, cpu16k")
     return config

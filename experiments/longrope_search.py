@@ -13,7 +13,9 @@ import numpy as np
 from absl import app, logging
 from ml_collections import config_flags
 
+from longctx_jax.eval import methods
 from longctx_jax.eval.corpus import documents
+from longctx_jax.eval.perplexity import document_nll
 from longctx_jax.models.llama import load_gguf, smollm2_path
 from longctx_jax.positional.rope import rotary_dim_of
 from longctx_jax.search import longrope
@@ -61,6 +63,14 @@ def main(argv: list[str]) -> None:
     )
     best, best_nll = state.best()
     rope = longrope.longrope_scaling(best, space)
+    # The published methods as `rope_scaling` dicts (YaRN with its own temperature), same documents.
+    method_ppl = {}
+    for method in config.compare_methods:
+        changes = methods.config_changes(method, factor=space.factor, train_length=space.original_length,
+                                         rotary_dim=space.rotary_dim)
+        nll = document_nll(methods.with_config(model, **changes), docs)
+        method_ppl[method] = math.exp(float(np.mean(nll)))
+        print(f"{method}: ppl {method_ppl[method]:.4f} at {space.target_length} tokens", flush=True)
     with open(os.path.join(config.workdir, "rope_scaling.json"), "w") as f:
         json.dump(rope, f, indent=2)
     refs = {c.key(): name for name, c in longrope.reference_candidates(space).items()}
@@ -85,6 +95,8 @@ def main(argv: list[str]) -> None:
         "best_ppl": math.exp(best_nll),
         "best_n_hat": best.n_hat,
         "baseline_ppl": baselines,
+        "method_ppl": method_ppl,
+        "best_over_method": {m: math.exp(best_nll) / p for m, p in method_ppl.items()},
         "best_ppl_by_generation": per_generation,
         "seconds_this_run": time.time() - start,
         "best_factors_first_last": [best.factors[0], best.factors[-1]],

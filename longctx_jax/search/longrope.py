@@ -397,8 +397,9 @@ def search(
         scores = {Candidate(tuple(r["factors"]), int(r["n_hat"])).key(): r["nll"] for r in state.history}
         fresh = [c for c in state.population if c.key() not in scores]
         if fresh:  # parents kept from the previous generation are not scored again
-            # Padded to the population size with repeats, so every generation reuses one compile.
-            padded = fresh + [fresh[-1]] * (population_size - len(fresh))
+            # Padded with repeats to whole chunks: one compile per distinct chunk count, and no
+            # 16K forward spent re-scoring padding when few candidates are new.
+            padded = fresh + [fresh[-1]] * (-len(fresh) % chunk)
             inv_freq = np.stack([base / np.asarray(c.factors) for c in padded])
             n_hat = np.asarray([c.n_hat for c in padded])
             nll = population_nll(
