@@ -5,8 +5,8 @@ GPU (factor 2: 8K -> 16K, 8 held-out stdlib documents of 16K tokens, population 
   python -m experiments.longrope_search --config configs/longrope_search_smollm2.py \
       --config.workdir=runs/longrope_smollm2
 
-CPU preset at the real lengths (run on the 2-core CPU: one 16K document, population 6, two
-generations, ~11 forwards of 16K tokens at ~3 min each):
+CPU preset at the real lengths (run on the 2-core CPU: one 16K document, population 6, four
+generations with 2 parents kept, so ~19 forwards of 16K tokens at ~2.8 min each):
 
   python -m experiments.longrope_search --config configs/longrope_search_smollm2.py:cpu16k \
       --config.workdir=runs/longrope_smollm2_cpu16k
@@ -69,7 +69,7 @@ def get_config(preset: str = "gpu") -> ml_collections.ConfigDict:
         config.dtype = "float32"
         config.population_size = 6
         config.num_parents = 2
-        config.generations = 2
+        config.generations = 4
         config.compare_methods = ("yarn",)
     elif preset != "gpu":
         raise ValueError(f"unknown preset {preset!r}; valid: gpu, cpu, cpu16k")

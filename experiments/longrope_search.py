@@ -1,7 +1,12 @@
 """LongRoPE evolutionary search for a pretrained model's per-band RoPE factors.
 
-  python -m experiments.longrope_search --config configs/longrope_search_smollm2.py:cpu \
-      --config.workdir=runs/longrope_cpu
+  python -m experiments.longrope_search --config configs/longrope_search_smollm2.py:cpu16k
+
+searches SmolLM2-135M's factors for 8K -> 16K (`longctx_jax.search.longrope`), then scores the
+published methods in `config.compare_methods` (HF rope_scaling dicts: YaRN with its own
+temperature, not the LongRoPE one its search candidate uses) on the same documents, and
+writes `search_state.json` (resumable), `rope_scaling.json` (the winner) and `summary.json`
+(every baseline, the winner's ratio to each method, best perplexity per generation).
 """
 
 import json
