@@ -1,4 +1,7 @@
-"""Figures from a results file (matplotlib, Agg backend; no display needed).
+"""Figures from a results file, written as PNG without a display.
+
+Figures are `matplotlib.figure.Figure` objects saved directly (no pyplot), so importing this
+module leaves the caller's matplotlib backend alone (inline plots in a notebook keep working).
 
   ppl_vs_length.png   perplexity (log y) against context length, one line per method, for all
                       positions and for the last quarter; the training length is marked.
@@ -10,11 +13,8 @@ import os
 import textwrap
 from collections.abc import Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure
 
 
 def _methods(records: Sequence[dict]) -> list[str]:
@@ -24,7 +24,8 @@ def _methods(records: Sequence[dict]) -> list[str]:
 def plot_ppl_vs_length(records: Sequence[dict], path: str | os.PathLike, *, train_length: int | None = None,
                        title: str = "") -> None:
     """Writes the perplexity-vs-length figure from `perplexity` records."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2, sharey=True)
     for ax, key, label in ((axes[0], "nll", "all positions"), (axes[1], "nll_last_quarter", "last quarter")):
         for method in _methods(records):
             rows = sorted((r["length"], r[key]) for r in records if r["method"] == method)
@@ -41,7 +42,6 @@ def plot_ppl_vs_length(records: Sequence[dict], path: str | os.PathLike, *, trai
         fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def accuracy_grid(records: Sequence[dict], method: str) -> tuple[list[float], list[int], np.ndarray]:
@@ -79,8 +79,8 @@ def plot_heatmaps(records: Sequence[dict], path: str | os.PathLike, *, train_len
     methods = list(methods) if methods is not None else _methods(records)
     if not methods:
         raise ValueError("no records to plot")
-    fig, axes = plt.subplots(1, len(methods), figsize=(3.2 * len(methods) + 1, 4), squeeze=False,
-                             layout="constrained")
+    fig = Figure(figsize=(3.2 * len(methods) + 1, 4), layout="constrained")
+    axes = fig.subplots(1, len(methods), squeeze=False)
     image = None
     for ax, method in zip(axes[0], methods, strict=True):
         image = _heatmap(ax, records, method, train_length)
@@ -89,7 +89,6 @@ def plot_heatmaps(records: Sequence[dict], path: str | os.PathLike, *, train_len
     if title:  # wrapped to the figure's width: one narrow heatmap would clip a long model name
         fig.suptitle("\n".join(textwrap.wrap(title, int(8 * fig.get_figwidth()))))
     fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
 
 
 def write_figures(results: dict, workdir: str | os.PathLike) -> list[str]:
