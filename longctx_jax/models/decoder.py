@@ -213,15 +213,12 @@ class Block(nnx.Module):
     ) -> Array:
         attn = self.attn(self.attn_norm(x_BTD), positions_BT, segment_ids_BT,
                          rotary=rotary, attention_fn=attention_fn)
-        x_BTD = x_BTD + attn
-        return x_BTD + self.mlp(self.mlp_norm(x_BTD))
+        return self.after_attention(x_BTD, attn)
 
-    def with_cache(self, x_BTD: Array, cache_attention: Callable[[Array], tuple[Array, Array, Array]]
-                   ) -> tuple[Array, Array, Array]:
-        """The block with `cache_attention(normed x) -> (out, k cache, v cache)` as its attention."""
-        out, k_BCKH, v_BCKH = cache_attention(self.attn_norm(x_BTD))
-        x_BTD = x_BTD + out
-        return x_BTD + self.mlp(self.mlp_norm(x_BTD)), k_BCKH, v_BCKH
+    def after_attention(self, x_BTD: Array, attn_BTD: Array) -> Array:
+        """The rest of the block once attention of `attn_norm(x)` is known: residual, then SwiGLU."""
+        x_BTD = x_BTD + attn_BTD
+        return x_BTD + self.mlp(self.mlp_norm(x_BTD))
 
 
 class Decoder(nnx.Module):
@@ -322,11 +319,9 @@ class Decoder(nnx.Module):
           (float32 logits `[batch, T, vocab]`, cache with the T tokens written).
         """
         plan = cache.plan(tokens_BT.shape[1])
-        h, ks, vs = self._through_cache(
-            tokens_BT, cache, lambda block, x, k, v: block.attn.cached(x, k, v, plan))
-        if last_only:
-            h = h[:, -1:]
-        return self.logits(h), cache.advance(ks, vs, tokens_BT.shape[1])
+        logits, ks, vs = self._through_cache(
+            tokens_BT, cache, lambda attn, x, k, v: attn.cached(x, k, v, plan), last_only)
+        return logits, cache.advance(ks, vs, tokens_BT.shape[1])
 
     def prefill(self, tokens_BT: Array, cache: kv_cache.KVCache, *, last_only: bool = False
                 ) -> tuple[Array, kv_cache.KVCache]:
@@ -343,21 +338,20 @@ class Decoder(nnx.Module):
         T = tokens_BT.shape[1]
         if not 1 <= T <= cache.capacity:
             raise ValueError(f"prefill needs 1 to {cache.capacity} tokens (the cache size), got {T}")
-        h, ks, vs = self._through_cache(
-            tokens_BT, cache,
-            lambda block, x, k, v: block.attn.prefill(x, k, v, streaming=cache.streaming))
-        if last_only:
-            h = h[:, -1:]
-        return self.logits(h), cache.emptied().advance(ks, vs, T)
+        logits, ks, vs = self._through_cache(
+            tokens_BT, cache, lambda attn, x, k, v: attn.prefill(x, k, v, streaming=cache.streaming),
+            last_only)
+        return logits, cache.emptied().advance(ks, vs, T)
 
-    def _through_cache(self, tokens_BT: Array, cache: kv_cache.KVCache, layer_attention
+    def _through_cache(self, tokens_BT: Array, cache: kv_cache.KVCache, cache_attention, last_only: bool
                        ) -> tuple[Array, list[Array], list[Array]]:
-        """Runs every block with `layer_attention(block, normed x, k, v)`; the new k / v per layer."""
+        """Logits and every layer's new k / v, each block attending through
+        `cache_attention(attention module, normed x, k cache, v cache) -> (out, k cache, v cache)`."""
         h = self.embed_tokens(tokens_BT)
         ks, vs = [], []
         for block, k_BCKH, v_BCKH in zip(self.layers, cache.k, cache.v, strict=True):
-            h, k_BCKH, v_BCKH = block.with_cache(
-                h, lambda x, b=block, k=k_BCKH, v=v_BCKH: layer_attention(b, x, k, v))
+            out, k_BCKH, v_BCKH = cache_attention(block.attn, block.attn_norm(h), k_BCKH, v_BCKH)
+            h = block.after_attention(h, out)
             ks.append(k_BCKH)
             vs.append(v_BCKH)
-        return h, ks, vs
+        return self.logits(h[:, -1:] if last_only else h), ks, vs
