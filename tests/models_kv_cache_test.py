@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from longctx_jax.attention.kernels import native
 from longctx_jax.models import memory
 from longctx_jax.models.config import ModelConfig
 from longctx_jax.models.decoder import Decoder
@@ -14,8 +15,8 @@ from longctx_jax.models.kv_cache import EMPTY_POSITION, KVCache
 
 
 def tiny_model(num_layers: int = 2, **kw) -> Decoder:
-    cfg = ModelConfig(vocab_size=61, d_model=32, num_layers=num_layers, num_heads=4, num_kv_heads=2,
-                      mlp_dim=48, rope_theta=500.0, init_std=0.2, **kw)
+    cfg = ModelConfig(**(dict(vocab_size=61, d_model=32, num_layers=num_layers, num_heads=4, num_kv_heads=2,
+                              mlp_dim=48, rope_theta=500.0, init_std=0.2) | kw))
     return Decoder(cfg, rngs=nnx.Rngs(3))
 
 
@@ -154,6 +155,20 @@ def test_prefill_equals_decode_into_an_empty_cache(kw, cache_kw):
     # Decoding continues from the prefilled cache as from the decoded one.
     nxt = tokens[:, :1]
     chex.assert_trees_all_close(model.decode(nxt, filled)[0], model.decode(nxt, ref_cache)[0],
+                                rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(native.compiler() is None, reason="no C++ compiler")
+@pytest.mark.parametrize("kw", [{}, {"window": 5}])
+def test_cpu_flash_prefill_equals_dense_decode(kw):
+    # cpu_flash takes only default positions, so the reference decodes with a dense twin.
+    flash = tiny_model(d_model=64, attention_impl="cpu_flash", **kw)
+    ref = tiny_model(d_model=64, **kw)
+    tokens = jax.random.randint(jax.random.key(5), (2, 11), 0, 61)
+    cache = empty_cache(ref, capacity=16)
+    ref_logits, ref_cache = nnx.jit(lambda m, t, c: m.decode(t, c))(ref, tokens, cache)
+    logits, filled = nnx.jit(lambda m, t, c: m.prefill(t, c))(flash, tokens, cache)
+    chex.assert_trees_all_close((logits, filled.k, filled.v), (ref_logits, ref_cache.k, ref_cache.v),
                                 rtol=1e-5, atol=1e-5)
 
 

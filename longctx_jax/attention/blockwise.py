@@ -277,7 +277,7 @@ def _as_4d(x: ArrayLike, T: int, S: int, pad_T: int, pad_S: int, fill: Any) -> A
     return jnp.pad(x, pad, constant_values=fill)
 
 
-def blockwise_attention_with_lse(
+def _prepare(
     q: Array,
     k: Array,
     v: Array,
@@ -296,11 +296,8 @@ def blockwise_attention_with_lse(
     scale: float | None = None,
     block_q: int = 512,
     block_k: int = 512,
-) -> tuple[Array, Array]:
-    """`blockwise_attention` that also returns lse `[B, T, N]` float32 (differentiable).
-
-    Rows that may attend to nothing have output 0 and lse 0.
-    """
+):
+    """Validated static options, inputs padded to whole blocks and the per-call aux arrays."""
     check_qkv(q, k, v)
     B, T, N, H = q.shape
     S, K = k.shape[1], k.shape[2]
@@ -339,10 +336,77 @@ def blockwise_attention_with_lse(
     )
     AttentionMask(causal, window, sinks)  # validates window / sinks
     bias_p = None if bias is None else _as_4d(jnp.asarray(bias, jnp.float32), T, S, Tp, Sp, 0.0)
-    out, lse = _attention_core(
-        st, _pad_to(q, Tp, 1), _pad_to(k, Sp, 1), _pad_to(v, Sp, 1), bias_p, aux
+    return st, _pad_to(q, Tp, 1), _pad_to(k, Sp, 1), _pad_to(v, Sp, 1), bias_p, aux
+
+
+def blockwise_attention_with_lse(
+    q: Array,
+    k: Array,
+    v: Array,
+    *,
+    causal: bool = True,
+    window: int | None = None,
+    sinks: int = 0,
+    bias: Array | None = None,
+    alibi_slopes: ArrayLike | None = None,
+    segment_ids: ArrayLike | None = None,
+    kv_segment_ids: ArrayLike | None = None,
+    q_positions: ArrayLike | None = None,
+    k_positions: ArrayLike | None = None,
+    mask: ArrayLike | MaskFn | None = None,
+    logit_soft_cap: float | None = None,
+    scale: float | None = None,
+    block_q: int = 512,
+    block_k: int = 512,
+) -> tuple[Array, Array]:
+    """`blockwise_attention` that also returns lse `[B, T, N]` float32 (differentiable).
+
+    Rows that may attend to nothing have output 0 and lse 0.
+    """
+    T = q.shape[1]
+    st, q_p, k_p, v_p, bias_p, aux = _prepare(
+        q, k, v, causal=causal, window=window, sinks=sinks, bias=bias, alibi_slopes=alibi_slopes,
+        segment_ids=segment_ids, kv_segment_ids=kv_segment_ids, q_positions=q_positions,
+        k_positions=k_positions, mask=mask, logit_soft_cap=logit_soft_cap, scale=scale,
+        block_q=block_q, block_k=block_k,
     )
+    out, lse = _attention_core(st, q_p, k_p, v_p, bias_p, aux)
     return out[:, :T].astype(q.dtype), lse[:, :T]
+
+
+def blockwise_attention_backward(
+    q: Array,
+    k: Array,
+    v: Array,
+    out: Array,
+    lse: Array,
+    d_out: Array,
+    d_lse: Array | None = None,
+    *,
+    causal: bool = True,
+    window: int | None = None,
+    scale: float | None = None,
+    block_q: int = 512,
+    block_k: int = 512,
+) -> tuple[Array, Array, Array]:
+    """(dq, dk, dv) of attention from its saved output and lse, by this module's tile recomputation.
+
+    For kernels that compute the forward elsewhere (`longctx_jax.attention.cpu_flash`) and
+    share this backward: `out` `[B, T, N, H]` and `lse` `[B, T, N]` must be what the forward
+    with the same `causal`, `window` and `scale` produced, `d_out` and `d_lse` (None: zero)
+    their cotangents.
+    """
+    T = q.shape[1]
+    st, q_p, k_p, v_p, _, aux = _prepare(
+        q, k, v, causal=causal, window=window, scale=scale, block_q=block_q, block_k=block_k
+    )
+    Tp = q_p.shape[1]
+    residuals = (q_p, k_p, v_p, None, aux, _pad_to(out, Tp, 1), _pad_to(lse.astype(jnp.float32), Tp, 1))
+    if d_lse is None:
+        d_lse = jnp.zeros(lse.shape, jnp.float32)
+    cotangents = (_pad_to(d_out, Tp, 1), _pad_to(d_lse.astype(jnp.float32), Tp, 1))
+    dq, dk, dv, _, _ = _core_bwd(st, residuals, cotangents)
+    return dq[:, :T], dk[:, : k.shape[1]], dv[:, : k.shape[1]]
 
 
 def blockwise_attention(

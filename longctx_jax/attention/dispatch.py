@@ -6,8 +6,9 @@ models make, so the choice is a config value (`config.model.attention.impl`).
 
 Registry: "dense" (the oracle), "blockwise" (memory-efficient jnp), "xla" and "cudnn"
 (`jax.nn.dot_product_attention` with our keyword arguments translated; arguments it cannot
-express raise `ValueError`), "flash" (Pallas, imported on first use) and whatever other
-modules add with `register` ("ring" registers itself). "auto" picks by backend with an
+express raise `ValueError`), "flash" (Pallas, imported on first use), "cpu_flash" (the fused
+C++ CPU kernel: causal / window masks under default positions) and whatever other modules
+add with `register` ("ring" registers itself). "auto" picks by backend with an
 `AutoPolicy`: GPU -> flash (cudnn if flash is missing), TPU -> flash (splash), CPU -> dense
 for short sequences and blockwise for long ones; implementations that cannot take the given
 arguments (a dense `bias` or `mask` for flash, for example) fall back to blockwise.
@@ -117,6 +118,7 @@ IMPLEMENTATIONS: dict[str, AttentionFn] = {
 # (or one whose import needs a particular backend) never breaks the others.
 LAZY_IMPLEMENTATIONS: dict[str, str] = {"flash": "longctx_jax.attention.flash:flash_attention"}
 LAZY_IMPLEMENTATIONS["ring"] = "longctx_jax.attention.ring:ring_attention"
+LAZY_IMPLEMENTATIONS["cpu_flash"] = "longctx_jax.attention.cpu_flash:cpu_flash_attention"
 
 # Keyword arguments an implementation rejects; "auto" routes such calls to blockwise.
 UNSUPPORTED: dict[str, frozenset[str]] = {
@@ -125,6 +127,10 @@ UNSUPPORTED: dict[str, frozenset[str]] = {
         {"logit_soft_cap", "sinks", "segment_ids", "kv_segment_ids", "q_positions", "k_positions", "mask"}
     ),
     "xla": frozenset({"logit_soft_cap"}),
+    "cpu_flash": frozenset(
+        {"sinks", "bias", "alibi_slopes", "segment_ids", "kv_segment_ids", "q_positions", "k_positions",
+         "mask", "logit_soft_cap"}
+    ),
 }
 
 

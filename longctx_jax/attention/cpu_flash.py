@@ -1,0 +1,128 @@
+"""Fused flash attention for CPUs: one C++ kernel per call through the XLA FFI.
+
+    out = softmax(scale * q k^T, masked) v,   lse = log sum_j exp(scale * q k_j)
+
+The FlashAttention recurrence (Dao et al. 2022) as in `blockwise.py`, but with each
+`[block_q, block_k]` tile of one head computed, softmaxed and multiplied by V while it sits
+in the core's cache (`kernels/cpu_flash_attention.cc`), and the (batch, head, query block)
+work items spread over XLA's intra-op threads. The jnp blockwise loop cannot do that: every
+XLA op of a tile is a separate pass over a tile too large for cache, synchronised across
+threads. Masks: causal and a sliding `window` under default positions (queries 0..T-1 and
+keys 0..S-1, a prompt attending to itself as in prefill); other options raise `ValueError`
+naming the implementations that take them.
+
+Gradients reuse blockwise's tile-recomputing backward from the kernel's output and lse
+(`blockwise_attention_backward`), so this is a drop-in `impl="cpu_flash"` for training too.
+The kernel computes in float32 (bfloat16 inputs are upcast, the output cast back) and needs
+`head_dim % 16 == 0`. It is built on first use with the system C++ compiler
+(`kernels/native.py`); without one, calls raise `NativeKernelUnavailable`, an `ImportError`,
+so `dispatch`'s "auto" stays on blockwise.
+"""
+
+import functools
+import inspect
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from longctx_jax.attention import dense
+from longctx_jax.attention.blockwise import blockwise_attention_backward
+from longctx_jax.attention.kernels import native
+from longctx_jax.attention.masks import AttentionMask
+from longctx_jax.typing import Array
+
+_KERNEL = "cpu_flash_attention"
+_DENSE_KWARGS = frozenset(inspect.signature(dense.attention).parameters) - {"q", "k", "v"}
+
+
+def _target() -> str:
+    return native.register(_KERNEL, "LongctxCpuFlashAttention")
+
+
+def _kernel(q: Array, k: Array, v: Array, causal: bool, window: int, scale: float, block_q: int,
+            block_k: int) -> tuple[Array, Array]:
+    B, T, N, _ = q.shape
+    call = jax.ffi.ffi_call(
+        _target(),
+        (jax.ShapeDtypeStruct(q.shape, jnp.float32), jax.ShapeDtypeStruct((B, T, N), jnp.float32)),
+    )
+    return call(
+        q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32), causal=causal,
+        window=np.int64(window), scale=np.float32(scale), block_q=np.int64(block_q),
+        block_k=np.int64(block_k),
+    )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
+def _attention(q, k, v, causal, window, scale, block_q, block_k):
+    return _kernel(q, k, v, causal, window, scale, block_q, block_k)
+
+
+def _attention_fwd(q, k, v, causal, window, scale, block_q, block_k):
+    out, lse = _kernel(q, k, v, causal, window, scale, block_q, block_k)
+    return (out, lse), (q, k, v, out, lse)
+
+
+def _attention_bwd(causal, window, scale, block_q, block_k, residuals, cotangents):
+    q, k, v, out, lse = residuals
+    d_out, d_lse = cotangents
+    dq, dk, dv = blockwise_attention_backward(
+        q, k, v, out, lse, d_out, d_lse, causal=causal, window=window or None, scale=scale
+    )
+    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
+
+
+_attention.defvjp(_attention_fwd, _attention_bwd)
+
+
+def cpu_flash_attention_with_lse(
+    q: Array,
+    k: Array,
+    v: Array,
+    *,
+    causal: bool = True,
+    window: int | None = None,
+    scale: float | None = None,
+    block_q: int = 96,
+    block_k: int = 256,
+    **unsupported,
+) -> tuple[Array, Array]:
+    """`cpu_flash_attention` that also returns lse `[B, T, N]` float32 (differentiable)."""
+    given = sorted(name for name, value in unsupported.items()
+                   if value is not None and not (isinstance(value, int) and value == 0))
+    unknown = sorted(set(unsupported) - _DENSE_KWARGS)
+    if unknown:
+        raise TypeError(f"cpu_flash_attention got unexpected arguments {unknown}")
+    if given:
+        raise ValueError(
+            f"impl 'cpu_flash' takes causal / window / scale with default positions only, got {given}; "
+            "use 'blockwise' or 'dense' for them"
+        )
+    dense.check_qkv(q, k, v)
+    AttentionMask(causal, window, 0)  # validates window
+    H = q.shape[-1]
+    if H % 16:
+        raise ValueError(f"impl 'cpu_flash' needs head_dim % 16 == 0, got {H}; use 'blockwise'")
+    if block_q < 1 or block_k < 16 or block_k % 16:
+        raise ValueError(
+            f"block_q must be positive and block_k a positive multiple of 16, got {block_q}, {block_k}"
+        )
+    scale = float(H**-0.5 if scale is None else scale)
+    out, lse = _attention(q, k, v, bool(causal), int(window or 0), scale, int(block_q), int(block_k))
+    return out.astype(q.dtype), lse
+
+
+def cpu_flash_attention(q: Array, k: Array, v: Array, **kwargs) -> Array:
+    """Fused CPU attention with the semantics of `dense.attention` for causal / window masks.
+
+    Args:
+      q, k, v: queries `[B, T, N, H]`, keys and values `[B, S, K, H]`, N % K == 0, H % 16 == 0.
+      **kwargs: `causal`, `window`, `scale`, `block_q`, `block_k` (multiple
+        of 16); the other keyword arguments of `dense.attention` raise `ValueError` unless
+        None / 0.
+
+    Returns:
+      `[B, T, N, H]` in q's dtype.
+    """
+    return cpu_flash_attention_with_lse(q, k, v, **kwargs)[0]

@@ -1,0 +1,325 @@
+// Fused flash-attention forward for XLA:CPU, called through the XLA FFI.
+//
+// The FlashAttention recurrence (Dao et al. 2022) with the tiles kept in cache: for a block
+// of block_q query rows of one head and each block of block_k keys,
+//     s = (q * scale) k^T,  m' = max(m, rowmax s),  p = exp(s - m'),
+//     l = l e^(m - m') + rowsum p,  o = o e^(m - m') + p v,
+// and at the end out = o / l, lse = m + log l (rows with no allowed key: out 0, lse 0).
+// One work item is (batch, query head, query block); the items are spread over XLA's
+// intra-op thread pool, heaviest (latest causal) blocks first. Keys are repacked once per
+// call into panels of 16 keys, [B, K, S/16, H, 16], and values into [B, K, S, H], so both
+// micro-kernels stream contiguous memory (a [H, S] transpose would put every head-dim row
+// of a tile in the same L1 set when S is a power of two). The micro-kernels use GCC/Clang vector extensions (8 floats), which the
+// compiler maps to AVX2/FMA (or NEON) for the machine it is built on.
+//
+// Layouts are those of jax.nn.dot_product_attention: q [B, T, N, H], k / v [B, S, K, H],
+// N % K == 0 (grouped-query attention without copying keys), float32, H % 16 == 0.
+// Masking: key j is allowed for query i when (not causal or j <= i) and
+// (window == 0 or i - j < window), with positions 0..T-1 and 0..S-1 (a prompt attending to
+// itself, the prefill case).
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+// The same vector type at float alignment, for unaligned loads and stores through pointers.
+typedef float v8f_unaligned __attribute__((vector_size(32), aligned(4)));
+constexpr int kLanes = 8;
+
+inline v8f load(const float* p) { return *reinterpret_cast<const v8f_unaligned*>(p); }
+inline void store(float* p, v8f x) { *reinterpret_cast<v8f_unaligned*>(p) = x; }
+inline v8f splat(float x) { return v8f{x, x, x, x, x, x, x, x}; }
+
+// exp for x <= 0 (Cephes expf polynomial, relative error below 2e-7); 0 below -87.
+inline v8f exp_nonpositive(v8f x) {
+  const v8f too_small = x < splat(-87.0f) ? splat(1.0f) : splat(0.0f);
+  x = x < splat(-87.0f) ? splat(-87.0f) : x;
+  const v8f shifter = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
+  v8f n = x * splat(1.44269504088896341f) + shifter;
+  n = n - shifter;
+  v8f r = x - n * splat(0.693359375f);
+  r = r - n * splat(-2.12194440e-4f);
+  v8f p = splat(1.9875691500e-4f);
+  p = p * r + splat(1.3981999507e-3f);
+  p = p * r + splat(8.3334519073e-3f);
+  p = p * r + splat(4.1665795894e-2f);
+  p = p * r + splat(1.6666665459e-1f);
+  p = p * r + splat(5.0000001201e-1f);
+  p = p * r * r + r + splat(1.0f);
+  v8i bits = (__builtin_convertvector(n, v8i) + 127) << 23;
+  v8f scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  p = p * scale;
+  return too_small > splat(0.5f) ? splat(0.0f) : p;
+}
+
+inline float hmax(v8f x) {
+  float r = x[0];
+  for (int i = 1; i < kLanes; ++i) r = std::max(r, x[i]);
+  return r;
+}
+inline float hsum(v8f x) {
+  float r = 0.0f;
+  for (int i = 0; i < kLanes; ++i) r += x[i];
+  return r;
+}
+
+struct Problem {
+  const float* q;
+  const float* v;   // [B, K, S, H]
+  const float* kt;  // [B, K, Sp / 16, H, 16], zero beyond S
+  float* out;
+  float* lse;
+  int64_t B, T, S, Sp, N, K, H;
+  bool causal;
+  int64_t window;
+  float scale;
+  int64_t block_q, block_k;
+};
+
+// Register tiles are kRows x 16: 2 * kRows accumulators of 8 floats plus two loaded vectors
+// and a broadcast fill the 16 vector registers of AVX2.
+constexpr int kRows = 6;
+
+// s[r, c] = sum_h qb[r, h] panel[h, c] for kRows rows and the 16 keys of one panel.
+inline void qk_tile(const float* qb, int64_t H, const float* panel, float* s, int64_t s_stride) {
+  v8f acc[kRows][2] = {};
+  for (int64_t h = 0; h < H; ++h) {
+    const v8f b0 = load(panel + h * 16);
+    const v8f b1 = load(panel + h * 16 + kLanes);
+    for (int r = 0; r < kRows; ++r) {
+      const v8f a = splat(qb[r * H + h]);
+      acc[r][0] += a * b0;
+      acc[r][1] += a * b1;
+    }
+  }
+  for (int r = 0; r < kRows; ++r) {
+    store(s + r * s_stride, acc[r][0]);
+    store(s + r * s_stride + kLanes, acc[r][1]);
+  }
+}
+
+// o[r, c..c+16] += sum_j p[r, j] v[j, c..c+16] for kRows rows.
+inline void pv_tile(const float* p, int64_t p_stride, int64_t num_keys, const float* v,
+                    int64_t v_stride, float* o, int64_t H) {
+  v8f acc[kRows][2];
+  for (int r = 0; r < kRows; ++r) {
+    acc[r][0] = load(o + r * H);
+    acc[r][1] = load(o + r * H + kLanes);
+  }
+  for (int64_t j = 0; j < num_keys; ++j) {
+    const v8f b0 = load(v + j * v_stride);
+    const v8f b1 = load(v + j * v_stride + kLanes);
+    for (int r = 0; r < kRows; ++r) {
+      const v8f a = splat(p[r * p_stride + j]);
+      acc[r][0] += a * b0;
+      acc[r][1] += a * b1;
+    }
+  }
+  for (int r = 0; r < kRows; ++r) {
+    store(o + r * H, acc[r][0]);
+    store(o + r * H + kLanes, acc[r][1]);
+  }
+}
+
+struct Scratch {
+  std::vector<float> qb, s, o, m, l;
+  // Rows rounded up to whole register tiles; the extra rows stay zero.
+  Scratch(int64_t bq, int64_t bk, int64_t H)
+      : qb(padded(bq) * H), s(padded(bq) * bk), o(padded(bq) * H), m(bq), l(bq) {}
+  static int64_t padded(int64_t rows) { return (rows + kRows - 1) / kRows * kRows; }
+};
+
+void run_item(const Problem& P, int64_t item, Scratch& w) {
+  const int64_t num_q_blocks = (P.T + P.block_q - 1) / P.block_q;
+  const int64_t per_block = P.B * P.N;
+  // Heaviest first: the last query blocks see the most keys under a causal mask.
+  const int64_t qblk = num_q_blocks - 1 - item / per_block;
+  const int64_t b = (item % per_block) / P.N;
+  const int64_t n = item % P.N;
+  const int64_t kv_head = n / (P.N / P.K);
+  const int64_t H = P.H, bq = P.block_q, bk = P.block_k;
+  const int64_t q0 = qblk * bq;
+  const int64_t rows = std::min(bq, P.T - q0);
+
+  std::fill(w.qb.begin(), w.qb.end(), 0.0f);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* src = P.q + ((b * P.T + q0 + r) * P.N + n) * H;
+    for (int64_t h = 0; h < H; ++h) w.qb[r * H + h] = src[h] * P.scale;
+  }
+  std::fill(w.o.begin(), w.o.end(), 0.0f);
+  std::fill(w.m.begin(), w.m.end(), -INFINITY);
+  std::fill(w.l.begin(), w.l.end(), 0.0f);
+
+  int64_t k_lo = 0, k_hi = P.S;
+  if (P.causal) k_hi = std::min(P.S, q0 + rows);
+  if (P.window > 0) {
+    k_lo = std::max<int64_t>(0, q0 - P.window + 1);
+    if (!P.causal) k_hi = std::min(P.S, q0 + rows + P.window - 1);
+  }
+  const float* kt = P.kt + (b * P.K + kv_head) * H * P.Sp;
+  const int64_t v_stride = H;
+  const float* v_head = P.v + (b * P.K + kv_head) * P.S * H;
+  const int64_t row_tiles = (rows + kRows - 1) / kRows;
+
+  for (int64_t k0 = (k_lo / 16) * 16; k0 < k_hi; k0 += bk) {
+    const int64_t keys = std::min(bk, k_hi - k0);
+    const int64_t cols = (keys + 15) / 16 * 16;  // kt is zero-padded to Sp
+    // Panel-outer loops keep one 16-key panel (and below one 16-wide slice of V) in L1
+    // while every row tile passes over it.
+    for (int64_t c = 0; c < cols; c += 16)
+      for (int64_t rt = 0; rt < row_tiles; ++rt)
+        qk_tile(w.qb.data() + rt * kRows * H, H, kt + (k0 + c) * H, w.s.data() + rt * kRows * bk + c, bk);
+    // Masks apply only to tiles that cross the causal diagonal or the window edge.
+    const int64_t q_last = q0 + rows - 1;
+    const bool needs_mask = cols != keys || (P.causal && k0 + keys - 1 > q0) ||
+                            (P.window > 0 && q_last - k0 >= P.window) ||
+                            (P.window > 0 && !P.causal && k0 + keys - 1 - q0 >= P.window);
+    for (int64_t r = 0; r < rows; ++r) {
+      float* s = w.s.data() + r * bk;
+      if (needs_mask) {
+        const int64_t i = q0 + r;
+        for (int64_t c = 0; c < cols; ++c) {
+          const int64_t j = k0 + c;
+          const bool ok = c < keys && (!P.causal || j <= i) &&
+                          (P.window == 0 || (i - j < P.window && j - i < P.window));
+          if (!ok) s[c] = -INFINITY;
+        }
+      }
+      v8f vmax = splat(-INFINITY);
+      for (int64_t c = 0; c < cols; c += kLanes) {
+        const v8f x = load(s + c);
+        vmax = x > vmax ? x : vmax;
+      }
+      const float m_old = w.m[r];
+      const float m_new = std::max(m_old, hmax(vmax));
+      if (m_new == -INFINITY) {  // nothing allowed yet: p = 0, state unchanged
+        std::fill(s, s + cols, 0.0f);
+        continue;
+      }
+      v8f vsum = splat(0.0f);
+      for (int64_t c = 0; c < cols; c += kLanes) {
+        const v8f p = exp_nonpositive(load(s + c) - splat(m_new));
+        store(s + c, p);
+        vsum += p;
+      }
+      const float alpha = m_old == -INFINITY ? 0.0f : std::exp(m_old - m_new);
+      w.l[r] = w.l[r] * alpha + hsum(vsum);
+      w.m[r] = m_new;
+      if (alpha != 1.0f)
+        for (int64_t h = 0; h < H; ++h) w.o[r * H + h] *= alpha;
+    }
+    for (int64_t r = rows; r < row_tiles * kRows; ++r)
+      std::fill(w.s.data() + r * bk, w.s.data() + r * bk + cols, 0.0f);
+    for (int64_t c = 0; c < H; c += 16)
+      for (int64_t rt = 0; rt < row_tiles; ++rt)
+        pv_tile(w.s.data() + rt * kRows * bk, bk, keys, v_head + k0 * v_stride + c, v_stride,
+                w.o.data() + rt * kRows * H + c, H);
+  }
+
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t t = q0 + r;
+    float* dst = P.out + ((b * P.T + t) * P.N + n) * H;
+    const float l = w.l[r];
+    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    for (int64_t h = 0; h < H; ++h) dst[h] = w.o[r * H + h] * inv;
+    P.lse[(b * P.T + t) * P.N + n] = l > 0.0f ? w.m[r] + std::log(l) : 0.0f;
+  }
+}
+
+// Runs fn() on the calling thread and on up to `workers - 1` pool threads and returns when
+// every call has finished. A pool task that starts after the caller is done runs nothing
+// (fn may refer to the caller's stack).
+template <typename Fn>
+void parallel_run(ffi::ThreadPool& pool, int64_t workers, Fn fn) {
+  struct Shared {
+    std::atomic<int64_t> active{0};
+    std::atomic<bool> closed{false};
+  };
+  auto shared = std::make_shared<Shared>();
+  for (int64_t i = 1; i < workers; ++i) {
+    pool.Schedule([shared, fn]() {
+      shared->active.fetch_add(1);
+      if (!shared->closed.load()) fn();
+      shared->active.fetch_sub(1);
+    });
+  }
+  fn();
+  shared->closed.store(true);
+  while (shared->active.load() != 0) std::this_thread::yield();
+}
+
+ffi::Error FlashAttentionImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
+                              ffi::Buffer<ffi::F32> v, ffi::ResultBuffer<ffi::F32> out,
+                              ffi::ResultBuffer<ffi::F32> lse, bool causal, int64_t window,
+                              float scale, int64_t block_q, int64_t block_k) {
+  const auto qd = q.dimensions(), kd = k.dimensions(), vd = v.dimensions();
+  if (qd.size() != 4 || kd.size() != 4 || vd.size() != 4)
+    return ffi::Error::InvalidArgument("q, k, v must be rank 4 [B, T|S, heads, head_dim]");
+  Problem P{};
+  P.B = qd[0], P.T = qd[1], P.N = qd[2], P.H = qd[3];
+  P.S = kd[1], P.K = kd[2];
+  if (kd[0] != P.B || kd[3] != P.H || vd[0] != P.B || vd[1] != P.S || vd[2] != P.K || vd[3] != P.H)
+    return ffi::Error::InvalidArgument("k and v must both be [B, S, K, H] matching q");
+  if (P.K == 0 || P.N % P.K != 0 || P.H % 16 != 0 || block_k % 16 != 0 || block_q <= 0 ||
+      block_k <= 0 || window < 0)
+    return ffi::Error::InvalidArgument(
+        "need N % K == 0, head_dim % 16 == 0, block_q > 0, block_k % 16 == 0, window >= 0");
+  P.Sp = (P.S + 15) / 16 * 16;
+  P.causal = causal, P.window = window, P.scale = scale;
+  P.block_q = block_q, P.block_k = block_k;
+  P.q = q.typed_data();
+  P.out = out->typed_data(), P.lse = lse->typed_data();
+
+  const int64_t workers = std::max<int64_t>(1, pool.num_threads());
+  std::vector<float> kt(P.B * P.K * P.H * P.Sp, 0.0f), vp(P.B * P.K * P.S * P.H);
+  const float* kp = k.typed_data();
+  const float* vsrc = v.typed_data();
+  for (int64_t b = 0; b < P.B; ++b)
+    for (int64_t s = 0; s < P.S; ++s)
+      for (int64_t kh = 0; kh < P.K; ++kh) {
+        const int64_t src = ((b * P.S + s) * P.K + kh) * P.H;
+        float* panel = kt.data() + ((b * P.K + kh) * P.Sp + s / 16 * 16) * P.H + s % 16;
+        for (int64_t h = 0; h < P.H; ++h) panel[h * 16] = kp[src + h];
+        std::memcpy(vp.data() + ((b * P.K + kh) * P.S + s) * P.H, vsrc + src, P.H * sizeof(float));
+      }
+  P.kt = kt.data(), P.v = vp.data();
+
+  const int64_t items = P.B * P.N * ((P.T + block_q - 1) / block_q);
+  std::atomic<int64_t> next_item{0};
+  parallel_run(pool, workers, [&P, &next_item, items]() {
+    Scratch scratch(P.block_q, P.block_k, P.H);
+    for (int64_t item = next_item.fetch_add(1); item < items; item = next_item.fetch_add(1))
+      run_item(P, item, scratch);
+  });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LongctxCpuFlashAttention, FlashAttentionImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<bool>("causal")
+                                  .Attr<int64_t>("window")
+                                  .Attr<float>("scale")
+                                  .Attr<int64_t>("block_q")
+                                  .Attr<int64_t>("block_k"));
