@@ -1,10 +1,10 @@
-"""Attention benchmark: time and memory of dense vs blockwise vs jax.nn.dot_product_attention.
+"""Attention benchmark: time and memory of dense vs blockwise vs cpu_flash vs jax.nn.dot_product_attention.
 
   python -m experiments.bench_attention --config configs/bench_attention.py --config.workdir=runs/bench_attention
   python -m experiments.bench_attention --config configs/bench_attention.py --config.preset=quick
 
 CPU section (always): lengths 1K..64K (preset "full") or 1K..4K ("quick"), batch 1, 8 heads,
-head_dim 64, float32, causal. GPU section (only when a GPU backend is present): forward and
+head_dim 64, float32, causal, with torch's CPU sdpa as the peer when torch is installed. GPU section (only when a GPU backend is present): forward and
 forward+backward TFLOP/s of flash vs cudnn vs xla, causal and sliding window, head_dim 64 /
 128, bfloat16, 2K..32K.
 """
@@ -25,7 +25,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.cpu.dtype = "float32"
     config.cpu.causal = True
     config.cpu.window = ml_collections.config_dict.placeholder(int)  # e.g. 1024: sliding window
-    config.cpu.impls = ("blockwise", "xla", "dense")
+    config.cpu.impls = ("blockwise", "cpu_flash", "xla", "dense")
+    config.cpu.torch_peer = True  # also time torch's fused CPU sdpa when torch is installed
     config.cpu.block_q = 512
     config.cpu.block_k = 512
     config.cpu.repeats = 3

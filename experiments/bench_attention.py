@@ -8,7 +8,10 @@ compiled program's memory (`memory_analysis()`: arguments + outputs + temporarie
 peak XLA plans for) of every implementation in `config.cpu.impls`, plus the process's
 peak RSS after each case (blockwise runs first, so its RSS is not inflated by the dense
 cases). "dense" and "xla" materialise `[B, N, T, S]` float32 logits, so they are skipped
-(with the reason in the JSON) where those alone would exceed `max_quadratic_gib`.
+(with the reason in the JSON) where those alone would exceed `max_quadratic_gib`; "blockwise"
+and "cpu_flash" (the fused C++ kernel) never do. When torch is installed (the `bench` extra),
+PyTorch's fused CPU `scaled_dot_product_attention` is timed on the same shapes in the same
+run (`torch_sdpa` rows; causal only, it has no sliding window without a dense mask).
 GPU (when present): forward and forward+backward TFLOP/s, counting 4 H flops per allowed
 (query, key) pair forward and 2.5x that backward (FlashAttention's convention).
 """
@@ -36,6 +39,7 @@ PRESETS = {
     "quick": dict(lengths=(1024, 2048, 4096), repeats=1),
 }
 GIB = 2**30
+MEMORY_EFFICIENT = ("blockwise", "cpu_flash")
 
 
 def _peak_rss_bytes() -> int:
@@ -77,7 +81,7 @@ def cpu_section(cfg, lengths, repeats) -> list[dict]:
             row = dict(impl=impl, seq_len=n, batch=cfg.batch, heads=cfg.heads, kv_heads=cfg.kv_heads,
                        head_dim=cfg.head_dim, dtype=cfg.dtype, causal=cfg.causal, window=cfg.window)
             logits_gib = cfg.batch * cfg.heads * n * n * 4 / GIB
-            if impl != "blockwise" and logits_gib > cfg.max_quadratic_gib:
+            if impl not in MEMORY_EFFICIENT and logits_gib > cfg.max_quadratic_gib:
                 row["skipped"] = (
                     f"materialises [B, N, T, S] float32 logits = {logits_gib:.1f} GiB "
                     f"(> max_quadratic_gib={cfg.max_quadratic_gib}) on a CPU host"
@@ -109,6 +113,37 @@ def cpu_section(cfg, lengths, repeats) -> list[dict]:
             rows.append(row)
             print({k: v for k, v in row.items() if k not in ("batch", "dtype")}, flush=True)
             del args, compiled
+    return rows
+
+
+def torch_sdpa_section(cfg, lengths, repeats) -> list[dict] | None:
+    """PyTorch's fused CPU sdpa on the CPU section's shapes; None without torch."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(os.cpu_count() or 1)
+    rows = []
+    for n in lengths:
+        row = dict(impl="torch_sdpa", seq_len=n, torch=torch.__version__, threads=torch.get_num_threads())
+        if cfg.window is not None or n > cfg.time_max_len:
+            row["skipped"] = ("sliding window needs a dense mask in sdpa" if cfg.window is not None
+                              else "seq_len > time_max_len")
+            rows.append(row)
+            continue
+        args = [torch.from_numpy(np.asarray(x)).transpose(1, 2).contiguous()  # sdpa takes [B, N, T, H]
+                for x in _inputs(cfg.batch, n, cfg.heads, cfg.kv_heads, cfg.head_dim, jnp.dtype(cfg.dtype))]
+
+        def sdpa(q, k, v):
+            with torch.inference_mode():
+                return torch.nn.functional.scaled_dot_product_attention(
+                    q, k, v, is_causal=cfg.causal, enable_gqa=cfg.heads != cfg.kv_heads
+                )
+
+        times = _time(sdpa, args, repeats if n < cfg.long_from else 1)
+        row["forward_seconds"], row["forward_cpu_seconds"] = times
+        rows.append(row)
+        print(row, flush=True)
     return rows
 
 
@@ -170,6 +205,8 @@ def main(argv: list[str]) -> None:
     cpu_cfg = config.cpu
     with jax.default_device(jax.devices("cpu")[0]):
         result["cpu"] = cpu_section(cpu_cfg, lengths, repeats)
+    if cpu_cfg.torch_peer:
+        result["cpu_torch_sdpa"] = torch_sdpa_section(cpu_cfg, lengths, repeats)
     os.makedirs(config.workdir, exist_ok=True)
     path = os.path.join(config.workdir, "bench_attention.json")
     with open(path, "w") as f:

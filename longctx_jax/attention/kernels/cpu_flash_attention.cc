@@ -7,9 +7,9 @@
 // and at the end out = o / l, lse = m + log l (rows with no allowed key: out 0, lse 0).
 // One work item is (batch, query head, query block); the items are spread over XLA's
 // intra-op thread pool, heaviest (latest causal) blocks first. Keys are repacked once per
-// call into panels of 16 keys, [B, K, S/16, H, 16], and values into [B, K, S, H], so both
-// micro-kernels stream contiguous memory (a [H, S] transpose would put every head-dim row
-// of a tile in the same L1 set when S is a power of two). The micro-kernels use GCC/Clang vector extensions (8 floats), which the
+// call into panels of 16 keys, [B, K, S/16, H, 16], and values into slices of 16 channels,
+// [B, K, H/16, S, 16], so both micro-kernels stream contiguous memory (a [H, S] transpose, or
+// V rows read in place, would map a tile's rows onto a few L1 sets when strides are powers of two). The micro-kernels use GCC/Clang vector extensions (8 floats), which the
 // compiler maps to AVX2/FMA (or NEON) for the machine it is built on.
 //
 // Layouts are those of jax.nn.dot_product_attention: q [B, T, N, H], k / v [B, S, K, H],
@@ -79,7 +79,7 @@ inline float hsum(v8f x) {
 
 struct Problem {
   const float* q;
-  const float* v;   // [B, K, S, H]
+  const float* v;   // [B, K, H / 16, S, 16]
   const float* kt;  // [B, K, Sp / 16, H, 16], zero beyond S
   float* out;
   float* lse;
@@ -171,7 +171,6 @@ void run_item(const Problem& P, int64_t item, Scratch& w) {
     if (!P.causal) k_hi = std::min(P.S, q0 + rows + P.window - 1);
   }
   const float* kt = P.kt + (b * P.K + kv_head) * H * P.Sp;
-  const int64_t v_stride = H;
   const float* v_head = P.v + (b * P.K + kv_head) * P.S * H;
   const int64_t row_tiles = (rows + kRows - 1) / kRows;
 
@@ -226,7 +225,7 @@ void run_item(const Problem& P, int64_t item, Scratch& w) {
       std::fill(w.s.data() + r * bk, w.s.data() + r * bk + cols, 0.0f);
     for (int64_t c = 0; c < H; c += 16)
       for (int64_t rt = 0; rt < row_tiles; ++rt)
-        pv_tile(w.s.data() + rt * kRows * bk, bk, keys, v_head + k0 * v_stride + c, v_stride,
+        pv_tile(w.s.data() + rt * kRows * bk, bk, keys, v_head + (c * P.S + k0 * 16), 16,
                 w.o.data() + rt * kRows * H + c, H);
   }
 
@@ -294,7 +293,9 @@ ffi::Error FlashAttentionImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi
         const int64_t src = ((b * P.S + s) * P.K + kh) * P.H;
         float* panel = kt.data() + ((b * P.K + kh) * P.Sp + s / 16 * 16) * P.H + s % 16;
         for (int64_t h = 0; h < P.H; ++h) panel[h * 16] = kp[src + h];
-        std::memcpy(vp.data() + ((b * P.K + kh) * P.S + s) * P.H, vsrc + src, P.H * sizeof(float));
+        float* v_slices = vp.data() + (b * P.K + kh) * P.S * P.H + s * 16;
+        for (int64_t c = 0; c < P.H; c += 16)
+          std::memcpy(v_slices + c * P.S, vsrc + src + c, 16 * sizeof(float));
       }
   P.kt = kt.data(), P.v = vp.data();
 
