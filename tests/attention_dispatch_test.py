@@ -62,14 +62,21 @@ def test_unknown_impl_lists_valid_names():
     q, k, v = _qkv()
     with pytest.raises(ValueError, match="blockwise"):
         dispatch.attend(q, k, v, impl="nope")
-    assert {"dense", "blockwise", "xla", "cudnn", "flash", "auto"} <= set(dispatch.available())
+    assert {"dense", "blockwise", "xla", "cudnn", "flash", "cpu_flash", "auto"} <= set(dispatch.available())
 
 
-def test_auto_policy():
+def test_auto_policy(monkeypatch):
     choose = dispatch.choose
-    assert choose(128, 128, backend="cpu") == "dense"
-    assert choose(65536, 65536, backend="cpu") == "blockwise"
-    assert choose(4096, 4096, backend="cpu", policy=dispatch.AutoPolicy(cpu_dense_max_len=8192)) == "dense"
+    flash_built = dispatch._importable("cpu_flash")
+    assert choose(128, 128, backend="cpu") == ("cpu_flash" if flash_built else "dense")
+    assert choose(65536, 65536, backend="cpu") == ("cpu_flash" if flash_built else "blockwise")
+    assert choose(65536, 65536, {"sinks": 4}, backend="cpu") == "blockwise"
+    assert choose(65536, 1, {"q_positions": np.zeros(1)}, backend="cpu") == "blockwise"
+    # A CPU kernel that cannot be imported (as cpu_flash without a compiler) falls back by length.
+    monkeypatch.setitem(dispatch.LAZY_IMPLEMENTATIONS, "unbuildable", "no_such_module:attention")
+    without_kernel = dispatch.AutoPolicy(cpu="unbuildable", cpu_dense_max_len=8192)
+    assert choose(4096, 4096, backend="cpu", policy=without_kernel) == "dense"
+    assert choose(16384, 16384, backend="cpu", policy=without_kernel) == "blockwise"
     assert choose(4096, 4096, backend="tpu") == "flash"
     assert choose(4096, 4096, {"bias": np.zeros(1)}, backend="tpu") == "blockwise"
     assert choose(4096, 4096, backend="gpu") in ("flash", "cudnn")

@@ -13,10 +13,11 @@ naming the implementations that take them.
 
 Gradients reuse blockwise's tile-recomputing backward from the kernel's output and lse
 (`blockwise_attention_backward`), so this is a drop-in `impl="cpu_flash"` for training too.
-The kernel computes in float32 (bfloat16 inputs are upcast, the output cast back) and needs
-`head_dim % 16 == 0`. It is built on first use with the system C++ compiler
-(`kernels/native.py`); without one, calls raise `NativeKernelUnavailable`, an `ImportError`,
-so `dispatch`'s "auto" stays on blockwise.
+The kernel computes in float32 (bfloat16 inputs are upcast, the output cast back); head dims
+that are not a multiple of 16 are zero-padded for it. Importing this module builds the kernel
+with the system C++ compiler (once per machine, cached: `kernels/native.py`); without a
+compiler the import raises `NativeKernelUnavailable`, an `ImportError`, so `dispatch`'s
+"auto" falls back to blockwise.
 """
 
 import functools
@@ -36,22 +37,25 @@ _KERNEL = "cpu_flash_attention"
 _DENSE_KWARGS = frozenset(inspect.signature(dense.attention).parameters) - {"q", "k", "v"}
 
 
-def _target() -> str:
-    return native.register(_KERNEL, "LongctxCpuFlashAttention")
+_TARGET = native.register(_KERNEL, "LongctxCpuFlashAttention")
 
 
 def _kernel(q: Array, k: Array, v: Array, causal: bool, window: int, scale: float, block_q: int,
             block_k: int) -> tuple[Array, Array]:
-    B, T, N, _ = q.shape
+    B, T, N, H = q.shape
+    # The micro-kernels take 16 channels at a time; zero channels change no dot product.
+    pad = [(0, 0)] * 3 + [(0, -H % 16)]
+    q, k, v = (jnp.pad(x.astype(jnp.float32), pad) for x in (q, k, v))
     call = jax.ffi.ffi_call(
-        _target(),
+        _TARGET,
         (jax.ShapeDtypeStruct(q.shape, jnp.float32), jax.ShapeDtypeStruct((B, T, N), jnp.float32)),
+        vmap_method="sequential",
     )
-    return call(
-        q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32), causal=causal,
-        window=np.int64(window), scale=np.float32(scale), block_q=np.int64(block_q),
-        block_k=np.int64(block_k),
+    out, lse = call(
+        q, k, v, causal=causal, window=np.int64(window), scale=np.float32(scale),
+        block_q=np.int64(block_q), block_k=np.int64(block_k),
     )
+    return out[..., :H], lse
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
@@ -102,8 +106,6 @@ def cpu_flash_attention_with_lse(
     dense.check_qkv(q, k, v)
     AttentionMask(causal, window, 0)  # validates window
     H = q.shape[-1]
-    if H % 16:
-        raise ValueError(f"impl 'cpu_flash' needs head_dim % 16 == 0, got {H}; use 'blockwise'")
     if block_q < 1 or block_k < 16 or block_k % 16:
         raise ValueError(
             f"block_q must be positive and block_k a positive multiple of 16, got {block_q}, {block_k}"
@@ -117,7 +119,7 @@ def cpu_flash_attention(q: Array, k: Array, v: Array, **kwargs) -> Array:
     """Fused CPU attention with the semantics of `dense.attention` for causal / window masks.
 
     Args:
-      q, k, v: queries `[B, T, N, H]`, keys and values `[B, S, K, H]`, N % K == 0, H % 16 == 0.
+      q, k, v: queries `[B, T, N, H]`, keys and values `[B, S, K, H]`, N % K == 0.
       **kwargs: `causal`, `window`, `scale`, `block_q`, `block_k` (multiple
         of 16); the other keyword arguments of `dense.attention` raise `ValueError` unless
         None / 0.

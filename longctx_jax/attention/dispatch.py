@@ -9,9 +9,11 @@ Registry: "dense" (the oracle), "blockwise" (memory-efficient jnp), "xla" and "c
 express raise `ValueError`), "flash" (Pallas, imported on first use), "cpu_flash" (the fused
 C++ CPU kernel: causal / window masks under default positions) and whatever other modules
 add with `register` ("ring" registers itself). "auto" picks by backend with an
-`AutoPolicy`: GPU -> flash (cudnn if flash is missing), TPU -> flash (splash), CPU -> dense
-for short sequences and blockwise for long ones; implementations that cannot take the given
-arguments (a dense `bias` or `mask` for flash, for example) fall back to blockwise.
+`AutoPolicy`: GPU -> flash (cudnn if flash is missing), TPU -> flash (splash), CPU ->
+cpu_flash, the fused C++ kernel (where it cannot be built: dense for short sequences,
+blockwise for long ones); implementations that cannot take the given arguments (a dense
+`bias` or `mask` for flash, positions or sinks for cpu_flash, for example) fall back to
+blockwise.
 """
 
 import dataclasses
@@ -170,13 +172,16 @@ def _importable(name: str) -> bool:
 class AutoPolicy:
     """What "auto" picks per backend. Override from config (`config.model.attention.auto`).
 
-    `cpu_dense_max_len`: on CPU, dense when max(T, S) <= this (its `[B, N, T, S]` float32
-    logits fit comfortably), blockwise above.
+    `cpu`: the CPU choice at any length when it can be imported (cpu_flash is several times
+    faster than dense even at 256 tokens). Where it cannot (no C++ compiler), `cpu_short`
+    when max(T, S) <= `cpu_dense_max_len` (its `[B, N, T, S]` float32 logits fit
+    comfortably) and `cpu_long` above.
     """
 
     gpu: str = "flash"
     gpu_fallback: str = "cudnn"
     tpu: str = "flash"
+    cpu: str = "cpu_flash"
     cpu_short: str = "dense"
     cpu_long: str = "blockwise"
     cpu_dense_max_len: int = 2048
@@ -194,6 +199,8 @@ def choose(
         name = policy.gpu if _importable(policy.gpu) else policy.gpu_fallback
     elif backend == "tpu":
         name = policy.tpu
+    elif _importable(policy.cpu):
+        name = policy.cpu
     else:
         name = policy.cpu_short if max(q_len, k_len) <= policy.cpu_dense_max_len else policy.cpu_long
     given = {key for key, value in (kwargs or {}).items() if _given(value)}

@@ -81,10 +81,27 @@ def library_path(name: str) -> str:
     return target
 
 
+_FAILED: dict[str, NativeKernelUnavailable] = {}
+
+
 @functools.cache
-def register(name: str, symbol: str) -> str:
-    """Builds kernel `name`, registers its handler `symbol` as FFI target `longctx_<name>` on CPU."""
+def _register(name: str, symbol: str) -> str:
     library = ctypes.cdll.LoadLibrary(library_path(name))
     target = f"longctx_{name}"
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
     return target
+
+
+def register(name: str, symbol: str) -> str:
+    """Builds kernel `name`, registers its handler `symbol` as FFI target `longctx_<name>` on CPU.
+
+    A failed build raises `NativeKernelUnavailable` and is remembered, so callers that probe
+    for the kernel (dispatch's "auto") do not rerun the compiler.
+    """
+    if name in _FAILED:
+        raise _FAILED[name]
+    try:
+        return _register(name, symbol)
+    except NativeKernelUnavailable as error:
+        _FAILED[name] = error
+        raise
