@@ -158,6 +158,28 @@ def test_prefill_equals_decode_into_an_empty_cache(kw, cache_kw):
                                 rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kw,cache_kw", [
+    ({}, {}), ({"window": 5}, {}), ({}, {"streaming": True, "sinks": 2}),
+    ({"attention_impl": "blockwise"}, {"dtype": "bfloat16"}), ({"position": "alibi"}, {}),
+    pytest.param({"attention_impl": "cpu_flash", "d_model": 64}, {},
+                 marks=pytest.mark.skipif(native.compiler() is None, reason="no C++ compiler")),
+])
+@pytest.mark.parametrize("method", ["prefill", "decode"])
+def test_last_only_equals_the_last_row_of_all_logits(kw, cache_kw, method):
+    # last_only runs the last layer's attention and SwiGLU for the last token alone.
+    model = tiny_model(**kw)
+    tokens = jax.random.randint(jax.random.key(6), (2, 11), 0, 61)
+    cache = empty_cache(model, capacity=16, **cache_kw)
+    if method == "decode" and kw.get("attention_impl") == "cpu_flash":
+        pytest.skip("cpu_flash takes default positions only; the cached decode path passes positions")
+    run = nnx.jit(lambda m, t, c, last: getattr(m, method)(t, c, last_only=last), static_argnums=3)
+    all_logits, full_cache = run(model, tokens, cache, False)
+    last_logits, last_cache = run(model, tokens, cache, True)
+    chex.assert_shape(last_logits, (2, 1, 61))
+    chex.assert_trees_all_close(last_logits, all_logits[:, -1:], rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_close((last_cache.k, last_cache.v), (full_cache.k, full_cache.v))
+
+
 @pytest.mark.skipif(native.compiler() is None, reason="no C++ compiler")
 @pytest.mark.parametrize("kw", [{}, {"window": 5}])
 def test_cpu_flash_prefill_equals_dense_decode(kw):

@@ -133,12 +133,14 @@ class Attention(nnx.Module):
             out = attention_fn(q, k, v)
         return self.output(out)
 
-    def cached(self, x_BTD: Array, k_BCKH: Array, v_BCKH: Array, plan: kv_cache.CachePlan
-               ) -> tuple[Array, Array, Array]:
+    def cached(self, x_BTD: Array, k_BCKH: Array, v_BCKH: Array, plan: kv_cache.CachePlan,
+               last_query_only: bool = False) -> tuple[Array, Array, Array]:
         """Attention of new tokens over a KV cache; returns (out, updated k, updated v).
 
         Positions come from `plan` (see kv_cache.py). Plain caches store rotated keys;
         StreamingLLM caches store raw keys and rotate every slot by its re-indexed position.
+        `last_query_only`: every token's k / v is written but only the last token attends
+        (out is `[B, 1, D]`), all the last layer of a last-token-logits pass needs.
         """
         C = k_BCKH.shape[1]
         q, k, v = self.project_qkv(x_BTD)
@@ -148,18 +150,23 @@ class Attention(nnx.Module):
         k_BCKH = kv_cache.write(k_BCKH, k, plan.write_index)
         v_BCKH = kv_cache.write(v_BCKH, v, plan.write_index)
         k_read = self.rotate(k_BCKH, plan.k_positions_BC, C) if plan.rotate_on_read else k_BCKH
+        q_positions = plan.q_positions_BT
+        if last_query_only:
+            q, q_positions = q[:, -1:], q_positions[:, -1:]
         out = attend(q, k_read.astype(q.dtype), v_BCKH.astype(q.dtype), impl=self.cfg.attention_impl,
-                     q_positions=plan.q_positions_BT, k_positions=plan.k_positions_BC,
-                     **self.attention_kwargs())
+                     q_positions=q_positions, k_positions=plan.k_positions_BC, **self.attention_kwargs())
         return self.output(out), k_BCKH, v_BCKH
 
-    def prefill(self, x_BTD: Array, k_BCKH: Array, v_BCKH: Array, *, streaming: bool
-                ) -> tuple[Array, Array, Array]:
+    def prefill(self, x_BTD: Array, k_BCKH: Array, v_BCKH: Array, *, streaming: bool,
+                last_query_only: bool = False) -> tuple[Array, Array, Array]:
         """`cached` on an empty cache: the T new tokens attend to themselves at positions 0 .. T-1.
 
         With default positions the attention iterates only the causal band of key blocks
         instead of masking all C slots. Keys and values are rounded to the cache dtype before
         attending, exactly as `cached` reads them back; they land in slots 0 .. T-1.
+        `last_query_only` as in `cached`: that single query row runs the dense oracle at
+        position T - 1 (exact, and the cheapest for one row whatever the configured
+        implementation, some of which take default positions only).
         """
         T, C = x_BTD.shape[1], k_BCKH.shape[1]
         positions = jnp.arange(T)[None, :]
@@ -168,8 +175,12 @@ class Attention(nnx.Module):
         stored_k = (k if streaming else self.rotate(k, positions, C)).astype(k_BCKH.dtype)
         stored_v = v.astype(v_BCKH.dtype)
         k_read = self.rotate(stored_k, positions, C) if streaming else stored_k
-        out = attend(q, k_read.astype(q.dtype), stored_v.astype(q.dtype), impl=self.cfg.attention_impl,
-                     **self.attention_kwargs())
+        if last_query_only:
+            out = attend(q[:, -1:], k_read.astype(q.dtype), stored_v.astype(q.dtype), impl="dense",
+                         q_positions=positions[:, -1:], k_positions=positions, **self.attention_kwargs())
+        else:
+            out = attend(q, k_read.astype(q.dtype), stored_v.astype(q.dtype), impl=self.cfg.attention_impl,
+                         **self.attention_kwargs())
         return (self.output(out), kv_cache.write(k_BCKH, stored_k, 0),
                 kv_cache.write(v_BCKH, stored_v, 0))
 
@@ -320,7 +331,7 @@ class Decoder(nnx.Module):
         """
         plan = cache.plan(tokens_BT.shape[1])
         logits, ks, vs = self._through_cache(
-            tokens_BT, cache, lambda attn, x, k, v: attn.cached(x, k, v, plan), last_only)
+            tokens_BT, cache, lambda attn, x, k, v, last: attn.cached(x, k, v, plan, last), last_only)
         return logits, cache.advance(ks, vs, tokens_BT.shape[1])
 
     def prefill(self, tokens_BT: Array, cache: kv_cache.KVCache, *, last_only: bool = False
@@ -338,20 +349,25 @@ class Decoder(nnx.Module):
         T = tokens_BT.shape[1]
         if not 1 <= T <= cache.capacity:
             raise ValueError(f"prefill needs 1 to {cache.capacity} tokens (the cache size), got {T}")
-        logits, ks, vs = self._through_cache(
-            tokens_BT, cache, lambda attn, x, k, v: attn.prefill(x, k, v, streaming=cache.streaming),
-            last_only)
+        def attention(attn: Attention, x_BTD: Array, k_BCKH: Array, v_BCKH: Array, last: bool):
+            return attn.prefill(x_BTD, k_BCKH, v_BCKH, streaming=cache.streaming, last_query_only=last)
+
+        logits, ks, vs = self._through_cache(tokens_BT, cache, attention, last_only)
         return logits, cache.emptied().advance(ks, vs, T)
 
     def _through_cache(self, tokens_BT: Array, cache: kv_cache.KVCache, cache_attention, last_only: bool
                        ) -> tuple[Array, list[Array], list[Array]]:
         """Logits and every layer's new k / v, each block attending through
-        `cache_attention(attention module, normed x, k cache, v cache) -> (out, k cache, v cache)`."""
+        `cache_attention(attention module, normed x, k cache, v cache, last_query_only)
+        -> (out, k cache, v cache)`. With `last_only` the last layer needs every token's k / v
+        for the cache but attention and SwiGLU for the last token alone (1/num_layers of the work)."""
         h = self.embed_tokens(tokens_BT)
         ks, vs = [], []
-        for block, k_BCKH, v_BCKH in zip(self.layers, cache.k, cache.v, strict=True):
-            out, k_BCKH, v_BCKH = cache_attention(block.attn, block.attn_norm(h), k_BCKH, v_BCKH)
-            h = block.after_attention(h, out)
+        for i, (block, k_BCKH, v_BCKH) in enumerate(zip(self.layers, cache.k, cache.v, strict=True)):
+            last_query_only = last_only and i == len(self.layers) - 1
+            out, k_BCKH, v_BCKH = cache_attention(block.attn, block.attn_norm(h), k_BCKH, v_BCKH,
+                                                  last_query_only)
+            h = block.after_attention(h[:, -1:] if last_query_only else h, out)
             ks.append(k_BCKH)
             vs.append(v_BCKH)
         return self.logits(h[:, -1:] if last_only else h), ks, vs
