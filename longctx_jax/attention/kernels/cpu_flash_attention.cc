@@ -6,17 +6,19 @@
 //     l = l e^(m - m') + rowsum p,  o = o e^(m - m') + p v,
 // and at the end out = o / l, lse = m + log l (rows with no allowed key: out 0, lse 0).
 // One work item is (batch, query head, query block); the items are spread over XLA's
-// intra-op thread pool, heaviest (latest causal) blocks first. Keys are repacked once per
-// call into panels of 16 keys, [B, K, S/16, H, 16], and values into slices of 16 channels,
+// intra-op thread pool head by head (concurrent items share that head's keys in cache),
+// heaviest (latest causal) blocks of each head first. Keys are repacked once per call into
+// panels of 16 keys, [B, K, S/16, H, 16], and values into slices of 16 channels,
 // [B, K, H/16, S, 16], so both micro-kernels stream contiguous memory (a [H, S] transpose, or
-// V rows read in place, would map a tile's rows onto a few L1 sets when strides are powers of two). The micro-kernels use GCC/Clang vector extensions (8 floats), which the
-// compiler maps to AVX2/FMA (or NEON) for the machine it is built on.
+// V rows read in place, would map a tile's rows onto a few L1 sets when strides are powers of
+// two). The micro-kernels use GCC/Clang vector extensions (8 floats), which the compiler maps
+// to AVX2/FMA (or NEON) for the machine it is built on.
 //
 // Layouts are those of jax.nn.dot_product_attention: q [B, T, N, H], k / v [B, S, K, H],
-// N % K == 0 (grouped-query attention without copying keys), float32, H % 16 == 0.
-// Masking: key j is allowed for query i when (not causal or j <= i) and
-// (window == 0 or i - j < window), with positions 0..T-1 and 0..S-1 (a prompt attending to
-// itself, the prefill case).
+// N % K == 0 (grouped-query attention without copying keys), float32, H % 16 == 0 (the
+// Python wrapper zero-pads other head dims). Masking: key j is allowed for query i when
+// (not causal or j <= i) and (window == 0 or |i - j| < window), with positions 0..T-1 and
+// 0..S-1 (a prompt attending to itself, the prefill case).
 
 #include <algorithm>
 #include <atomic>
@@ -145,11 +147,12 @@ struct Scratch {
 
 void run_item(const Problem& P, int64_t item, Scratch& w) {
   const int64_t num_q_blocks = (P.T + P.block_q - 1) / P.block_q;
-  const int64_t per_block = P.B * P.N;
-  // Heaviest first: the last query blocks see the most keys under a causal mask.
-  const int64_t qblk = num_q_blocks - 1 - item / per_block;
-  const int64_t b = (item % per_block) / P.N;
-  const int64_t n = item % P.N;
+  // Head by head, so concurrent items share one head's packed keys and values in cache, and
+  // within a head heaviest first: the last query blocks see the most keys under a causal mask.
+  const int64_t head = item / num_q_blocks;
+  const int64_t qblk = num_q_blocks - 1 - item % num_q_blocks;
+  const int64_t b = head / P.N;
+  const int64_t n = head % P.N;
   const int64_t kv_head = n / (P.N / P.K);
   const int64_t H = P.H, bq = P.block_q, bk = P.block_k;
   const int64_t q0 = qblk * bq;
