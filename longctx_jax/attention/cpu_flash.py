@@ -17,7 +17,9 @@ The kernel computes in float32 (bfloat16 inputs are upcast, the output cast back
 that are not a multiple of 16 are zero-padded for it. Importing this module builds the kernel
 with the system C++ compiler (once per machine, cached: `kernels/native.py`); without a
 compiler the import raises `NativeKernelUnavailable`, an `ImportError`, so `dispatch`'s
-"auto" falls back to blockwise.
+"auto" falls back to blockwise. Measured against PyTorch's fused CPU sdpa by
+`configs/bench_attention.py` and, inside SmolLM2's prefill, by `configs/bench_forward.py`
+(docs/benchmarks.md, docs/kv_cache.md).
 """
 
 import functools
@@ -35,8 +37,6 @@ from longctx_jax.typing import Array
 
 _KERNEL = "cpu_flash_attention"
 _DENSE_KWARGS = frozenset(inspect.signature(dense.attention).parameters) - {"q", "k", "v"}
-
-
 _TARGET = native.register(_KERNEL, "LongctxCpuFlashAttention")
 
 
