@@ -175,6 +175,14 @@ def test_missing_compiler_is_a_clear_import_error(monkeypatch, tmp_path):
         native.library_path("cpu_flash_attention")
 
 
+def test_unwritable_cache_is_a_clear_import_error(monkeypatch, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    monkeypatch.setenv("LONGCTX_JAX_CACHE", str(blocker / "cache"))
+    with pytest.raises(native.NativeKernelUnavailable, match="LONGCTX_JAX_CACHE"):
+        native.library_path("cpu_flash_attention")
+
+
 def test_vmap_runs_the_kernel_per_element():
     q, k, v = _inputs(seed=12)
     stacked = [jnp.stack([x, x[::-1]]) for x in (q, k, v)]

@@ -64,8 +64,14 @@ def library_path(name: str) -> str:
     target = os.path.join(out_dir, f"{name}-{key}.so")
     if os.path.exists(target):
         return target
-    os.makedirs(out_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
+    except OSError as error:
+        raise NativeKernelUnavailable(
+            f"cannot write kernel {name!r} to {out_dir} ({error}); "
+            "set $LONGCTX_JAX_CACHE to a writable directory"
+        ) from error
     os.close(fd)
     cmd = [cxx, *_FLAGS, f"-I{jax.ffi.include_dir()}", source, "-o", tmp]
     try:
