@@ -31,6 +31,7 @@ import numpy as np
 
 from longctx_jax.attention import dense
 from longctx_jax.attention.blockwise import blockwise_attention_backward
+from longctx_jax.attention.dispatch import argument_given
 from longctx_jax.attention.kernels import native
 from longctx_jax.attention.masks import AttentionMask
 from longctx_jax.typing import Array
@@ -93,8 +94,7 @@ def cpu_flash_attention_with_lse(
     **unsupported,
 ) -> tuple[Array, Array]:
     """`cpu_flash_attention` that also returns lse `[B, T, N]` float32 (differentiable)."""
-    given = sorted(name for name, value in unsupported.items()
-                   if value is not None and not (isinstance(value, int) and value == 0))
+    given = sorted(name for name, value in unsupported.items() if argument_given(value))
     unknown = sorted(set(unsupported) - _DENSE_KWARGS)
     if unknown:
         raise TypeError(f"cpu_flash_attention got unexpected arguments {unknown}")

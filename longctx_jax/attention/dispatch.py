@@ -70,7 +70,7 @@ def _materialised_mask_and_bias(q: Array, k: Array, kwargs: dict):
     return bias, mask, is_causal, local
 
 
-def _given(value) -> bool:
+def argument_given(value) -> bool:
     """An argument counts as given unless it is None or the integer 0 (e.g. `sinks=0`)."""
     return value is not None and not (isinstance(value, int) and value == 0)
 
@@ -85,7 +85,7 @@ def _jax_nn_attention(implementation: str) -> AttentionFn:
         scale = kwargs.pop("scale", None)
         if implementation == "cudnn":
             for name in ("sinks", "segment_ids", "kv_segment_ids", "q_positions", "k_positions", "mask"):
-                if _given(kwargs.get(name)):
+                if argument_given(kwargs.get(name)):
                     raise ValueError(
                         f"impl 'cudnn' cannot express {name}={kwargs[name]!r} without a dense mask; "
                         "use 'flash', 'blockwise' or 'xla'"
@@ -203,7 +203,7 @@ def choose(
         name = policy.cpu
     else:
         name = policy.cpu_short if max(q_len, k_len) <= policy.cpu_dense_max_len else policy.cpu_long
-    given = {key for key, value in (kwargs or {}).items() if _given(value)}
+    given = {key for key, value in (kwargs or {}).items() if argument_given(value)}
     if given & UNSUPPORTED.get(name, frozenset()):
         name = policy.fallback
     return name

@@ -144,15 +144,15 @@ class Attention(nnx.Module):
         """
         C = k_BCKH.shape[1]
         q, k, v = self.project_qkv(x_BTD)
-        q = self.rotate(q, plan.q_positions_BT, C)
         if not plan.rotate_on_read:
             k = self.rotate(k, plan.q_positions_BT, C)
+        q_positions = plan.q_positions_BT
+        if last_query_only:  # before rotating: the other rows' queries are never used
+            q, q_positions = q[:, -1:], q_positions[:, -1:]
+        q = self.rotate(q, q_positions, C)
         k_BCKH = kv_cache.write(k_BCKH, k, plan.write_index)
         v_BCKH = kv_cache.write(v_BCKH, v, plan.write_index)
         k_read = self.rotate(k_BCKH, plan.k_positions_BC, C) if plan.rotate_on_read else k_BCKH
-        q_positions = plan.q_positions_BT
-        if last_query_only:
-            q, q_positions = q[:, -1:], q_positions[:, -1:]
         out = attend(q, k_read.astype(q.dtype), v_BCKH.astype(q.dtype), impl=self.cfg.attention_impl,
                      q_positions=q_positions, k_positions=plan.k_positions_BC, **self.attention_kwargs())
         return self.output(out), k_BCKH, v_BCKH
@@ -171,14 +171,15 @@ class Attention(nnx.Module):
         T, C = x_BTD.shape[1], k_BCKH.shape[1]
         positions = jnp.arange(T)[None, :]
         q, k, v = self.project_qkv(x_BTD)
-        q = self.rotate(q, positions, C)
         stored_k = (k if streaming else self.rotate(k, positions, C)).astype(k_BCKH.dtype)
         stored_v = v.astype(v_BCKH.dtype)
         k_read = self.rotate(stored_k, positions, C) if streaming else stored_k
-        if last_query_only:
-            out = attend(q[:, -1:], k_read.astype(q.dtype), stored_v.astype(q.dtype), impl="dense",
+        if last_query_only:  # rotate only the query row that attends
+            q = self.rotate(q[:, -1:], positions[:, -1:], C)
+            out = attend(q, k_read.astype(q.dtype), stored_v.astype(q.dtype), impl="dense",
                          q_positions=positions[:, -1:], k_positions=positions, **self.attention_kwargs())
         else:
+            q = self.rotate(q, positions, C)
             out = attend(q, k_read.astype(q.dtype), stored_v.astype(q.dtype), impl=self.cfg.attention_impl,
                          **self.attention_kwargs())
         return (self.output(out), kv_cache.write(k_BCKH, stored_k, 0),
