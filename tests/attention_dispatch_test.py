@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from longctx_jax.attention import dense, dispatch
+from longctx_jax.attention.spec import AttentionSpec, implementation
 from longctx_jax.positional.alibi import alibi_slopes
 
 B, T, N, K, H = 2, 11, 4, 2, 8
@@ -73,7 +74,8 @@ def test_auto_policy(monkeypatch):
     assert choose(65536, 65536, {"sinks": 4}, backend="cpu") == "blockwise"
     assert choose(65536, 1, {"q_positions": np.zeros(1)}, backend="cpu") == "blockwise"
     # A CPU kernel that cannot be imported (as cpu_flash without a compiler) falls back by length.
-    monkeypatch.setitem(dispatch.LAZY_IMPLEMENTATIONS, "unbuildable", "no_such_module:attention")
+    monkeypatch.setitem(dispatch.REGISTRY, "unbuildable",
+                        dispatch.Implementation("unbuildable", "no_such_module:attention"))
     without_kernel = dispatch.AutoPolicy(cpu="unbuildable", cpu_dense_max_len=8192)
     assert choose(4096, 4096, backend="cpu", policy=without_kernel) == "dense"
     assert choose(16384, 16384, backend="cpu", policy=without_kernel) == "blockwise"
@@ -89,10 +91,47 @@ def test_auto_policy(monkeypatch):
 
 def test_register_adds_an_implementation():
     q, k, v = _qkv()
-    dispatch.register("oracle_copy", dense.attention, unsupported=frozenset({"bias"}))
+    refusing = implementation(name="oracle_copy", unsupported={"bias"})(
+        lambda q, k, v, spec: dense.attention(q, k, v, spec)
+    )
+    dispatch.register("oracle_copy", refusing)
     try:
         chex.assert_trees_all_close(dispatch.attend(q, k, v, impl="oracle_copy"), dense.attention(q, k, v))
-        assert dispatch.UNSUPPORTED["oracle_copy"] == {"bias"}
+        assert dispatch.entry("oracle_copy").unsupported == {"bias"}
+        assert not dispatch.entry("oracle_copy").takes(AttentionSpec(bias=np.zeros((1, 1, T, T))))
+        with pytest.raises(ValueError, match="oracle_copy.*bias"):
+            dispatch.attend(q, k, v, impl="oracle_copy", bias=np.zeros((1, 1, T, T)))
     finally:
-        dispatch.IMPLEMENTATIONS.pop("oracle_copy")
-        dispatch.UNSUPPORTED.pop("oracle_copy")
+        dispatch.REGISTRY.pop("oracle_copy")
+
+
+def test_every_entry_declares_what_it_refuses():
+    # The registry's knowledge comes from the implementations' own declarations.
+    assert dispatch.entry("dense").unsupported == frozenset()
+    assert dispatch.entry("blockwise").unsupported == frozenset()
+    assert dispatch.entry("flash").unsupported == {"bias", "mask"}
+    assert "logit_soft_cap" in dispatch.entry("xla").unsupported
+    assert {"sinks", "q_positions", "mask"} <= dispatch.entry("cudnn").unsupported
+    assert dispatch.entry("ring").unsupported == {"bias", "mask"}
+
+
+@pytest.mark.parametrize("impl", ["dense", "blockwise", "auto"])
+def test_attend_with_lse_matches_logsumexp(impl):
+    q, k, v = _qkv(3)
+    spec = AttentionSpec(window=4, segment_ids=np.array([[0] * 6 + [1] * 5] * B))
+    out, lse = jax.jit(lambda q, k, v: dispatch.attend_with_lse(q, k, v, spec, impl=impl))(q, k, v)
+    chex.assert_trees_all_close(out, dense.attention(q, k, v, spec), atol=1e-5)
+    G = N // K
+    logits = np.einsum("btnh,bsnh->bnts", q, np.repeat(k, G, axis=2)) / np.sqrt(H)
+    pos = np.arange(T)
+    seg = spec.segment_ids
+    allowed = (pos[None, :] <= pos[:, None]) & (pos[:, None] - pos[None, :] < 4)
+    allowed = allowed[None, None] & (seg[:, None, :, None] == seg[:, None, None, :])
+    expected = np.log(np.sum(np.where(allowed, np.exp(logits), 0.0), axis=-1)).transpose(0, 2, 1)
+    chex.assert_trees_all_close(lse, expected, atol=1e-5)
+
+
+def test_attend_with_lse_refuses_an_implementation_without_one():
+    q, k, v = _qkv()
+    with pytest.raises(ValueError, match="log-sum-exp"):
+        dispatch.attend_with_lse(q, k, v, impl="xla")

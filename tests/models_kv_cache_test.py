@@ -15,8 +15,9 @@ from longctx_jax.models.kv_cache import EMPTY_POSITION, KVCache
 
 
 def tiny_model(num_layers: int = 2, **kw) -> Decoder:
+    """The oracle by name unless a test asks for another implementation."""
     cfg = ModelConfig(**(dict(vocab_size=61, d_model=32, num_layers=num_layers, num_heads=4, num_kv_heads=2,
-                              mlp_dim=48, rope_theta=500.0, init_std=0.2) | kw))
+                              mlp_dim=48, rope_theta=500.0, init_std=0.2, attention_impl="dense") | kw))
     return Decoder(cfg, rngs=nnx.Rngs(3))
 
 
@@ -136,7 +137,7 @@ def test_memory_matches_allocated_cache():
 
 @pytest.mark.parametrize("kw,cache_kw", [
     ({}, {}), ({"window": 5}, {}), ({}, {"streaming": True, "sinks": 2}),
-    ({}, {"dtype": "bfloat16"}), ({"attention_impl": "blockwise"}, {}),
+    ({}, {"dtype": "bfloat16"}), ({"attention_impl": "blockwise"}, {}), ({"attention_impl": "auto"}, {}),
 ])
 def test_prefill_equals_decode_into_an_empty_cache(kw, cache_kw):
     model = tiny_model(**kw)

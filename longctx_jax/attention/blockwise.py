@@ -25,19 +25,16 @@ sparse patterns never materialise their `[T, S]` mask. Gradients do not flow int
 
 import dataclasses
 import functools
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from longctx_jax.attention import online_softmax as osm
-from longctx_jax.attention.dense import check_qkv
 from longctx_jax.attention.masks import AttentionMask
+from longctx_jax.attention.spec import AttentionSpec, MaskFn, implementation
 from longctx_jax.positional.alibi import alibi_tile_bias
 from longctx_jax.typing import Array, ArrayLike
-
-MaskFn = Callable[[Array, Array], Array]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +53,7 @@ class _Static:
     mask_fn: MaskFn | None
 
 
-class _Aux(NamedTuple):
+class _TileInputs(NamedTuple):
     """Non-differentiable per-call arrays, already padded to whole blocks."""
 
     q_pos: Array  # [B, Tp] int
@@ -72,21 +69,21 @@ def _slice(x: Array, start, size: int, axis: int) -> Array:
     return jax.lax.dynamic_slice_in_dim(x, start, size, axis=axis)
 
 
-def _tile_allowed(st: _Static, aux: _Aux, num_heads: int, qi, kj) -> Array:
+def _tile_allowed(st: _Static, tiles: _TileInputs, num_heads: int, qi, kj) -> Array:
     """Boolean `[B, K|1, G|1, bq, bk]` tile of the full mask."""
     bq, bk = st.block_q, st.block_k
-    qp = _slice(aux.q_pos, qi * bq, bq, 1)
-    kp = _slice(aux.k_pos, kj * bk, bk, 1)
+    qp = _slice(tiles.q_pos, qi * bq, bq, 1)
+    kp = _slice(tiles.k_pos, kj * bk, bk, 1)
     ok = AttentionMask(st.causal, st.window, st.sinks).allowed(qp[:, :, None], kp[:, None, :])
-    ok = ok & _slice(aux.k_valid, kj * bk, bk, 0)[None, None, :]
-    if aux.q_seg is not None:
-        qs = _slice(aux.q_seg, qi * bq, bq, 1)
-        ks = _slice(aux.k_seg, kj * bk, bk, 1)
+    ok = ok & _slice(tiles.k_valid, kj * bk, bk, 0)[None, None, :]
+    if tiles.q_seg is not None:
+        qs = _slice(tiles.q_seg, qi * bq, bq, 1)
+        ks = _slice(tiles.k_seg, kj * bk, bk, 1)
         ok = ok & (qs[:, :, None] == ks[:, None, :])
     ok = ok[:, None, None]
-    if aux.mask is not None:
+    if tiles.mask is not None:
         m = jax.lax.dynamic_slice(
-            aux.mask, (0, 0, qi * bq, kj * bk), aux.mask.shape[:2] + (bq, bk)
+            tiles.mask, (0, 0, qi * bq, kj * bk), tiles.mask.shape[:2] + (bq, bk)
         )
         ok = ok & osm.group_heads(m, num_heads, st.num_kv_heads)
     if st.mask_fn is not None:
@@ -96,16 +93,16 @@ def _tile_allowed(st: _Static, aux: _Aux, num_heads: int, qi, kj) -> Array:
     return ok
 
 
-def _tile_bias(st: _Static, aux: _Aux, bias: Array | None, qi, kj) -> Array | None:
+def _tile_bias(st: _Static, tiles: _TileInputs, bias: Array | None, qi, kj) -> Array | None:
     """Additive bias tile `[b, N|1, bq, bk]` float32 (user bias + ALiBi), or None."""
     bq, bk = st.block_q, st.block_k
     out = None
     if bias is not None:
         out = jax.lax.dynamic_slice(bias, (0, 0, qi * bq, kj * bk), bias.shape[:2] + (bq, bk))
-    if aux.slopes is not None:
-        qp = _slice(aux.q_pos, qi * bq, bq, 1)
-        kp = _slice(aux.k_pos, kj * bk, bk, 1)
-        alibi = alibi_tile_bias(aux.slopes[None, :, None, None], qp[:, None, :, None], kp[:, None, None, :])
+    if tiles.slopes is not None:
+        qp = _slice(tiles.q_pos, qi * bq, bq, 1)
+        kp = _slice(tiles.k_pos, kj * bk, bk, 1)
+        alibi = alibi_tile_bias(tiles.slopes[None, :, None, None], qp[:, None, :, None], kp[:, None, None, :])
         out = alibi if out is None else out + alibi
     return out
 
@@ -142,7 +139,7 @@ def _query_band(st: _Static, kj, num_q_blocks: int):
     return lo, hi
 
 
-def _forward(st: _Static, q, k, v, bias, aux: _Aux) -> tuple[Array, Array]:
+def _forward(st: _Static, q, k, v, bias, tiles: _TileInputs) -> tuple[Array, Array]:
     B, Tp, N, H = q.shape
     nq, nk = Tp // st.block_q, k.shape[1] // st.block_k
     q_BKGTH = osm.to_grouped(q, st.num_kv_heads)
@@ -152,12 +149,12 @@ def _forward(st: _Static, q, k, v, bias, aux: _Aux) -> tuple[Array, Array]:
         q_blk = _slice(q_BKGTH, qi * st.block_q, st.block_q, 3)
 
         def body(kj, state):
-            allowed = _tile_allowed(st, aux, N, qi, kj)
+            allowed = _tile_allowed(st, tiles, N, qi, kj)
 
             def update(state, tile_allowed):
                 k_blk = _slice(k_BKSH, kj * st.block_k, st.block_k, 2)
                 v_blk = _slice(v_BKSH, kj * st.block_k, st.block_k, 2)
-                tile_bias = _tile_bias(st, aux, bias, qi, kj)
+                tile_bias = _tile_bias(st, tiles, bias, qi, kj)
                 part = osm.grouped_block_forward(
                     q_blk, k_blk, v_blk, tile_allowed, scale=st.scale, logit_soft_cap=st.logit_soft_cap,
                     bias=None if tile_bias is None else osm.group_heads(tile_bias, N, st.num_kv_heads),
@@ -181,17 +178,17 @@ def _forward(st: _Static, q, k, v, bias, aux: _Aux) -> tuple[Array, Array]:
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _attention_core(st: _Static, q, k, v, bias, aux: _Aux) -> tuple[Array, Array]:
-    return _forward(st, q, k, v, bias, aux)
+def _attention_core(st: _Static, q, k, v, bias, tiles: _TileInputs) -> tuple[Array, Array]:
+    return _forward(st, q, k, v, bias, tiles)
 
 
-def _core_fwd(st, q, k, v, bias, aux):
-    out, lse = _forward(st, q, k, v, bias, aux)
-    return (out, lse), (q, k, v, bias, aux, out, lse)
+def _core_fwd(st, q, k, v, bias, tiles):
+    out, lse = _forward(st, q, k, v, bias, tiles)
+    return (out, lse), (q, k, v, bias, tiles, out, lse)
 
 
 def _core_bwd(st: _Static, res, cotangents):
-    q, k, v, bias, aux, out, lse = res
+    q, k, v, bias, tiles, out, lse = res
     d_out, d_lse = cotangents
     B, Tp, N, H = q.shape
     K = k.shape[2]
@@ -205,11 +202,11 @@ def _core_bwd(st: _Static, res, cotangents):
         v_blk = _slice(v, kj * bk, bk, 1)
 
         def body(qi, c):
-            allowed = _tile_allowed(st, aux, N, qi, kj)
+            allowed = _tile_allowed(st, tiles, N, qi, kj)
 
             def update(c):
                 dq_acc, dk_j, dv_j, dbias_acc = c
-                tile_bias = _tile_bias(st, aux, bias, qi, kj)
+                tile_bias = _tile_bias(st, tiles, bias, qi, kj)
                 bias_KG = None
                 if tile_bias is not None:
                     tb = jnp.broadcast_to(tile_bias, (tile_bias.shape[0], N, bq, bk))
@@ -277,28 +274,8 @@ def _as_4d(x: ArrayLike, T: int, S: int, pad_T: int, pad_S: int, fill: Any) -> A
     return jnp.pad(x, pad, constant_values=fill)
 
 
-def _prepare(
-    q: Array,
-    k: Array,
-    v: Array,
-    *,
-    causal: bool = True,
-    window: int | None = None,
-    sinks: int = 0,
-    bias: Array | None = None,
-    alibi_slopes: ArrayLike | None = None,
-    segment_ids: ArrayLike | None = None,
-    kv_segment_ids: ArrayLike | None = None,
-    q_positions: ArrayLike | None = None,
-    k_positions: ArrayLike | None = None,
-    mask: ArrayLike | MaskFn | None = None,
-    logit_soft_cap: float | None = None,
-    scale: float | None = None,
-    block_q: int = 512,
-    block_k: int = 512,
-):
-    """Validated static options, inputs padded to whole blocks and the per-call aux arrays."""
-    check_qkv(q, k, v)
+def _prepare(q: Array, k: Array, v: Array, spec: AttentionSpec, block_q: int, block_k: int):
+    """Static options, inputs padded to whole blocks and the per-call tile inputs (spec checked)."""
     B, T, N, H = q.shape
     S, K = k.shape[1], k.shape[2]
     if block_q < 1 or block_k < 1:
@@ -308,69 +285,47 @@ def _prepare(
     block_k = min(block_k, max(8, -(-S // 8) * 8))
     Tp = -(-T // block_q) * block_q
     Sp = -(-S // block_k) * block_k
-    default_pos = q_positions is None and k_positions is None
-    if q_positions is None:
+    if spec.q_positions is None:
         q_pos = jnp.broadcast_to(jnp.arange(Tp, dtype=jnp.int32), (B, Tp))
     else:
-        q_pos = _pad_to(jnp.broadcast_to(jnp.asarray(q_positions), (B, T)), Tp, 1, "edge")
-    if k_positions is None:
+        q_pos = _pad_to(jnp.broadcast_to(jnp.asarray(spec.q_positions), (B, T)), Tp, 1, "edge")
+    if spec.k_positions is None:
         k_pos = jnp.broadcast_to(jnp.arange(Sp, dtype=jnp.int32), (B, Sp))
     else:
-        k_pos = _pad_to(jnp.broadcast_to(jnp.asarray(k_positions), (B, S)), Sp, 1, "edge")
+        k_pos = _pad_to(jnp.broadcast_to(jnp.asarray(spec.k_positions), (B, S)), Sp, 1, "edge")
     q_seg = k_seg = None
-    if segment_ids is not None:
-        q_seg = jnp.broadcast_to(jnp.asarray(segment_ids), (B, T))
-        k_seg = q_seg if kv_segment_ids is None else jnp.broadcast_to(jnp.asarray(kv_segment_ids), (B, S))
+    if spec.segment_ids is not None:
+        q_seg = jnp.broadcast_to(jnp.asarray(spec.segment_ids), (B, T))
+        k_seg = q_seg
+        if spec.kv_segment_ids is not None:
+            k_seg = jnp.broadcast_to(jnp.asarray(spec.kv_segment_ids), (B, S))
         q_seg, k_seg = _pad_to(q_seg, Tp, 1, "edge"), _pad_to(k_seg, Sp, 1, "edge")
-    mask_fn = mask if callable(mask) else None
+    mask_fn = spec.mask if callable(spec.mask) else None
     mask_arr = None
-    if mask is not None and mask_fn is None:
-        mask_arr = _as_4d(jnp.asarray(mask, bool), T, S, Tp, Sp, False)
-    slopes = None if alibi_slopes is None else jnp.asarray(alibi_slopes, jnp.float32).reshape(N)
-    aux = _Aux(q_pos, k_pos, jnp.arange(Sp) < S, q_seg, k_seg, mask_arr, slopes)
+    if spec.mask is not None and mask_fn is None:
+        mask_arr = _as_4d(jnp.asarray(spec.mask, bool), T, S, Tp, Sp, False)
+    slopes = None if spec.alibi_slopes is None else jnp.asarray(spec.alibi_slopes, jnp.float32).reshape(N)
+    tiles = _TileInputs(q_pos, k_pos, jnp.arange(Sp) < S, q_seg, k_seg, mask_arr, slopes)
     st = _Static(
-        causal=causal, window=window, sinks=sinks,
-        scale=float(H**-0.5 if scale is None else scale),
-        logit_soft_cap=None if logit_soft_cap is None else float(logit_soft_cap),
-        block_q=block_q, block_k=block_k, num_kv_heads=K, band=default_pos, mask_fn=mask_fn,
+        causal=spec.causal, window=spec.window, sinks=spec.sinks, scale=spec.scale_for(H),
+        logit_soft_cap=None if spec.logit_soft_cap is None else float(spec.logit_soft_cap),
+        block_q=block_q, block_k=block_k, num_kv_heads=K, band=spec.default_positions, mask_fn=mask_fn,
     )
-    AttentionMask(causal, window, sinks)  # validates window / sinks
-    bias_p = None if bias is None else _as_4d(jnp.asarray(bias, jnp.float32), T, S, Tp, Sp, 0.0)
-    return st, _pad_to(q, Tp, 1), _pad_to(k, Sp, 1), _pad_to(v, Sp, 1), bias_p, aux
+    bias_p = None if spec.bias is None else _as_4d(jnp.asarray(spec.bias, jnp.float32), T, S, Tp, Sp, 0.0)
+    return st, _pad_to(q, Tp, 1), _pad_to(k, Sp, 1), _pad_to(v, Sp, 1), bias_p, tiles
 
 
+@implementation(name="blockwise")
 def blockwise_attention_with_lse(
-    q: Array,
-    k: Array,
-    v: Array,
-    *,
-    causal: bool = True,
-    window: int | None = None,
-    sinks: int = 0,
-    bias: Array | None = None,
-    alibi_slopes: ArrayLike | None = None,
-    segment_ids: ArrayLike | None = None,
-    kv_segment_ids: ArrayLike | None = None,
-    q_positions: ArrayLike | None = None,
-    k_positions: ArrayLike | None = None,
-    mask: ArrayLike | MaskFn | None = None,
-    logit_soft_cap: float | None = None,
-    scale: float | None = None,
-    block_q: int = 512,
-    block_k: int = 512,
+    q: Array, k: Array, v: Array, spec: AttentionSpec, *, block_q: int = 512, block_k: int = 512
 ) -> tuple[Array, Array]:
     """`blockwise_attention` that also returns lse `[B, T, N]` float32 (differentiable).
 
     Rows that may attend to nothing have output 0 and lse 0.
     """
     T = q.shape[1]
-    st, q_p, k_p, v_p, bias_p, aux = _prepare(
-        q, k, v, causal=causal, window=window, sinks=sinks, bias=bias, alibi_slopes=alibi_slopes,
-        segment_ids=segment_ids, kv_segment_ids=kv_segment_ids, q_positions=q_positions,
-        k_positions=k_positions, mask=mask, logit_soft_cap=logit_soft_cap, scale=scale,
-        block_q=block_q, block_k=block_k,
-    )
-    out, lse = _attention_core(st, q_p, k_p, v_p, bias_p, aux)
+    st, q_p, k_p, v_p, bias_p, tiles = _prepare(q, k, v, spec, block_q, block_k)
+    out, lse = _attention_core(st, q_p, k_p, v_p, bias_p, tiles)
     return out[:, :T].astype(q.dtype), lse[:, :T]
 
 
@@ -382,10 +337,8 @@ def blockwise_attention_backward(
     lse: Array,
     d_out: Array,
     d_lse: Array | None = None,
+    spec: AttentionSpec | None = None,
     *,
-    causal: bool = True,
-    window: int | None = None,
-    scale: float | None = None,
     block_q: int = 512,
     block_k: int = 512,
 ) -> tuple[Array, Array, Array]:
@@ -393,15 +346,17 @@ def blockwise_attention_backward(
 
     For kernels that compute the forward elsewhere (`longctx_jax.attention.cpu_flash`) and
     share this backward: `out` `[B, T, N, H]` and `lse` `[B, T, N]` must be what the forward
-    with the same `causal`, `window` and `scale` produced, `d_out` and `d_lse` (None: zero)
-    their cotangents.
+    with the same `spec` (no `bias`: its gradient is not returned) produced, `d_out` and
+    `d_lse` (None: zero) their cotangents.
     """
+    spec = spec or AttentionSpec()
+    if spec.bias is not None:
+        raise ValueError("blockwise_attention_backward returns no bias gradient; spec.bias must be None")
+    spec.check(q, k, v)
     T = q.shape[1]
-    st, q_p, k_p, v_p, _, aux = _prepare(
-        q, k, v, causal=causal, window=window, scale=scale, block_q=block_q, block_k=block_k
-    )
+    st, q_p, k_p, v_p, _, tiles = _prepare(q, k, v, spec, block_q, block_k)
     Tp = q_p.shape[1]
-    residuals = (q_p, k_p, v_p, None, aux, _pad_to(out, Tp, 1), _pad_to(lse.astype(jnp.float32), Tp, 1))
+    residuals = (q_p, k_p, v_p, None, tiles, _pad_to(out, Tp, 1), _pad_to(lse.astype(jnp.float32), Tp, 1))
     if d_lse is None:
         d_lse = jnp.zeros(lse.shape, jnp.float32)
     cotangents = (_pad_to(d_out, Tp, 1), _pad_to(d_lse.astype(jnp.float32), Tp, 1))
@@ -409,43 +364,20 @@ def blockwise_attention_backward(
     return dq[:, :T], dk[:, : k.shape[1]], dv[:, : k.shape[1]]
 
 
+@implementation(name="blockwise")
 def blockwise_attention(
-    q: Array,
-    k: Array,
-    v: Array,
-    *,
-    causal: bool = True,
-    window: int | None = None,
-    sinks: int = 0,
-    bias: Array | None = None,
-    alibi_slopes: ArrayLike | None = None,
-    segment_ids: ArrayLike | None = None,
-    kv_segment_ids: ArrayLike | None = None,
-    q_positions: ArrayLike | None = None,
-    k_positions: ArrayLike | None = None,
-    mask: ArrayLike | MaskFn | None = None,
-    logit_soft_cap: float | None = None,
-    scale: float | None = None,
-    block_q: int = 512,
-    block_k: int = 512,
+    q: Array, k: Array, v: Array, spec: AttentionSpec, *, block_q: int = 512, block_k: int = 512
 ) -> Array:
     """Memory-efficient attention with the semantics of `dense.attention`.
 
     Args:
       q, k, v: queries `[B, T, N, H]`, keys and values `[B, S, K, H]`, N % K == 0.
-      causal, window, sinks, bias, alibi_slopes, segment_ids, kv_segment_ids, q_positions,
-        k_positions, logit_soft_cap, scale: as in `longctx_jax.attention.dense.attention`.
-      mask: boolean array broadcastable to `[B, N, T, S]`, or a hashable callable
-        `(q_positions [B, t], k_positions [B, s]) -> bool [B|1, N|1, t, s]`.
+      spec: an `AttentionSpec` (or its fields as keyword arguments); every field is supported.
+        A mask callable `(q_positions [B, t], k_positions [B, s]) -> bool [B|1, N|1, t, s]`
+        is evaluated per tile, never materialising `[T, S]`.
       block_q, block_k: query / key tile sizes (clipped to the padded lengths).
 
     Returns:
       `[B, T, N, H]` in q's dtype.
     """
-    out, _ = blockwise_attention_with_lse(
-        q, k, v, causal=causal, window=window, sinks=sinks, bias=bias, alibi_slopes=alibi_slopes,
-        segment_ids=segment_ids, kv_segment_ids=kv_segment_ids, q_positions=q_positions,
-        k_positions=k_positions, mask=mask, logit_soft_cap=logit_soft_cap, scale=scale,
-        block_q=block_q, block_k=block_k,
-    )
-    return out
+    return blockwise_attention_with_lse(q, k, v, spec, block_q=block_q, block_k=block_k)[0]

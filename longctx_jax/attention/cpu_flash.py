@@ -23,21 +23,17 @@ compiler the import raises `NativeKernelUnavailable`, an `ImportError`, so `disp
 """
 
 import functools
-import inspect
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from longctx_jax.attention import dense
 from longctx_jax.attention.blockwise import blockwise_attention_backward
-from longctx_jax.attention.dispatch import argument_given
 from longctx_jax.attention.kernels import native
-from longctx_jax.attention.masks import AttentionMask
+from longctx_jax.attention.spec import AttentionSpec, implementation
 from longctx_jax.typing import Array
 
 _KERNEL = "cpu_flash_attention"
-_DENSE_KWARGS = frozenset(inspect.signature(dense.attention).parameters) - {"q", "k", "v"}
 _TARGET = native.register(_KERNEL, "LongctxCpuFlashAttention")
 
 
@@ -72,59 +68,48 @@ def _attention_fwd(q, k, v, causal, window, scale, block_q, block_k):
 def _attention_bwd(causal, window, scale, block_q, block_k, residuals, cotangents):
     q, k, v, out, lse = residuals
     d_out, d_lse = cotangents
-    dq, dk, dv = blockwise_attention_backward(
-        q, k, v, out, lse, d_out, d_lse, causal=causal, window=window or None, scale=scale
-    )
+    spec = AttentionSpec(causal=causal, window=window or None, scale=scale)
+    dq, dk, dv = blockwise_attention_backward(q, k, v, out, lse, d_out, d_lse, spec)
     return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
 
 
+_UNSUPPORTED = frozenset(
+    {"sinks", "bias", "alibi_slopes", "segment_ids", "kv_segment_ids", "q_positions", "k_positions", "mask",
+     "logit_soft_cap"}
+)
+
+
+@implementation(name="cpu_flash", unsupported=_UNSUPPORTED)
 def cpu_flash_attention_with_lse(
-    q: Array,
-    k: Array,
-    v: Array,
-    *,
-    causal: bool = True,
-    window: int | None = None,
-    scale: float | None = None,
-    block_q: int = 96,
-    block_k: int = 256,
-    **unsupported,
+    q: Array, k: Array, v: Array, spec: AttentionSpec, *, block_q: int = 96, block_k: int = 256
 ) -> tuple[Array, Array]:
     """`cpu_flash_attention` that also returns lse `[B, T, N]` float32 (differentiable)."""
-    given = sorted(name for name, value in unsupported.items() if argument_given(value))
-    unknown = sorted(set(unsupported) - _DENSE_KWARGS)
-    if unknown:
-        raise TypeError(f"cpu_flash_attention got unexpected arguments {unknown}")
-    if given:
-        raise ValueError(
-            f"impl 'cpu_flash' takes causal / window / scale with default positions only, got {given}; "
-            "use 'blockwise' or 'dense' for them"
-        )
-    dense.check_qkv(q, k, v)
-    AttentionMask(causal, window, 0)  # validates window
     H = q.shape[-1]
     if block_q < 1 or block_k < 16 or block_k % 16:
         raise ValueError(
             f"block_q must be positive and block_k a positive multiple of 16, got {block_q}, {block_k}"
         )
-    scale = float(H**-0.5 if scale is None else scale)
-    out, lse = _attention(q, k, v, bool(causal), int(window or 0), scale, int(block_q), int(block_k))
+    out, lse = _attention(q, k, v, spec.causal, int(spec.window or 0), spec.scale_for(H), int(block_q),
+                          int(block_k))
     return out.astype(q.dtype), lse
 
 
-def cpu_flash_attention(q: Array, k: Array, v: Array, **kwargs) -> Array:
+@implementation(name="cpu_flash", unsupported=_UNSUPPORTED)
+def cpu_flash_attention(
+    q: Array, k: Array, v: Array, spec: AttentionSpec, *, block_q: int = 96, block_k: int = 256
+) -> Array:
     """Fused CPU attention with the semantics of `dense.attention` for causal / window masks.
 
     Args:
       q, k, v: queries `[B, T, N, H]`, keys and values `[B, S, K, H]`, N % K == 0.
-      **kwargs: `causal`, `window`, `scale`, `block_q`, `block_k` (multiple
-        of 16); the other keyword arguments of `dense.attention` raise `ValueError` unless
-        None / 0.
+      spec: an `AttentionSpec` (or its fields as keyword arguments) using only `causal`,
+        `window` and `scale`, under default positions; other fields raise `ValueError`.
+      block_q, block_k: tile sizes (block_k a multiple of 16).
 
     Returns:
       `[B, T, N, H]` in q's dtype.
     """
-    return cpu_flash_attention_with_lse(q, k, v, **kwargs)[0]
+    return cpu_flash_attention_with_lse(q, k, v, spec, block_q=block_q, block_k=block_k)[0]

@@ -26,15 +26,13 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.experimental import pallas as pl
 
-from longctx_jax.attention.dense import check_qkv
 from longctx_jax.attention.kernels import flash_kernels as fk
 from longctx_jax.attention.kernels.block_metadata import block_lists
 from longctx_jax.attention.kernels.splash import splash_attention
-from longctx_jax.attention.masks import AttentionMask
-from longctx_jax.typing import Array, ArrayLike
+from longctx_jax.attention.spec import AttentionSpec, implementation
+from longctx_jax.typing import Array
 
 _AUX_NAMES = ("q_pos", "k_pos", "q_seg", "kv_seg", "slopes")
 
@@ -195,22 +193,14 @@ def _resolve_block(block: int, length: int, name: str) -> int:
     return min(block, max(16, _next_pow2(length)))
 
 
+@implementation(name="flash", unsupported={"bias", "mask"},
+                alternatives="alibi_slopes for ALiBi, or 'dense' / 'blockwise' for an arbitrary bias or mask")
 def flash_attention(
     q: Array,
     k: Array,
     v: Array,
+    spec: AttentionSpec,
     *,
-    causal: bool = True,
-    window: int | None = None,
-    sinks: int = 0,
-    bias: Array | None = None,
-    alibi_slopes: ArrayLike | None = None,
-    segment_ids: ArrayLike | None = None,
-    kv_segment_ids: ArrayLike | None = None,
-    q_positions: ArrayLike | None = None,
-    k_positions: ArrayLike | None = None,
-    logit_soft_cap: float | None = None,
-    scale: float | None = None,
     block_q: int = 64,
     block_k: int = 64,
     interpret: bool | None = None,
@@ -219,14 +209,10 @@ def flash_attention(
 
     Args:
       q, k, v: queries `[B, T, N, H]`, keys and values `[B, S, K, H]`, N % K == 0.
-      causal, window, sinks: the `AttentionMask` pattern, on true positions.
-      bias: not supported (a `[T, S]` bias defeats the kernel); must be None.
-      alibi_slopes: `[N]` ALiBi slopes; -slope * |q_pos - k_pos| is evaluated per tile.
-      segment_ids, kv_segment_ids: `[B, T]` / `[B, S]` packed-document ids.
-      q_positions, k_positions: `[B, T]` / `[B, S]` true positions. Giving either turns
-        off block skipping (every tile is visited and masked).
-      logit_soft_cap: if set, logits become cap * tanh(logits / cap).
-      scale: logit scale, default 1 / sqrt(head_dim).
+      spec: an `AttentionSpec` (or its fields as keyword arguments). Not supported: a
+        materialised `bias` or `mask` (a `[T, S]` array defeats the kernel; ALiBi goes as
+        `alibi_slopes`, evaluated per tile). Explicit `q_positions` / `k_positions` turn off
+        block skipping (every tile is visited and masked).
       block_q, block_k: tile sizes, powers of two (>= 16 to compile with Triton); clamped
         to the padded sequence lengths.
       interpret: None = Pallas interpreter on CPU, Triton on GPU, splash attention on TPU;
@@ -235,18 +221,14 @@ def flash_attention(
     Returns:
       `[B, T, N, H]` in q's dtype. Rows with no allowed key are zero, with zero gradients.
     """
-    G = check_qkv(q, k, v)
-    if bias is not None:
-        raise ValueError(
-            "flash_attention does not take a materialised `bias`; pass alibi_slopes for ALiBi, "
-            "or use impl='dense' / 'blockwise' for an arbitrary bias"
-        )
+    G = q.shape[2] // k.shape[2]
     B, T, N, H = q.shape
     S = k.shape[1]
-    mask = AttentionMask(causal=causal, window=window, sinks=sinks)
-    scale = float(H**-0.5 if scale is None else scale)
-    if logit_soft_cap is not None and logit_soft_cap <= 0:
-        raise ValueError(f"logit_soft_cap must be positive or None, got {logit_soft_cap}")
+    mask = spec.pattern
+    scale = spec.scale_for(H)
+    logit_soft_cap, alibi_slopes = spec.logit_soft_cap, spec.alibi_slopes
+    segment_ids, kv_segment_ids = spec.segment_ids, spec.kv_segment_ids
+    q_positions, k_positions = spec.q_positions, spec.k_positions
     backend = jax.default_backend()
     if interpret is None:
         if backend == "tpu":
@@ -278,9 +260,6 @@ def flash_attention(
         aux["q_seg"] = _pad_axis(jnp.broadcast_to(jnp.asarray(segment_ids, jnp.int32), (B, T)), 1, Tp)
         aux["kv_seg"] = _pad_axis(jnp.broadcast_to(jnp.asarray(kv_ids, jnp.int32), (B, S)), 1, Sp)
     if alibi_slopes is not None:
-        slopes = np.shape(alibi_slopes)
-        if slopes != (N,):
-            raise ValueError(f"alibi_slopes must have shape ({N},), got {slopes}")
         aux["slopes"] = jax.lax.stop_gradient(jnp.asarray(alibi_slopes, jnp.float32))
 
     cfg = fk.KernelConfig(

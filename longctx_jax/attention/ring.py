@@ -34,8 +34,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
-from longctx_jax.attention.dense import MASKED_LOGIT, check_qkv
-from longctx_jax.attention.masks import AttentionMask, allowed_BTS, default_positions
+from longctx_jax.attention.dense import MASKED_LOGIT
+from longctx_jax.attention.masks import AttentionMask, allowed_BTS
 from longctx_jax.attention.online_softmax import (
     SoftmaxState,
     block_backward,
@@ -45,8 +45,9 @@ from longctx_jax.attention.online_softmax import (
     merge,
     output_delta,
 )
+from longctx_jax.attention.spec import AttentionSpec, implementation
 from longctx_jax.positional.alibi import alibi_bias
-from longctx_jax.typing import Array, ArrayLike
+from longctx_jax.typing import Array
 
 CONTEXT_PARALLEL = ("ring", "all_gather")
 
@@ -373,23 +374,16 @@ def _resolve_mesh(mesh):
     return mesh
 
 
+@implementation(name="ring", unsupported={"bias", "mask"},
+                alternatives="alibi_slopes for ALiBi; a dense bias or mask does not shard")
 def ring_attention(
     q: Array,
     k: Array,
     v: Array,
+    spec: AttentionSpec,
     *,
     mesh: jax.sharding.Mesh | jax.sharding.AbstractMesh | None = None,
     axis_name: str = "sequence",
-    causal: bool = True,
-    window: int | None = None,
-    sinks: int = 0,
-    alibi_slopes: ArrayLike | None = None,
-    segment_ids: ArrayLike | None = None,
-    kv_segment_ids: ArrayLike | None = None,
-    q_positions: ArrayLike | None = None,
-    k_positions: ArrayLike | None = None,
-    logit_soft_cap: float | None = None,
-    scale: float | None = None,
     context_parallel: str = "ring",
     block_size: int = 1024,
 ) -> Array:
@@ -402,11 +396,11 @@ def ring_attention(
     Args:
       q, k, v: global queries `[B, T, N, H]`, keys and values `[B, S, K, H]`, N % K == 0,
         T and S divisible by the size of mesh axis `axis_name`.
+      spec: an `AttentionSpec` (or its fields as keyword arguments); a materialised `bias`
+        or `mask` is not supported.
       mesh: the mesh; None uses the one set by `jax.set_mesh`. Other mesh axes (e.g. a
         batch `data` axis) keep whatever sharding the arrays have.
       axis_name: mesh axis the sequence is sharded over.
-      causal, window, sinks, alibi_slopes, segment_ids, kv_segment_ids, q_positions,
-        k_positions, logit_soft_cap, scale: as in `dense.attention`.
       context_parallel: `"ring"` (K/V passed around the ring) or `"all_gather"` (K/V
         gathered once).
       block_size: keys per inner chunk (memory per device ~ T / P * block_size logits).
@@ -414,7 +408,6 @@ def ring_attention(
     Returns:
       `[B, T, N, H]` in q's dtype, sharded like q along the sequence.
     """
-    check_qkv(q, k, v)
     if context_parallel not in CONTEXT_PARALLEL:
         raise ValueError(f"unknown context_parallel {context_parallel!r}; valid: {CONTEXT_PARALLEL}")
     mesh = _resolve_mesh(mesh)
@@ -428,27 +421,21 @@ def ring_attention(
             f"query length {T} and key length {S} must be divisible by the {axis_name!r} "
             f"ring size {ring_size}"
         )
-    mask = AttentionMask(causal=causal, window=window, sinks=sinks)
-    contiguous = q_positions is None and k_positions is None and T == S
-    q_pos = default_positions(B, T) if q_positions is None else jnp.broadcast_to(q_positions, (B, T))
-    k_pos = default_positions(B, S) if k_positions is None else jnp.broadcast_to(k_positions, (B, S))
+    mask = spec.pattern
+    contiguous = spec.default_positions and T == S
+    q_pos, k_pos = spec.positions(B, T, S)
     q_seg = kv_seg = None
-    if segment_ids is not None:
-        q_seg = jnp.broadcast_to(segment_ids, (B, T))
-        kv_seg = q_seg if kv_segment_ids is None else jnp.broadcast_to(kv_segment_ids, (B, S))
-        if kv_seg.shape != (B, S):
-            raise ValueError(f"kv_segment_ids must be [B, S] = {(B, S)} when S != T; got segment ids only")
-    slopes = None
-    if alibi_slopes is not None:
-        slopes = jnp.asarray(alibi_slopes, jnp.float32)
-        if slopes.shape != (N,):
-            raise ValueError(f"alibi_slopes must have shape [N] = ({N},), got {slopes.shape}")
+    if spec.segment_ids is not None:
+        q_seg = jnp.broadcast_to(spec.segment_ids, (B, T))
+        kv_seg = q_seg if spec.kv_segment_ids is None else jnp.broadcast_to(spec.kv_segment_ids, (B, S))
+    slopes = None if spec.alibi_slopes is None else jnp.asarray(spec.alibi_slopes, jnp.float32)
+    scale, logit_soft_cap = spec.scale_for(H), spec.logit_soft_cap
     shard_len = S // ring_size
     plan = _Plan(
         axis_name=axis_name,
         ring_size=ring_size,
         mask=mask,
-        scale=H**-0.5 if scale is None else scale,
+        scale=scale,
         logit_soft_cap=logit_soft_cap,
         chunk=_chunk_len(S if context_parallel == "all_gather" else shard_len, block_size),
         hops=ring_hops(ring_size, mask, shard_len, contiguous),

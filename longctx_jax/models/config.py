@@ -9,6 +9,10 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from longctx_jax.attention.dispatch import available
+from longctx_jax.attention.patterns.choice import Pattern, build_pattern
+from longctx_jax.attention.spec import AttentionSpec
+
 POSITION_SCHEMES = ("rope", "alibi", "none")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -48,7 +52,9 @@ class ModelConfig:
     rope_scaling: tuple | None = None
     rope_interleaved: bool = False
     qkv_bias: bool = False
-    attention_impl: str = "dense"
+    attention_impl: str = "auto"
+    attention_pattern: str = "full"
+    attention_options: tuple | None = None
     window: int | None = None
     sinks: int = 0
     logit_soft_cap: float | None = None
@@ -59,6 +65,8 @@ class ModelConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "rope_scaling", _freeze(self.rope_scaling) if self.rope_scaling else None)
+        object.__setattr__(self, "attention_options",
+                           _freeze(self.attention_options) if self.attention_options else None)
         if self.head_dim is None:
             if self.d_model % self.num_heads:
                 raise ValueError(
@@ -81,9 +89,23 @@ class ModelConfig:
             raise ValueError(f"RoPE needs an even head_dim, got {self.head_dim}")
         if self.rope_scaling is not None and self.position != "rope":
             raise ValueError(f"model.rope_scaling is set but model.position is {self.position!r}, not 'rope'")
+        if self.attention_impl not in available():
+            raise ValueError(f"unknown model.attention.impl {self.attention_impl!r}; valid: {available()}")
+        pattern = self.pattern  # validates the pattern name and options
+        positional = self.window is not None or self.sinks or self.logit_soft_cap is not None
+        if pattern.attention is not None and (positional or self.position == "alibi"):
+            raise ValueError(f"attention pattern {self.attention_pattern!r} takes no window, sinks, "
+                             "logit_soft_cap or ALiBi")
+        AttentionSpec(window=self.window, sinks=self.sinks, logit_soft_cap=self.logit_soft_cap)
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in DTYPES:
                 raise ValueError(f"unknown model.{name} {getattr(self, name)!r}; valid: {DTYPES}")
+
+    @property
+    def pattern(self) -> Pattern:
+        """The configured attention pattern (`attention.patterns.choice`)."""
+        options = _thaw(self.attention_options) if self.attention_options else None
+        return build_pattern(self.attention_pattern, options, num_heads=self.num_heads)
 
     @property
     def rope_scaling_dict(self) -> dict | None:
@@ -96,6 +118,7 @@ class ModelConfig:
             changes["rope_scaling"] = dict(changes["rope_scaling"])
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         fields["rope_scaling"] = self.rope_scaling_dict
+        fields["attention_options"] = _thaw(self.attention_options) if self.attention_options else None
         fields.update(changes)
         return ModelConfig(**fields)
 
@@ -104,9 +127,13 @@ class ModelConfig:
         """From `config.model`; the nested `attention` block maps to the attention fields."""
         values = dict(model_cfg)
         attention = dict(values.pop("attention", {}) or {})
-        if "impl" in attention:
-            values["attention_impl"] = attention.pop("impl")
+        for key, field in (("impl", "attention_impl"), ("pattern", "attention_pattern"),
+                           ("pattern_options", "attention_options")):
+            if key in attention:
+                values[field] = attention.pop(key)
         values.update(attention)
+        if values.get("attention_options") is not None:
+            values["attention_options"] = dict(values["attention_options"])
         if values.get("rope_scaling") is not None:
             values["rope_scaling"] = dict(values["rope_scaling"])
         known = {f.name for f in dataclasses.fields(cls)}

@@ -7,8 +7,12 @@
 Attention is grouped-query (num_kv_heads <= num_heads). Positions are explicit integer ids,
 so packed documents, KV-cache offsets and ring-attention layouts all rotate correctly:
 RoPE (with any Hugging Face `rope_scaling`), ALiBi, or none (NoPE) come from
-`ModelConfig.position`; the attention function comes from `ModelConfig.attention_impl`
-through `longctx_jax.attention.dispatch.attend`. The pretrained-model loaders fill this
+`ModelConfig.position`; attention is one `AttentionSpec` per call (`Attention.spec`: the
+config's mask, soft-cap, ALiBi and pattern, plus the call's positions) run by
+`Attention.attend` through `longctx_jax.attention.dispatch.attend` with
+`ModelConfig.attention_impl` ("auto" by default: the memory-efficient choice of the backend),
+or by the configured pattern (`config.model.attention.pattern`: Longformer, BigBird, LongNet
+dilated; see `attention/patterns/choice.py`). The pretrained-model loaders fill this
 same module with real weights.
 
 `Decoder.hidden` is the one block loop: variants run it on embeddings they build (memory
@@ -26,6 +30,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from longctx_jax.attention.dispatch import attend
+from longctx_jax.attention.spec import AttentionSpec
 from longctx_jax.models import kv_cache
 from longctx_jax.models.config import ModelConfig
 from longctx_jax.positional.alibi import alibi_slopes
@@ -95,13 +100,29 @@ class Attention(nnx.Module):
         return apply_rope(x_BTNH, positions_BT, inv_freq, attention_factor,
                           interleaved=self.cfg.rope_interleaved)
 
-    def attention_kwargs(self) -> dict:
-        """Keyword arguments for `attend` that follow from the config alone."""
-        kwargs = dict(causal=True, window=self.cfg.window, sinks=self.cfg.sinks,
-                      logit_soft_cap=self.cfg.logit_soft_cap)
-        if self.cfg.position == "alibi":
-            kwargs["alibi_slopes"] = alibi_slopes(self.cfg.num_heads)
-        return kwargs
+    def spec(self, q_positions_BT: Array | None = None, k_positions_BS: Array | None = None,
+             segment_ids_BT: Array | None = None, **changes) -> AttentionSpec:
+        """The `AttentionSpec` of this layer: the config's mask, soft-cap, ALiBi and pattern,
+        with the call's positions and segment ids (`changes` overrides fields)."""
+        cfg = self.cfg
+        spec = AttentionSpec(
+            causal=True, window=cfg.window, sinks=cfg.sinks, logit_soft_cap=cfg.logit_soft_cap,
+            alibi_slopes=alibi_slopes(cfg.num_heads) if cfg.position == "alibi" else None,
+            mask=cfg.pattern.mask, q_positions=q_positions_BT, k_positions=k_positions_BS,
+            segment_ids=segment_ids_BT,
+        )
+        return spec.replace(**changes) if changes else spec
+
+    def attend(self, q_BTNH: Array, k_BSKH: Array, v_BSKH: Array, spec: AttentionSpec) -> Array:
+        """The one attention call of every path: the configured pattern or implementation."""
+        pattern = self.cfg.pattern
+        if pattern.attention is not None:
+            return pattern.attention(q_BTNH, k_BSKH, v_BSKH, spec, self.cfg.attention_impl)
+        return attend(q_BTNH, k_BSKH, v_BSKH, spec, impl=self.cfg.attention_impl)
+
+    def _check_cacheable(self) -> None:
+        if not self.cfg.pattern.cacheable:
+            raise ValueError(f"attention pattern {self.cfg.attention_pattern!r} has no KV-cache form")
 
     def output(self, out_BTNH: Array) -> Array:
         return jnp.einsum("BTNH,NHD->BTD", out_BTNH, self.wo[...].astype(out_BTNH.dtype))
@@ -120,18 +141,14 @@ class Attention(nnx.Module):
         `rotary` gets the RoPE positions (`positions_BT`, or `[1, T]` ids 0 .. T-1 when None);
         `attention_fn` gets the rotated q, k and v and sees neither positions nor segment ids.
         """
-        B, T, _ = x_BTD.shape
+        T = x_BTD.shape[1]
         rope_positions = positions_BT if positions_BT is not None else jnp.arange(T)[None, :]
         q, k, v = self.project_qkv(x_BTD)
         rotate = rotary or (lambda x, positions: self.rotate(x, positions, T))
-        q = rotate(q, rope_positions)
-        k = rotate(k, rope_positions)
-        if attention_fn is None:
-            out = attend(q, k, v, impl=self.cfg.attention_impl, segment_ids=segment_ids_BT,
-                         q_positions=positions_BT, k_positions=positions_BT, **self.attention_kwargs())
-        else:
-            out = attention_fn(q, k, v)
-        return self.output(out)
+        q, k = rotate(q, rope_positions), rotate(k, rope_positions)
+        if attention_fn is not None:
+            return self.output(attention_fn(q, k, v))
+        return self.output(self.attend(q, k, v, self.spec(positions_BT, positions_BT, segment_ids_BT)))
 
     def cached(self, x_BTD: Array, k_BCKH: Array, v_BCKH: Array, plan: kv_cache.CachePlan,
                last_query_only: bool = False) -> tuple[Array, Array, Array]:
@@ -142,6 +159,7 @@ class Attention(nnx.Module):
         `last_query_only`: every token's k / v is written but only the last token attends
         (out is `[B, 1, D]`), all the last layer of a last-token-logits pass needs.
         """
+        self._check_cacheable()
         C = k_BCKH.shape[1]
         q, k, v = self.project_qkv(x_BTD)
         if not plan.rotate_on_read:
@@ -153,8 +171,8 @@ class Attention(nnx.Module):
         k_BCKH = kv_cache.write(k_BCKH, k, plan.write_index)
         v_BCKH = kv_cache.write(v_BCKH, v, plan.write_index)
         k_read = self.rotate(k_BCKH, plan.k_positions_BC, C) if plan.rotate_on_read else k_BCKH
-        out = attend(q, k_read.astype(q.dtype), v_BCKH.astype(q.dtype), impl=self.cfg.attention_impl,
-                     q_positions=q_positions, k_positions=plan.k_positions_BC, **self.attention_kwargs())
+        out = self.attend(q, k_read.astype(q.dtype), v_BCKH.astype(q.dtype),
+                          self.spec(q_positions, plan.k_positions_BC))
         return self.output(out), k_BCKH, v_BCKH
 
     def prefill(self, x_BTD: Array, k_BCKH: Array, v_BCKH: Array, *, streaming: bool,
@@ -164,26 +182,42 @@ class Attention(nnx.Module):
         With default positions the attention iterates only the causal band of key blocks
         instead of masking all C slots. Keys and values are rounded to the cache dtype before
         attending, exactly as `cached` reads them back; they land in slots 0 .. T-1.
-        `last_query_only` as in `cached`: that single query row runs the dense oracle at
-        position T - 1 (exact, and the cheapest for one row whatever the configured
-        implementation, some of which take default positions only).
+        `last_query_only` as in `cached`: the one query row at position T - 1 runs through
+        the configured implementation too (`_last_row`).
         """
+        self._check_cacheable()
         T, C = x_BTD.shape[1], k_BCKH.shape[1]
         positions = jnp.arange(T)[None, :]
         q, k, v = self.project_qkv(x_BTD)
         stored_k = (k if streaming else self.rotate(k, positions, C)).astype(k_BCKH.dtype)
         stored_v = v.astype(v_BCKH.dtype)
-        k_read = self.rotate(stored_k, positions, C) if streaming else stored_k
+        k_read = (self.rotate(stored_k, positions, C) if streaming else stored_k).astype(q.dtype)
+        v_read = stored_v.astype(q.dtype)
         if last_query_only:  # rotate only the query row that attends
             q = self.rotate(q[:, -1:], positions[:, -1:], C)
-            out = attend(q, k_read.astype(q.dtype), stored_v.astype(q.dtype), impl="dense",
-                         q_positions=positions[:, -1:], k_positions=positions, **self.attention_kwargs())
+            out = self._last_row(q, k_read, v_read)
         else:
-            q = self.rotate(q, positions, C)
-            out = attend(q, k_read.astype(q.dtype), stored_v.astype(q.dtype), impl=self.cfg.attention_impl,
-                         **self.attention_kwargs())
+            out = self.attend(self.rotate(q, positions, C), k_read, v_read, self.spec())
         return (self.output(out), kv_cache.write(k_BCKH, stored_k, 0),
                 kv_cache.write(v_BCKH, stored_v, 0))
+
+    def _last_row(self, q_B1NH: Array, k_BTKH: Array, v_BTKH: Array) -> Array:
+        """Attention of the query at position T - 1 to keys 0 .. T-1.
+
+        Every key precedes it, so without positional terms (ALiBi, a position-dependent
+        pattern mask) or sinks this is non-causal attention over the keys in its window, with
+        default positions: a call every implementation takes (cpu_flash included). Otherwise
+        the true positions go in the spec.
+        """
+        T = k_BTKH.shape[1]
+        spec = self.spec()
+        if spec.alibi_slopes is None and spec.mask is None and not spec.sinks:
+            start = 0 if spec.window is None else max(0, T - spec.window)
+            spec = spec.replace(causal=False, window=None)
+            return self.attend(q_B1NH, k_BTKH[:, start:], v_BTKH[:, start:], spec)
+        positions = jnp.arange(T)[None, :]
+        spec = spec.replace(q_positions=positions[:, -1:], k_positions=positions)
+        return self.attend(q_B1NH, k_BTKH, v_BTKH, spec)
 
 
 class SwiGLU(nnx.Module):

@@ -13,8 +13,8 @@ softmax over the union of every branch's keys, counting a key once per branch th
 A query that a branch does not keep gets nothing from it. w = n, r = 1 is full attention.
 
 Each branch gathers its kept tokens into dense `[B * segments, w / r, heads, H]` arrays
-(grouped by offset, so the per-head offsets need no per-head mask) and runs either the
-oracle's building blocks (`impl="dense"`) or `blockwise_attention_with_lse`.
+(grouped by offset, so the per-head offsets need no per-head mask) and runs any registered
+implementation that returns the log-sum-exp (`dispatch.attend_with_lse`).
 Keys/values are expanded to one per query head (offsets differ inside a GQA group).
 """
 
@@ -23,28 +23,14 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from longctx_jax.attention import online_softmax as osm
-from longctx_jax.attention.blockwise import blockwise_attention_with_lse
-from longctx_jax.attention.dense import MASKED_LOGIT, check_qkv
-from longctx_jax.attention.masks import AttentionMask, allowed_BTS, default_positions
+from longctx_jax.attention import dispatch
+from longctx_jax.attention.dense import MASKED_LOGIT
+from longctx_jax.attention.dispatch import attend_with_lse
+from longctx_jax.attention.spec import check_qkv
 from longctx_jax.typing import Array
 
 
-def dense_attention_with_lse(
-    q: Array, k: Array, v: Array, *, causal: bool, segment_ids: Array, kv_segment_ids: Array,
-    scale: float,
-) -> tuple[Array, Array]:
-    """The oracle's math as one online-softmax block: (out `[B, T, N, H]` f32, lse `[B, T, N]`)."""
-    B, T = q.shape[:2]
-    S = k.shape[1]
-    allowed = allowed_BTS(
-        AttentionMask(causal=causal), default_positions(B, T), default_positions(B, S),
-        segment_ids, kv_segment_ids,
-    )
-    return osm.finalize(osm.block_forward(q, k, v, osm.expand_allowed(allowed), scale=scale))
-
-
-def _branch(q, k_N, v_N, w: int, r: int, *, causal, scale, impl, block_q, block_k):
+def _branch(q, k_N, v_N, w: int, r: int, *, causal, scale, impl, options):
     """(out `[B, T, N, H]`, lse `[B, T, N]` with MASKED_LOGIT where the branch skips the row)."""
     B, T, N, H = q.shape
     w = min(w, T)
@@ -69,17 +55,10 @@ def _branch(q, k_N, v_N, w: int, r: int, *, causal, scale, impl, block_q, block_
         seg_ids = np.broadcast_to(np.ones((1, M), np.int32), (B * nseg, M))
         kv_ids = np.broadcast_to(valid[None].astype(np.int32), (B, nseg, M)).reshape(B * nseg, M)
         args = (gather(q_p), gather(k_p), gather(v_p))
-        if impl == "dense":
-            out, lse = dense_attention_with_lse(
-                *args, causal=causal, segment_ids=seg_ids, kv_segment_ids=kv_ids, scale=scale
-            )
-        elif impl == "blockwise":
-            out, lse = blockwise_attention_with_lse(
-                *args, causal=causal, segment_ids=seg_ids, kv_segment_ids=kv_ids, scale=scale,
-                block_q=block_q, block_k=block_k,
-            )
-        else:
-            raise ValueError(f"impl must be 'dense' or 'blockwise', got {impl!r}")
+        out, lse = attend_with_lse(
+            *args, impl=impl, causal=causal, segment_ids=seg_ids, kv_segment_ids=kv_ids, scale=scale,
+            **options,
+        )
         # Back to positions: position j of a segment is kept iff j >= o and (j - o) % r == 0.
         j = np.arange(w)
         kept = (j >= o) & ((j - o) % r == 0)
@@ -104,8 +83,7 @@ def dilated_attention(
     causal: bool = True,
     scale: float | None = None,
     impl: str = "dense",
-    block_q: int = 512,
-    block_k: int = 512,
+    **impl_options,
 ) -> Array:
     """Multi-branch dilated self-attention, branches mixed by their softmax denominators.
 
@@ -115,13 +93,16 @@ def dilated_attention(
       dilation_rates: r_i per branch, r_i >= 1; head h keeps offset h mod r_i.
       causal: causal attention inside each segment.
       scale: logit scale, default 1 / sqrt(H).
-      impl: "dense" (oracle building blocks) or "blockwise" (`blockwise_attention_with_lse`).
-      block_q, block_k: tile sizes for impl="blockwise".
+      impl: any registry implementation with a log-sum-exp variant ("dense", "blockwise",
+        "cpu_flash", or "auto"); `dispatch.attend_with_lse` runs each branch.
+      **impl_options: that implementation's options (e.g. block_q / block_k for blockwise).
 
     Returns:
       `[B, T, N, H]` in q's dtype.
     """
     G = check_qkv(q, k, v)
+    if impl != "auto":
+        dispatch.entry(impl).with_lse()  # an unknown impl or one without lse fails before any work
     if q.shape[1] != k.shape[1]:
         raise ValueError(f"dilated attention is self-attention; got T={q.shape[1]} and S={k.shape[1]}")
     if len(segment_lengths) != len(dilation_rates) or not segment_lengths:
@@ -133,10 +114,9 @@ def dilated_attention(
     H = q.shape[3]
     scale = H**-0.5 if scale is None else scale
     k_N, v_N = jnp.repeat(k, G, axis=2), jnp.repeat(v, G, axis=2)
-    blocks = dict(block_q=block_q, block_k=block_k)
     outs, lses = zip(
         *(
-            _branch(q, k_N, v_N, w, r, causal=causal, scale=scale, impl=impl, **blocks)
+            _branch(q, k_N, v_N, w, r, causal=causal, scale=scale, impl=impl, options=impl_options)
             for w, r in zip(segment_lengths, dilation_rates, strict=True)
         ),
         strict=True,

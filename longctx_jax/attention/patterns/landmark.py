@@ -27,8 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from longctx_jax.attention import online_softmax as osm
-from longctx_jax.attention.blockwise import blockwise_attention
-from longctx_jax.attention.dense import MASKED_LOGIT, attention, attention_logits, check_qkv
+from longctx_jax.attention.dense import MASKED_LOGIT, attention_logits
+from longctx_jax.attention.dispatch import attend
+from longctx_jax.attention.spec import AttentionSpec, check_qkv
 from longctx_jax.typing import Array, ArrayLike
 
 
@@ -126,6 +127,11 @@ def _blockwise_grouped(q, k, v, block_size: int, scale: float) -> Array:
     return osm.finalize(state)[0]
 
 
+# The grouped softmax is not a masked softmax, so it has its own two forms rather than
+# registry implementations: the materialised oracle and the block scan.
+_GROUPED = {"dense": _dense_grouped, "blockwise": _blockwise_grouped}
+
+
 def landmark_attention(
     q: Array, k: Array, v: Array, *, block_size: int = 50, scale: float | None = None, impl: str = "dense"
 ) -> Array:
@@ -150,13 +156,9 @@ def landmark_attention(
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")
     scale = q.shape[3] ** -0.5 if scale is None else scale
-    if impl == "dense":
-        out = _dense_grouped(q, k, v, block_size, scale)
-    elif impl == "blockwise":
-        out = _blockwise_grouped(q, k, v, block_size, scale)
-    else:
-        raise ValueError(f"impl must be 'dense' or 'blockwise', got {impl!r}")
-    return out.astype(q.dtype)
+    if impl not in _GROUPED:
+        raise ValueError(f"landmark_attention impl must be one of {sorted(_GROUPED)}, got {impl!r}")
+    return _GROUPED[impl](q, k, v, block_size, scale).astype(q.dtype)
 
 
 def landmark_topk_mask(
@@ -203,18 +205,16 @@ def landmark_topk_mask(
 
 def landmark_retrieval_attention(
     q: Array, k: Array, v: Array, *, block_size: int = 50, top_k: int = 4,
-    scale: float | None = None, impl: str = "dense", block_q: int = 512, block_k: int = 512,
+    scale: float | None = None, impl: str = "dense", **impl_options,
 ) -> Array:
     """Inference-time landmark attention: softmax over own block + per-head top-k blocks.
 
-    Shapes as `landmark_topk_mask`; `impl` "dense" (the oracle) or "blockwise".
+    Shapes as `landmark_topk_mask`; `impl` any registry implementation that takes a
+    boolean `mask` and positions ("dense", "blockwise", "xla"), with its `impl_options`.
     """
     mask = landmark_topk_mask(q, k, block_size=block_size, top_k=top_k, scale=scale)
     S, T = k.shape[1], q.shape[1]
     q_positions = jnp.arange(S - T, S)
-    kwargs = dict(causal=True, mask=mask, scale=scale, q_positions=q_positions, k_positions=jnp.arange(S))
-    if impl == "dense":
-        return attention(q, k, v, **kwargs)
-    if impl == "blockwise":
-        return blockwise_attention(q, k, v, block_q=block_q, block_k=block_k, **kwargs)
-    raise ValueError(f"impl must be 'dense' or 'blockwise', got {impl!r}")
+    spec = AttentionSpec(causal=True, mask=mask, scale=scale, q_positions=q_positions,
+                         k_positions=jnp.arange(S))
+    return attend(q, k, v, spec, impl=impl, **impl_options)
