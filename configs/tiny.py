@@ -7,15 +7,31 @@ longer 16x256 x 600-step schedule reaches 3.01 in 14.7 minutes. Launch:
   python -m experiments.train --config configs/tiny.py --config.workdir=runs/tiny
 
 Variants: `configs/tiny.py:alibi` and `configs/tiny.py:nope` switch the position scheme;
-any field can be overridden, e.g. `--config.model.rope_theta=500000 --config.train.steps=100`.
+`:longformer`, `:bigbird` and `:longnet` keep RoPE and switch the attention pattern
+(`config.model.attention.pattern`; LongNet trains on unpacked windows since dilated attention
+takes no segment ids). Any field can be overridden, e.g.
+`--config.model.rope_theta=500000 --config.train.steps=100`.
 """
 
 import ml_collections
 
 from longctx_jax.data import default_data_config
 
+POSITIONS = {"rope": "rope", "alibi": "alibi", "nope": "none"}
+PATTERNS = {
+    # Longformer (Beltagy et al. 2020): a 32-token local window plus the first token as global.
+    "longformer": ("longformer", {"window": 32, "global_positions": [0]}),
+    # BigBird-ITC (Zaheer et al. 2020): 16-token blocks, 3 sliding, 2 global, 2 random per row.
+    "bigbird": ("bigbird", {"seq_len": 256, "block": 16, "num_window_blocks": 3, "num_global_blocks": 2,
+                            "num_random_blocks": 2, "seed": 0}),
+    # LongNet (Ding et al. 2023): segment lengths 64/128/256 with dilation rates 1/2/4.
+    "longnet": ("dilated", {"segment_lengths": [64, 128, 256], "dilation_rates": [1, 2, 4]}),
+}
+
 
 def get_config(variant: str = "rope") -> ml_collections.ConfigDict:
+    if variant not in POSITIONS and variant not in PATTERNS:
+        raise ValueError(f"unknown variant {variant!r} of configs/tiny.py; valid: {sorted(POSITIONS) + sorted(PATTERNS)}")
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.workdir = "runs/tiny"
@@ -28,7 +44,7 @@ def get_config(variant: str = "rope") -> ml_collections.ConfigDict:
     config.model.num_kv_heads = 2
     config.model.mlp_dim = 384
     config.model.tie_embeddings = True
-    config.model.position = {"rope": "rope", "alibi": "alibi", "nope": "none"}[variant]
+    config.model.position = POSITIONS.get(variant, "rope")
     config.model.rope_theta = 10000.0
     config.model.rope_scaling = ml_collections.config_dict.placeholder(dict)
     config.model.dtype = "float32"
@@ -38,12 +54,15 @@ def get_config(variant: str = "rope") -> ml_collections.ConfigDict:
     config.model.attention.window = ml_collections.config_dict.placeholder(int)
     config.model.attention.sinks = 0
     config.model.attention.logit_soft_cap = ml_collections.config_dict.placeholder(float)
+    pattern, options = PATTERNS.get(variant, ("full", None))
+    config.model.attention.pattern = pattern
+    config.model.attention.pattern_options = options if options else ml_collections.config_dict.placeholder(dict)
 
     config.data = default_data_config()  # stdlib corpus; tfds_name="pg19" etc. for TFDS datasets
     config.data.seq_len = 256
     config.data.batch_size = 8
     config.data.eval_sequences = 64
-    config.data.use_segment_ids = True
+    config.data.use_segment_ids = pattern != "dilated"
 
     config.optim = ml_collections.ConfigDict()
     config.optim.learning_rate = 3e-3

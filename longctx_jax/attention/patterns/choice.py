@@ -8,8 +8,9 @@
 Mask patterns become the spec's `mask` callable (evaluated per tile by blockwise, on full
 position arrays by dense), so they run with every implementation that takes a `mask` and a
 KV cache. Dilated attention changes the softmax itself, so it replaces the attention call
-(its branches run through `dispatch.attend_with_lse`); it has no KV-cache form and takes no
-packed segment ids, window, sinks, ALiBi or soft-cap. Landmark attention needs landmark
+(its branches run through `dispatch.attend_with_lse`); it segments the sequence by array index
+(positions only feed RoPE), has no KV-cache form and takes no packed segment ids, window,
+sinks, ALiBi or soft-cap. Landmark attention needs landmark
 tokens in the data, so it is a model (`longctx_jax.models.landmark.LandmarkDecoder`,
 configs/repro_landmark.py), not a pattern of the plain decoder.
 """
@@ -59,9 +60,10 @@ class Pattern:
 
 
 def _dilated(q, k, v, spec: AttentionSpec, impl: str, *, segment_lengths, dilation_rates) -> Array:
-    if not spec.default_positions or spec.segment_ids is not None:
-        raise ValueError("the 'dilated' pattern takes default positions only and no packed segment_ids; "
-                         "train it with data.use_segment_ids=False")
+    if spec.segment_ids is not None:
+        raise ValueError(
+            "the 'dilated' pattern takes no packed segment_ids; train it with data.use_segment_ids=False"
+        )
     return dilated_attention(q, k, v, segment_lengths=segment_lengths, dilation_rates=dilation_rates,
                              causal=spec.causal, scale=spec.scale, impl=impl)
 
