@@ -458,3 +458,24 @@ def check_rope_scaling(
     if rope_type.check is not None:
         rope_type.check(RopeScaling(rope_type, float(base), 0, MappingProxyType(fields)))
     return rope_type
+
+
+def markdown_table() -> str:
+    """The table as Markdown, one row per type (docs/positional.md quotes it; a test compares)."""
+
+    def optional(t: RopeType) -> str:
+        return ", ".join(f"`{f.name}`" + ("" if f.default is None else f"={f.default}") for f in t.optional)
+
+    rows = [
+        "| rope_type | required fields | optional fields (=default) | L: needed / filled by readers "
+        "| depends on T | bands changed |",
+        "|---|---|---|---|---|---|",
+    ]
+    for t in ROPE_TYPES.values():
+        required = ", ".join(f"`{name}`" for name in t.required_names) or "—"
+        length = "no"
+        if t.needs_original_length:
+            length = "yes / " + ("yes" if t.fills_original_length else "no, explicit")
+        rows.append(f"| `{t.name}` | {required} | {optional(t) or '—'} | {length} | "
+                    f"{'yes' if t.length_dependent else 'no'} | {t.summary} |")
+    return "\n".join(rows)
