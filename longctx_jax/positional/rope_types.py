@@ -36,15 +36,9 @@ __all__ = [
 ]
 
 _LENGTH_NAME = "original_max_position_embeddings"
-# Field kinds and what a valid value is (used in error messages).
-_KINDS = {
-    "number": "a finite number",
-    "factor": "a finite number >= 1 (a context extension)",
-    "length": "a positive integer",
-    "fraction": "a number in (0, 1]",
-    "flag": "a bool",
-    "bands": "a list of rotary_dim // 2 positive finite numbers",
-}
+# Field kinds: finite number; factor (finite, >= 1); length (positive integer); fraction (in
+# (0, 1]); flag (bool); bands (rotary_dim // 2 positive finite numbers). See `_convert`.
+_KINDS = ("number", "factor", "length", "fraction", "flag", "bands")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +47,7 @@ class Field:
 
     Attributes:
       name: the HF key.
-      kind: one of "number", "factor", "length", "fraction", "flag", "bands" (see `_KINDS`).
+      kind: one of `_KINDS`: "number", "factor", "length", "fraction", "flag", "bands".
       default: value when the field is absent or None (None: stays absent).
       zero_is_default: a value of 0 also means the default (transformers reads YaRN's betas
         as `cfg.get(key) or default`).
@@ -66,7 +60,7 @@ class Field:
 
     def __post_init__(self):
         if self.kind not in _KINDS:
-            raise ValueError(f"field {self.name!r}: unknown kind {self.kind!r}; valid: {tuple(_KINDS)}")
+            raise ValueError(f"field {self.name!r}: unknown kind {self.kind!r}; valid: {_KINDS}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,7 +159,8 @@ class RopeType:
 
 # Fields every type accepts. rope_theta is read by the config reader (the base is passed to
 # `rope_frequencies` separately); partial_rotary_factor sets the rotary dim.
-COMMON_FIELDS = (Field("partial_rotary_factor", "fraction", 1.0), Field("rope_theta", "number"))
+_PARTIAL = Field("partial_rotary_factor", "fraction", 1.0)
+COMMON_FIELDS = (_PARTIAL, Field("rope_theta", "number"))
 
 _FACTOR = Field("factor", "factor")
 _LENGTH = Field(_LENGTH_NAME, "length")
@@ -186,48 +181,48 @@ def _llama3_check(s: RopeScaling) -> None:
         )
 
 
-def _default_inv(s, seq_len):
+def _default_inv(s: RopeScaling, seq_len: int | None) -> np.ndarray:
     return scaling.default_inv_freq(s.rotary_dim, s.base)
 
 
-def _linear_inv(s, seq_len):
+def _linear_inv(s: RopeScaling, seq_len: int | None) -> np.ndarray:
     return scaling.linear_inv_freq(s.rotary_dim, s.base, factor=s.get("factor"))
 
 
-def _ntk_inv(s, seq_len):
+def _ntk_inv(s: RopeScaling, seq_len: int | None) -> np.ndarray:
     return scaling.ntk_inv_freq(s.rotary_dim, s.base, factor=s.get("factor"))
 
 
-def _dynamic_inv(s, seq_len):
+def _dynamic_inv(s: RopeScaling, seq_len: int | None) -> np.ndarray:
     return scaling.dynamic_inv_freq(s.rotary_dim, s.base, factor=s.get("factor"),
                                     original_max_position_embeddings=s.get(_LENGTH.name), seq_len=seq_len)
 
 
-def _yarn_inv(s, seq_len):
+def _yarn_inv(s: RopeScaling, seq_len: int | None) -> np.ndarray:
     return scaling.yarn_inv_freq(
         s.rotary_dim, s.base, factor=s.get("factor"), original_max_position_embeddings=s.get(_LENGTH.name),
         beta_fast=s.get("beta_fast"), beta_slow=s.get("beta_slow"), truncate=s.get("truncate"),
     )
 
 
-def _yarn_attention(s):
+def _yarn_attention(s: RopeScaling) -> float:
     return scaling.yarn_attention_factor(s.get("factor"), attention_factor=s.get("attention_factor"),
                                          mscale=s.get("mscale"), mscale_all_dim=s.get("mscale_all_dim"))
 
 
-def _longrope_inv(s, seq_len):
+def _longrope_inv(s: RopeScaling, seq_len: int | None) -> np.ndarray:
     return scaling.longrope_inv_freq(s.rotary_dim, s.base, short_factor=s.get("short_factor"),
                                      long_factor=s.get("long_factor"),
                                      original_max_position_embeddings=s.get(_LENGTH.name), seq_len=seq_len)
 
 
-def _longrope_attention(s):
+def _longrope_attention(s: RopeScaling) -> float:
     factor = s.get("factor")
     return scaling.longrope_attention_factor(1.0 if factor is None else factor, s.get(_LENGTH.name),
                                              attention_factor=s.get("attention_factor"))
 
 
-def _llama3_inv(s, seq_len):
+def _llama3_inv(s: RopeScaling, seq_len: int | None) -> np.ndarray:
     return scaling.llama3_inv_freq(
         s.rotary_dim, s.base, factor=s.get("factor"), low_freq_factor=s.get("low_freq_factor"),
         high_freq_factor=s.get("high_freq_factor"), original_max_position_embeddings=s.get(_LENGTH.name),
@@ -364,9 +359,8 @@ def rotary_dim_of(head_dim: int, rope_scaling: Mapping[str, Any] | None = None) 
     """
     if isinstance(head_dim, bool) or not isinstance(head_dim, numbers.Integral) or head_dim <= 0:
         raise ValueError(f"head_dim must be a positive even integer, got {head_dim!r}")
-    field = COMMON_FIELDS[0]
-    value = (rope_scaling or {}).get(field.name)
-    partial = field.default if value is None else _convert(field, value, "partial", 0)
+    value = (rope_scaling or {}).get(_PARTIAL.name)
+    partial = _PARTIAL.default if value is None else _convert(_PARTIAL, value, "partial", 0)
     rotary_dim = int(head_dim * partial)
     if rotary_dim <= 0 or rotary_dim % 2:
         raise ValueError(
@@ -450,12 +444,12 @@ def check_rope_scaling(
         return resolve_rope_scaling(head_dim, base, rope_scaling).rope_type
     rope_type = canonical_rope_type(rope_scaling)
     cfg = rope_scaling or {}
-    partial = COMMON_FIELDS[0]
-    if cfg.get(partial.name) is not None:
-        _convert(partial, cfg[partial.name], rope_type.name, None)
+    if cfg.get(_PARTIAL.name) is not None:
+        _convert(_PARTIAL, cfg[_PARTIAL.name], rope_type.name, None)
     _check_base(base, rope_type.name)
     fields = _fields(rope_type, cfg, None)
     if rope_type.check is not None:
+        # The cross-field rules read fields only; the rotary dim is unknown here.
         rope_type.check(RopeScaling(rope_type, float(base), 0, MappingProxyType(fields)))
     return rope_type
 
