@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from longctx_jax.positional.rope import rope_config_from_hf, rope_frequencies
-from longctx_jax.positional.rope_scaling import ROPE_TYPES
+from longctx_jax.positional.rope_types import ROPE_TYPES
 
 HEAD_DIMS = (32, 64, 128)
 BASES = (1e4, 5e5, 1e6)

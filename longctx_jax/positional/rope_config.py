@@ -8,18 +8,26 @@ Released configs spell RoPE three ways:
   * partial rotary as `partial_rotary_factor` (top level or inside the dict), `rotary_pct`
     (GPT-NeoX) or `rotary_dim` (GPT-J).
 `rope_config_from_hf` turns any of them into the (theta, rope_scaling) pair that
-`rope_frequencies(head_dim, theta, rope_scaling, seq_len=T)` takes, filling the pretrained
-length the way transformers does: `original_max_position_embeddings` from the scaling dict,
-else the top-level one (Phi-3), else `max_position_embeddings`. For LongRoPE with a
-top-level `original_max_position_embeddings` the factor is max_position_embeddings over it
-(transformers' Phi-3 rule), which sets the default attention factor.
+`rope_frequencies(head_dim, theta, rope_scaling, seq_len=T)` takes, as transformers reads them:
+  * both `rope_scaling` and `rope_parameters` present: a non-empty `rope_scaling` wins and
+    `rope_parameters` is ignored (transformers 4.x never reads `rope_parameters`; 5.x's
+    `convert_rope_params_to_dict` sets `rope_parameters = rope_scaling or rope_parameters`);
+  * theta: `rope_theta` inside the chosen dict, else the top-level `rope_theta` (else
+    GPT-NeoX's `rotary_emb_base`, else 10000);
+  * the pretrained length, for the types whose table entry says it may be filled
+    (`RopeType.fills_original_length`): `original_max_position_embeddings` from the dict,
+    else the top-level one (Phi-3), else `max_position_embeddings`. For LongRoPE with a
+    top-level `original_max_position_embeddings` the factor is max_position_embeddings over
+    it (transformers' Phi-3 rule), which sets the default attention factor.
+The partial rotary factor (from any spelling) must lie in (0, 1] and the mapping is validated
+against the RoPE-type table (`rope_types.resolve_rope_scaling`) before anything is returned.
 """
 
+import numbers
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-# Types whose frequencies depend on the pretrained length L.
-_NEEDS_LENGTH = ("dynamic", "yarn", "longrope", "llama3")
+from longctx_jax.positional.rope_types import canonical_rope_type, check_rope_scaling
 
 
 class RopeConfig(NamedTuple):
@@ -39,22 +47,34 @@ def _head_dim(hf_config: Mapping[str, Any]) -> int | None:
 
 
 def _partial_factor(hf_config: Mapping[str, Any], params: dict[str, Any]) -> float:
-    for value in (params.pop("partial_rotary_factor", None), hf_config.get("partial_rotary_factor"),
-                  hf_config.get("rotary_pct")):
-        if value is not None:
-            return float(value)
+    """The partial rotary factor from the first spelling present, refused unless in (0, 1]."""
+    sources = (("rope parameters' partial_rotary_factor", params.pop("partial_rotary_factor", None)),
+               ("partial_rotary_factor", hf_config.get("partial_rotary_factor")),
+               ("rotary_pct", hf_config.get("rotary_pct")))
+    for key, value in sources:
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 < value <= 1.0:
+            raise ValueError(
+                f"config {key} must be a number in (0, 1] (the rotated share of head_dim), got {value!r}"
+            )
+        return float(value)
     rotary_dim, head_dim = hf_config.get("rotary_dim"), _head_dim(hf_config)
     if rotary_dim is not None:
         if head_dim is None:
             raise ValueError("config has rotary_dim but neither head_dim nor hidden_size/num_attention_heads")
+        valid = isinstance(rotary_dim, numbers.Integral) and not isinstance(rotary_dim, bool)
+        if not valid or not 0 < rotary_dim <= head_dim:
+            raise ValueError(
+                f"config rotary_dim must be an integer in [1, head_dim = {head_dim}], got {rotary_dim!r}"
+            )
         return int(rotary_dim) / head_dim
     return 1.0
 
 
 def _select_parameters(hf_config: Mapping[str, Any], layer_type: str | None) -> dict[str, Any]:
-    params = hf_config.get("rope_parameters")
-    if params is None:
-        params = hf_config.get("rope_scaling")
+    """The RoPE dict transformers reads: a non-empty `rope_scaling` over `rope_parameters`."""
+    params = hf_config.get("rope_scaling") or hf_config.get("rope_parameters")
     if params is None:
         return {}
     if not isinstance(params, Mapping):
@@ -85,35 +105,34 @@ def rope_config_from_hf(hf_config: Mapping[str, Any], *, layer_type: str | None 
       RopeConfig(theta, rope_scaling, partial_rotary_factor). rope_scaling is None for
       plain full-width RoPE; otherwise it has `rope_type` (legacy `type` and aliases such
       as Phi-3's "su" normalised), the config's fields, `original_max_position_embeddings`
-      where the type needs it, and `partial_rotary_factor` when below one. It is validated
-      by computing the frequencies once when the head dim is known.
+      where the type's table entry lets the config supply it, and `partial_rotary_factor`
+      when below one. It is validated against the RoPE-type table (per-band list lengths
+      too when the head dim is known).
 
     Raises:
-      ValueError: malformed or unsupported settings (from `rope_frequencies`).
+      ValueError: malformed or unsupported settings, naming the value and what is valid.
     """
-    from longctx_jax.positional.rope import rope_frequencies, rope_type
-
     params = _select_parameters(hf_config, layer_type)
     theta = params.pop("rope_theta", None)
     if theta is None:
-        theta = hf_config.get("rope_theta", hf_config.get("rotary_emb_base", 10000.0))
+        theta = hf_config.get("rope_theta")
+    if theta is None:
+        theta = hf_config.get("rotary_emb_base", 10000.0)
     partial = _partial_factor(hf_config, params)
-    name = rope_type(params)
+    rope_type = canonical_rope_type(params)
     params.pop("type", None)
-    params["rope_type"] = name
+    params["rope_type"] = rope_type.name
 
     max_pos = hf_config.get("max_position_embeddings")
     top_original = hf_config.get("original_max_position_embeddings")
-    if name in _NEEDS_LENGTH and params.get("original_max_position_embeddings") is None and name != "llama3":
+    if rope_type.fills_original_length and params.get("original_max_position_embeddings") is None:
         params["original_max_position_embeddings"] = top_original or max_pos
-    if name == "longrope" and max_pos and params.get("original_max_position_embeddings"):
+    if rope_type.factor_from_lengths and max_pos and params.get("original_max_position_embeddings"):
         if top_original or params.get("factor") is None:
             params["factor"] = max_pos / params["original_max_position_embeddings"]
     if partial != 1.0:
         params["partial_rotary_factor"] = partial
 
-    rope_scaling = None if name == "default" and partial == 1.0 else params
-    head_dim = _head_dim(hf_config)
-    if head_dim is not None:
-        rope_frequencies(head_dim, theta, rope_scaling)
+    rope_scaling = None if rope_type.name == "default" and partial == 1.0 else params
+    check_rope_scaling(theta, rope_scaling, head_dim=_head_dim(hf_config))
     return RopeConfig(float(theta), rope_scaling, partial)

@@ -16,19 +16,15 @@ Every scaling below extends the context from the pretrained length L (HF
   llama3    low bands / s, high kept, smooth         Meta 2024 (Llama 3.1)
 
 Each function takes the rotary dimension d and base and returns float64 inverse frequencies
-`[d // 2]`; `longctx_jax.positional.rope.rope_frequencies` validates a config, picks one and
-casts to float32. The semantics are those of transformers' `modeling_rope_utils`.
+`[d // 2]`; the RoPE-type table (`rope_types.py`) validates a config and picks one, and
+`longctx_jax.positional.rope.rope_frequencies` casts the result to float32. The semantics are
+those of transformers' `modeling_rope_utils`.
 """
 
 import math
 from collections.abc import Sequence
 
 import numpy as np
-
-ROPE_TYPES = ("default", "linear", "ntk", "dynamic", "yarn", "longrope", "llama3")
-# Legacy spellings found in released config.json files: Phi-3's first LongRoPE configs used
-# "su"; Qwen2-VL's "mrope" is plain RoPE when the three position streams coincide (text).
-ROPE_TYPE_ALIASES = {"su": "longrope", "mrope": "default"}
 
 
 def default_inv_freq(rotary_dim: int, base: float) -> np.ndarray:
