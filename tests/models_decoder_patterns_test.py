@@ -121,3 +121,10 @@ def test_config_dict_form():
     assert cfg.pattern.mask.window == 4
     assert ModelConfig(**BASE).attention_impl == "auto"
     assert cfg.replace(num_layers=1).pattern.mask == cfg.pattern.mask
+
+
+def test_a_bad_rope_scaling_is_refused_when_the_config_is_built():
+    with pytest.raises(ValueError, match="factor"):
+        ModelConfig(**BASE, rope_scaling={"rope_type": "linear", "factor": 0.5})
+    with pytest.raises(ValueError, match="rope_type"):
+        ModelConfig(**BASE, rope_scaling={"rope_type": "yarnn", "factor": 2.0})

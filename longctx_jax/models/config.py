@@ -12,6 +12,7 @@ from typing import Any
 from longctx_jax.attention.dispatch import available
 from longctx_jax.attention.patterns.choice import Pattern, build_pattern
 from longctx_jax.attention.spec import AttentionSpec
+from longctx_jax.positional.rope_types import resolve_rope_scaling
 
 POSITION_SCHEMES = ("rope", "alibi", "none")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -89,6 +90,8 @@ class ModelConfig:
             raise ValueError(f"RoPE needs an even head_dim, got {self.head_dim}")
         if self.rope_scaling is not None and self.position != "rope":
             raise ValueError(f"model.rope_scaling is set but model.position is {self.position!r}, not 'rope'")
+        if self.position == "rope":  # a bad rope_scaling fails here, not at the first forward pass
+            resolve_rope_scaling(self.head_dim, self.rope_theta, self.rope_scaling_dict)
         if self.attention_impl not in available():
             raise ValueError(f"unknown model.attention.impl {self.attention_impl!r}; valid: {available()}")
         pattern = self.pattern  # validates the pattern name and options
