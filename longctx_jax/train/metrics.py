@@ -6,6 +6,7 @@ appears once in `metrics.jsonl` and in TensorBoard however often the run was int
 
 import json
 import os
+import time
 from typing import Any
 
 from tensorboardX import SummaryWriter
@@ -29,7 +30,10 @@ class MetricsWriter:
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open across steps
         tensorboard = os.path.join(workdir, "tensorboard")
         purge = resume_step + 1 if rolled_back or os.path.isdir(tensorboard) else None
-        self._tensorboard = SummaryWriter(logdir=tensorboard, purge_step=purge)
+        # tensorboardX names event files by the second: a unique suffix keeps a quick restart
+        # from truncating the previous file, and sorts the files in the order they were written.
+        self._tensorboard = SummaryWriter(logdir=tensorboard, purge_step=purge,
+                                          filename_suffix=f".{time.time_ns()}")
 
     def write(self, step: int, metrics: dict[str, Any]) -> None:
         record = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
