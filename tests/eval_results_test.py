@@ -1,6 +1,9 @@
 """Results keyed by every input: run, method and row inputs; corrupt files and bad paths."""
 
 import json
+import os
+import subprocess
+import sys
 
 import chex
 import jax
@@ -25,6 +28,7 @@ from longctx_jax.eval.suite import SuiteSpec, evaluate, run_inputs
 from longctx_jax.models.config import ModelConfig
 from longctx_jax.models.decoder import Decoder
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOK = ByteTokenizer()
 INPUTS = {"model_sha256": "ab" * 32, "train_length": 64, "target_length": 256, "factor": 4.0}
 
@@ -185,3 +189,24 @@ def test_scaling_factor_refuses_instead_of_clamping():
         scaling_factor(8192, 4096, [4096])
     with pytest.raises(ValueError, match="lengths must be positive"):
         scaling_factor(8192, None, [4096, -1])
+
+
+def run_extend(*flags: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "experiments.extend", "--config", "configs/extend_smollm2.py", *flags]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def test_extend_refuses_a_negative_target_length_before_work(tmp_path):
+    result = run_extend("--config.target_length=-4096", f"--config.workdir={tmp_path / 'run'}")
+    assert result.returncode != 0
+    assert "target_length -4096 is below train_length 8192" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow  # loads SmolLM2 before opening the results file
+def test_extend_refuses_a_file_as_workdir(tmp_path):
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    result = run_extend(f"--config.workdir={not_a_dir}", "--config.methods=('none',)")
+    assert result.returncode != 0
+    assert f"workdir {not_a_dir} cannot be created: {not_a_dir} is a file" in result.stderr
