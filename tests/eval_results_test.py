@@ -10,13 +10,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from longctx_jax.data.tokenizers import ByteTokenizer
 from longctx_jax.eval.corpus import documents
 from longctx_jax.eval.methods import config_changes, scaling_factor
 from longctx_jax.eval.passkey import passkey_sweep
-from longctx_jax.eval.perplexity import document_nll, perplexity_sweep
+from longctx_jax.eval.perplexity import perplexity_sweep
 from longctx_jax.eval.results import (
     PROTOCOL_VERSION,
     InputsChanged,
@@ -25,19 +24,27 @@ from longctx_jax.eval.results import (
     fingerprint,
 )
 from longctx_jax.eval.suite import SuiteSpec, evaluate, run_inputs
-from longctx_jax.models.config import ModelConfig
-from longctx_jax.models.decoder import Decoder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOK = ByteTokenizer()
 INPUTS = {"model_sha256": "ab" * 32, "train_length": 64, "target_length": 256, "factor": 4.0}
 
 
+def scaled_model(factor: float):
+    """A causal stand-in whose NLL depends on the factor: logit `factor` on token 0."""
+    return lambda tokens_BT, positions_BT: jax.nn.one_hot(jnp.zeros_like(tokens_BT), TOK.vocab_size) * factor
+
+
+def expected_nll(factor: float, docs_NL1: np.ndarray) -> float:
+    """NLL of the stand-in, written out: lse = log(e^f + V - 1); target 0 scores f, others 0."""
+    lse = np.log(np.exp(factor) + TOK.vocab_size - 1)
+    return float(np.mean(lse - factor * (docs_NL1[:, 1:] == 0)))
+
+
 @pytest.fixture(scope="module")
-def base() -> Decoder:
-    cfg = ModelConfig(vocab_size=TOK.vocab_size, d_model=32, num_layers=1, num_heads=4, num_kv_heads=2,
-                      mlp_dim=64)
-    return Decoder(cfg, rngs=nnx.Rngs(0))
+def base():
+    """A cheap causal stand-in model (see `scaled_model`)."""
+    return scaled_model(1.5)
 
 
 def must_not_run(tokens_BT, positions_BT):
@@ -97,17 +104,6 @@ def test_model_file_identity_is_by_content(tmp_path):
         file_digest(tmp_path / "missing.gguf")
 
 
-def scaled_model(factor: float):
-    """A causal stand-in whose NLL depends on the factor: logit `factor` on token 0."""
-    return lambda tokens_BT, positions_BT: jax.nn.one_hot(jnp.zeros_like(tokens_BT), TOK.vocab_size) * factor
-
-
-def expected_nll(factor: float, docs_NL1: np.ndarray) -> float:
-    """NLL of the stand-in, written out: lse = log(e^f + V - 1); target 0 scores f, others 0."""
-    lse = np.log(np.exp(factor) + TOK.vocab_size - 1)
-    return float(np.mean(lse - factor * (docs_NL1[:, 1:] == 0)))
-
-
 def test_changed_method_inputs_recompute_only_that_method(tmp_path, base):
     """A rerun with another factor recomputes the scaled method and keeps the unscaled one."""
     spec = SuiteSpec(ppl_lengths=(128,))
@@ -140,8 +136,7 @@ def test_changed_documents_replace_the_row(tmp_path, base):
                            progress=False)
     rows = ResultStore(path).records("perplexity")
     assert rows == two and rows[0]["num_docs"] == 2 and rows[0]["data_key"] != one[0]["data_key"]
-    want = float(document_nll(base, documents(TOK, 65, 2)).mean())
-    chex.assert_trees_all_close(rows[0]["nll"], want, rtol=1e-5)
+    chex.assert_trees_all_close(rows[0]["nll"], expected_nll(1.5, documents(TOK, 65, 2)), rtol=1e-5)
 
 
 def test_changed_trials_replace_the_retrieval_cell(tmp_path, base):
