@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from longctx_jax.data.tokenizers import ByteTokenizer
 from longctx_jax.eval.corpus import documents
@@ -23,7 +24,9 @@ from longctx_jax.eval.results import (
     file_digest,
     fingerprint,
 )
-from longctx_jax.eval.suite import SuiteSpec, evaluate, run_inputs
+from longctx_jax.eval.suite import SuiteSpec, evaluate, evaluate_checkpoint, parameters_digest, run_inputs
+from longctx_jax.models.config import ModelConfig
+from longctx_jax.models.decoder import Decoder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOK = ByteTokenizer()
@@ -205,3 +208,15 @@ def test_extend_refuses_a_file_as_workdir(tmp_path):
     result = run_extend(f"--config.workdir={not_a_dir}", "--config.methods=('none',)")
     assert result.returncode != 0
     assert f"workdir {not_a_dir} cannot be created: {not_a_dir} is a file" in result.stderr
+
+
+def test_evaluate_checkpoint_refuses_another_checkpoints_rows(tmp_path):
+    cfg = ModelConfig(vocab_size=TOK.vocab_size, d_model=16, num_layers=1, num_heads=2, num_kv_heads=1,
+                      mlp_dim=32)
+    spec = SuiteSpec(ppl_lengths=(64,))
+    first = Decoder(cfg, rngs=nnx.Rngs(0))
+    evaluate_checkpoint(first, TOK, tmp_path, spec, name="tiny", train_length=64, progress=False)
+    stored = json.loads((tmp_path / "results.json").read_text())
+    assert stored["inputs"]["parameters"] == parameters_digest(Decoder(cfg, rngs=nnx.Rngs(0)))
+    with pytest.raises(InputsChanged, match="parameters"):
+        evaluate_checkpoint(Decoder(cfg, rngs=nnx.Rngs(1)), TOK, tmp_path, spec, name="tiny", train_length=64)

@@ -16,13 +16,17 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import jax
+import numpy as np
+from flax import nnx
+
 from longctx_jax.eval.corpus import python_version
 from longctx_jax.eval.needle import DEPTHS, needle_sweep
 from longctx_jax.eval.passkey import passkey_sweep
 from longctx_jax.eval.perplexity import perplexity_sweep, strided_perplexity_sweep
 from longctx_jax.eval.plots import write_figures
 from longctx_jax.eval.report import write_report
-from longctx_jax.eval.results import ResultStore, file_digest
+from longctx_jax.eval.results import ResultStore, file_digest, fingerprint
 from longctx_jax.eval.scoring import as_eval_model
 
 
@@ -131,13 +135,24 @@ def finalize(store: ResultStore, workdir: str | os.PathLike, *, notes: str = "")
     return [*figures, report]
 
 
+def parameters_digest(model: nnx.Module) -> str:
+    """Fingerprint of every array of an NNX module's state (its weights, by value)."""
+    return fingerprint([np.asarray(x) for x in jax.tree.leaves(nnx.state(model))])
+
+
 def evaluate_checkpoint(model, tokenizer, workdir: str | os.PathLike, spec: SuiteSpec, *, name: str,
                         train_length: int, method: str = "none", progress: bool = True) -> ResultStore:
     """Evaluates one model (e.g. a from-scratch decoder + byte tokenizer) into `workdir`.
 
-    Writes results.json (resuming it if present), the figures and report.md.
+    Writes results.json (resuming it if present), the figures and report.md. For an NNX module
+    the run inputs are its weights (by value), `train_length` and the tokenizer, so a rerun
+    into the same workdir with another checkpoint refuses (`InputsChanged`) instead of mixing.
     """
-    store = ResultStore(os.path.join(workdir, "results.json"),
+    inputs = None
+    if isinstance(model, nnx.Module):
+        inputs = {"parameters": parameters_digest(model), "train_length": int(train_length),
+                  "tokenizer": f"{type(tokenizer).__name__}/{getattr(tokenizer, 'vocab_size', None)}"}
+    store = ResultStore(os.path.join(workdir, "results.json"), inputs=inputs,
                         meta={"model": name, "train_length": train_length})
     evaluate(model, tokenizer, store, method=method, spec=spec, progress=progress)
     finalize(store, workdir)
