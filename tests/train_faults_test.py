@@ -26,8 +26,8 @@ from orbax.checkpoint._src.path import async_path
 from tensorboardX.proto import event_pb2
 
 from configs import tiny
+from longctx_jax import atomic
 from longctx_jax.data.tokenizers import ByteTokenizer
-from longctx_jax.eval import results as results_lib
 from longctx_jax.eval.passkey import passkey_sweep
 from longctx_jax.eval.perplexity import perplexity_sweep
 from longctx_jax.eval.results import ResultStore
@@ -246,11 +246,10 @@ def test_disk_full_while_writing_results_keeps_the_file(tmp_path, monkeypatch):
     store.add("passkey", {"method": "none", "length": 512, "depth": 0.0, "accuracy": 1.0})
     before = path.read_text()
 
-    def disk_full(obj, f, **kwargs):
-        f.write(json.dumps(obj)[:10])
+    def disk_full(fd):  # delayed allocation: a full disk shows when the data is flushed
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(results_lib.json, "dump", disk_full)
+    monkeypatch.setattr(atomic.os, "fsync", disk_full)
     with pytest.raises(OSError, match="No space left"):
         store.add("passkey", {"method": "none", "length": 512, "depth": 1.0, "accuracy": 0.0})
     monkeypatch.undo()

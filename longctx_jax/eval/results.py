@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from longctx_jax.atomic import write_atomically
+
 # Bump when a sweep's protocol (prompt text, scoring, document cut) changes its numbers.
 PROTOCOL_VERSION = 2
 ON_CHANGE = ("refuse", "recompute")
@@ -244,15 +246,5 @@ class ResultStore:
         self._write()
 
     def _write(self) -> None:
-        directory = os.path.dirname(self.path)
-        os.makedirs(directory, exist_ok=True)
-        tmp = f"{self.path}.tmp{os.getpid()}"
-        try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(self.data, f, indent=1)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        write_atomically(self.path, json.dumps(self.data, indent=1))

@@ -80,6 +80,25 @@ class Checkpointer:
             return []
         return [p for p in self.directory.iterdir() if p.name.startswith(f"{step}{TMP_MARKER}")]
 
+    def _remove_partial(self, step: int, attempts: int = 50) -> None:
+        """Removes the temporary directory of a failed save of `step`.
+
+        Orbax's writer threads may still be finishing (and failing) when the error reaches
+        us, so this waits for them and retries until the directory stays gone.
+        """
+        try:
+            self._manager.wait_until_finished()
+        except Exception:  # noqa: BLE001 - the save already failed; its error is the one raised
+            pass
+        for _ in range(attempts):
+            leftovers = self._leftovers(step)
+            if not leftovers:
+                return
+            for leftover in leftovers:
+                shutil.rmtree(leftover, ignore_errors=True)
+            time.sleep(0.05)
+        _LOG.warning("could not remove %s after a failed save", self._leftovers(step))
+
     def save(self, step: int, state: PyTree) -> None:
         """Writes `state` as checkpoint `step` (atomically) and waits until it is on disk.
 
@@ -94,8 +113,7 @@ class Checkpointer:
             self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
             self._manager.wait_until_finished()
         except OSError as err:
-            for leftover in self._leftovers(step):
-                shutil.rmtree(leftover, ignore_errors=True)
+            self._remove_partial(step)
             self._manager.reload()
             raise OSError(
                 err.errno or errno.EIO,

@@ -11,6 +11,8 @@ from typing import Any
 
 from tensorboardX import SummaryWriter
 
+from longctx_jax.atomic import write_atomically
+
 
 class MetricsWriter:
     """Appends one JSON object per call to `metrics.jsonl` and mirrors scalars to TensorBoard.
@@ -65,12 +67,7 @@ def _truncate_after(path: str, step: int) -> int:
         if int(record["step"]) <= step:
             kept.append(line if line.endswith("\n") else line + "\n")
     if len(kept) != len(lines):
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(kept)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomically(path, "".join(kept))
     return len(lines) - len(kept)
 
 

@@ -25,6 +25,7 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
+from longctx_jax.atomic import write_atomically
 from longctx_jax.data import (
     Batches,
     ByteTokenizer,
@@ -116,20 +117,11 @@ def check_train_config(train_cfg: ml_collections.ConfigDict) -> None:
             raise ValueError(f"config.train.{name} must be a positive integer, got {value!r}")
 
 
-def _write_atomically(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _write_summary(workdir: str, summary: dict[str, Any]) -> None:
-    _write_atomically(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=2))
+    write_atomically(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=2))
     lines = ["# Training run", "", "| metric | value |", "| --- | --- |"]
     lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in summary.items()]
-    _write_atomically(os.path.join(workdir, "summary.md"), "\n".join(lines) + "\n")
+    write_atomically(os.path.join(workdir, "summary.md"), "\n".join(lines) + "\n")
 
 
 def train_and_evaluate(
@@ -177,7 +169,7 @@ def train_and_evaluate(
     eval_step = make_eval_step(graphdef, use_segment_ids=use_segment_ids)
     train_step, eval_step = (distributed.on_mesh(f, mesh, layout) for f in (train_step, eval_step))
     start_step = int(state.step)
-    _write_atomically(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+    write_atomically(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
     writer = MetricsWriter(workdir, resume_step=start_step)  # drops records of rolled-back steps
     end_step = total_steps if stop_at_step is None else min(total_steps, stop_at_step)
     tokens_per_step = int(config.data.batch_size) * int(config.data.seq_len)

@@ -29,6 +29,8 @@ import tempfile
 import jax
 import jaxlib
 
+from longctx_jax.atomic import write_atomically
+
 _SOURCE_DIR = os.path.dirname(os.path.abspath(__file__))
 _FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno")
 _LOG = logging.getLogger(__name__)
@@ -115,17 +117,6 @@ def _verified(target: str) -> bool:
     return False
 
 
-def _write_private(path: str, text: str, directory: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="ascii") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def library_path(name: str) -> str:
     """Path of the built, hash-verified library for kernel `name`, building it if needed.
 
@@ -166,7 +157,7 @@ def library_path(name: str) -> str:
         os.chmod(tmp, 0o700)
         digest = file_sha256(tmp)
         os.replace(tmp, target)
-        _write_private(target + ".sha256", digest + "\n", out_dir)
+        write_atomically(target + ".sha256", digest + "\n", mode=0o600)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
