@@ -141,6 +141,8 @@ class Checkpointer:
         for step in sorted(self._manager.all_steps(), reverse=True):
             try:
                 state = self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+            except MemoryError:  # a resource problem, not a damaged checkpoint: never fall back
+                raise
             except Exception as err:  # noqa: BLE001 - Orbax/TensorStore raise bare Exception
                 _LOG.warning("checkpoint step %d in %s does not restore, trying an older one: %s: %s",
                              step, self.directory, type(err).__name__, _first_line(err))
