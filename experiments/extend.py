@@ -11,9 +11,9 @@ import time
 from absl import app, logging
 from ml_collections import config_flags
 
-from longctx_jax.eval.methods import config_changes, with_config
+from longctx_jax.eval.methods import config_changes, scaling_factor, with_config
 from longctx_jax.eval.results import ResultStore
-from longctx_jax.eval.suite import SuiteSpec, evaluate, finalize
+from longctx_jax.eval.suite import SuiteSpec, evaluate, finalize, run_inputs
 from longctx_jax.models.llama import load_gguf, smollm2_path
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/extend_smollm2.py", "Experiment config file.")
@@ -54,11 +54,12 @@ def main(argv: list[str]) -> None:
     start = time.time()
     lengths = [*config.eval.ppl_lengths, *config.eval.strided_windows, *config.eval.passkey_lengths,
                *config.eval.niah_lengths]
-    target = config.target_length or max(lengths)
-    factor = max(1.0, target / config.train_length)
-    base, tokenizer = load_gguf(config.checkpoint or smollm2_path(), dtype=config.dtype,
-                                attention_impl=config.attention_impl)
-    store = ResultStore(f"{config.workdir}/results.json", meta={
+    target, factor = scaling_factor(config.train_length, config.target_length, lengths)
+    checkpoint = config.checkpoint or smollm2_path()
+    base, tokenizer = load_gguf(checkpoint, dtype=config.dtype, attention_impl=config.attention_impl)
+    inputs = run_inputs(checkpoint, tokenizer, train_length=config.train_length, target_length=target,
+                        factor=factor, dtype=config.dtype)
+    store = ResultStore(f"{config.workdir}/results.json", inputs=inputs, meta={
         "model": config.model_name, "train_length": config.train_length, "target_length": target,
         "factor": factor, "preset": config.preset, "attention_impl": config.attention_impl})
     timing = dict(store.data.get("timing_s", {}))
@@ -68,7 +69,7 @@ def main(argv: list[str]) -> None:
                                  rotary_dim=base.cfg.head_dim, window=config.window, sinks=config.sinks,
                                  longrope=config.longrope)
         model = with_config(base, **changes)
-        evaluate(model, tokenizer, store, method=method, spec=spec_for(config, method))
+        evaluate(model, tokenizer, store, method=method, spec=spec_for(config, method), inputs=changes)
         timing[method] = timing.get(method, 0.0) + time.time() - t0
         store.update_meta({"timing_s": timing, "rope_scaling": {**store.data.get("rope_scaling", {}),
                                                                 method: changes["rope_scaling"]}})

@@ -11,7 +11,7 @@ from absl import app
 from ml_collections import config_flags
 
 from longctx_jax.models import llama, memory
-from longctx_jax.models.generate import Generator
+from longctx_jax.models.generate import Generator, check_max_new_tokens
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/smollm2.py", "Generation config file.")
 
@@ -19,6 +19,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", "configs/smollm2.py", "Gener
 def main(argv) -> None:
     del argv
     cfg = _CONFIG.value
+    check_max_new_tokens(cfg.max_new_tokens)  # before loading anything
     try:
         path = cfg.gguf_path or llama.smollm2_path()
     except ValueError as e:

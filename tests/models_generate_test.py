@@ -1,5 +1,9 @@
 """Generation: cached greedy equals recomputation, one compile per step, StreamingLLM past the
-cache size in constant memory, temperature / top-p sampling."""
+cache size in constant memory, temperature / top-p sampling, bad arguments refused."""
+
+import os
+import subprocess
+import sys
 
 import chex
 import jax
@@ -103,3 +107,20 @@ def test_sampling_temperature_and_top_p(use_jit):
     np.testing.assert_array_equal(draw(1.0, 0.01), [1, 0, 0, 0])
     # Low temperature sharpens towards the argmax.
     assert draw(0.1, 1.0)[0] > 0.99
+
+
+def test_negative_max_new_tokens_is_refused_before_work():
+    cfg = ModelConfig(vocab_size=32, d_model=16, num_layers=1, num_heads=2, num_kv_heads=1, mlp_dim=32)
+    model = Decoder(cfg, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="max_new_tokens must be an integer >= 0, got -1"):
+        generate(model, [1, 2, 3], max_new_tokens=-1)
+    with pytest.raises(ValueError, match="max_new_tokens must be an integer >= 0, got -3"):
+        Generator(model, cache_size=8)(np.asarray([[1, 2, 3]]), -3)
+    assert generate(model, [1, 2, 3], max_new_tokens=0).tolist() == [1, 2, 3]
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-m", "experiments.generate", "--config", "configs/smollm2.py",
+                             "--config.max_new_tokens=-1", "--config.gguf_path=/nonexistent.gguf"],
+                            cwd=repo, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "max_new_tokens must be an integer >= 0, got -1" in result.stderr
+    assert "nonexistent" not in result.stderr  # refused before anything was loaded

@@ -37,6 +37,35 @@ ATTENTION_METHODS = ("sliding_window", "streaming")
 METHODS = ROPE_METHODS + ATTENTION_METHODS
 
 
+def scaling_factor(train_length: int, target_length: int | None, lengths: list[int]) -> tuple[int, float]:
+    """The target length and RoPE scaling factor s = target / train of an extension run.
+
+    Args:
+      train_length: the model's pretraining context (> 0).
+      target_length: the length to extend to; None: the longest of `lengths`, and s = 1 when
+        every evaluated length fits the training context.
+      lengths: the evaluated lengths (each > 0).
+
+    Raises:
+      ValueError: a non-positive length, or an explicit `target_length` below `train_length`
+        (a factor < 1 would shrink the context; it is refused rather than clamped).
+    """
+    if train_length <= 0:
+        raise ValueError(f"train_length must be positive, got {train_length}")
+    bad = [n for n in lengths if n <= 0]
+    if bad:
+        raise ValueError(f"evaluation lengths must be positive, got {bad}")
+    if target_length is None:
+        if not lengths:
+            raise ValueError("no target_length and no evaluation lengths to take it from")
+        target = max(lengths)
+        return target, max(1.0, target / train_length)
+    if target_length < train_length:
+        raise ValueError(f"target_length {target_length} is below train_length {train_length} (factor "
+                         f"{target_length / train_length:g} < 1); give a target_length >= {train_length}")
+    return int(target_length), target_length / train_length
+
+
 def ramp_longrope_factors(factor: float, rotary_dim: int) -> dict[str, list[float]]:
     """Per-dimension LongRoPE factors from the linear ramp rule (see module doc)."""
     half = rotary_dim // 2

@@ -23,7 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from longctx_jax.eval.corpus import documents
-from longctx_jax.eval.results import ResultStore
+from longctx_jax.eval.results import ResultStore, fingerprint
 from longctx_jax.eval.scoring import EvalModel, as_eval_model
 from longctx_jax.positional.rope_types import LENGTH_DEPENDENT_TYPES
 
@@ -73,7 +73,8 @@ def perplexity_sweep(
     Args:
       model: the model (`EvalModel`, NNX module or logits callable).
       tokenizer: `encode`/`decode` tokenizer (see `longctx_jax.eval.tokens`).
-      store: results file; lengths already recorded for `method` are skipped.
+      store: results file; lengths already recorded for `method` on the same documents are
+        skipped, a row recorded on other documents (tokenizer, `num_docs`, corpus) is replaced.
       method: label of the extension method ("none", "yarn", "streaming", ...).
       lengths: context lengths N (number of scored targets).
       num_docs: documents averaged per length.
@@ -82,23 +83,26 @@ def perplexity_sweep(
         method is in `LENGTH_DEPENDENT`).
 
     Returns:
-      The new records: {"method", "length", "nll", "nll_last_quarter", "nll_by_eighth", "num_docs"}.
+      The new records: {"method", "length", "nll", "nll_last_quarter", "nll_by_eighth", "num_docs",
+      "data_key"}, `data_key` being the fingerprint of the scored token ids `docs[:, :length + 1]`.
     """
     em = as_eval_model(model)
     if share_prefix is None:
         share_prefix = method not in LENGTH_DEPENDENT
-    todo = sorted(n for n in set(lengths) if not store.has("perplexity", method=method, length=n))
+    docs = documents(tokenizer, max(lengths) + 1, num_docs)
+    keys = {n: fingerprint(docs[:, : n + 1]) for n in set(lengths)}
+    todo = sorted(n for n in keys if not store.has("perplexity", method=method, length=n, data_key=keys[n]))
     if not todo:
         return []
-    docs = documents(tokenizer, max(lengths) + 1, num_docs)
     groups = [todo] if share_prefix else [[n] for n in todo]
     new = []
     for group in tqdm(groups, desc=f"ppl {method}", disable=not progress):
         longest = max(group)
         nll_NT = document_nll(em, docs[:, : longest + 1], batch_size=batch_size)
         for n in group:
-            record = {"method": method, "length": n, **nll_stats(nll_NT[:, :n]), "num_docs": num_docs}
-            store.add("perplexity", record)
+            record = {"method": method, "length": n, **nll_stats(nll_NT[:, :n]), "num_docs": num_docs,
+                      "data_key": keys[n]}
+            store.put("perplexity", record, cell=("method", "length"))
             new.append(record)
     return new
 
@@ -157,18 +161,19 @@ def strided_perplexity_sweep(
     """Sliding-window perplexity per evaluation window, written to `store["perplexity_strided"]`.
 
     Returns:
-      The new records: {"method", "length" (= window), "stride", "doc_length", "nll", "num_docs"}.
+      The new records: {"method", "length" (= window), "stride", "doc_length", "nll", "num_docs",
+      "data_key"}; a row of the same (method, window) under another stride or documents is replaced.
     """
     em = as_eval_model(model)
     docs = documents(tokenizer, doc_length + 1, num_docs)
     new = []
-    key = dict(method=method, stride=stride, doc_length=doc_length)
+    key = dict(method=method, stride=stride, doc_length=doc_length, data_key=fingerprint(docs))
     todo = [w for w in sorted(set(windows)) if not store.has("perplexity_strided", length=w, **key)]
     for w in tqdm(todo, desc=f"strided ppl {method}", disable=not progress):
         nll = float(np.mean([strided_nll(em, d, window=w, stride=min(stride, w), batch_size=batch_size)
                              for d in docs]))
         record = {"method": method, "length": w, "stride": stride, "doc_length": doc_length, "nll": nll,
-                  "num_docs": num_docs}
-        store.add("perplexity_strided", record)
+                  "num_docs": num_docs, "data_key": key["data_key"]}
+        store.put("perplexity_strided", record, cell=("method", "length"))
         new.append(record)
     return new

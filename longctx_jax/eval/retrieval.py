@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 from tqdm.auto import tqdm
 
-from longctx_jax.eval.results import ResultStore
+from longctx_jax.eval.results import ResultStore, fingerprint
 from longctx_jax.eval.scoring import answers_match, as_eval_model, bucket_length
 from longctx_jax.eval.tokens import pad_id
 
@@ -73,7 +73,8 @@ def retrieval_sweep(
     Args:
       model: `EvalModel`, NNX module or logits callable.
       tokenizer: `encode`/`decode` tokenizer.
-      store: results file; cells already recorded for `method` are skipped.
+      store: results file; cells already recorded for `method` with the same prompts are
+        skipped, a cell recorded with other prompts (trials, seed, tokenizer) is replaced.
       section: results section ("passkey", "niah").
       build: `build(tokenizer, length, depth, rng, trial) -> RetrievalExample`.
       method: label of the extension method.
@@ -84,23 +85,28 @@ def retrieval_sweep(
       batch_tokens: examples per forward = max(1, min(trials, batch_tokens // length)).
 
     Returns:
-      The new records: {"method", "length", "depth", "accuracy", "trials", "depth_measured"}.
+      The new records: {"method", "length", "depth", "accuracy", "trials", "depth_measured",
+      "data_key"}, `data_key` being the fingerprint of the cell's prompt and answer tokens.
     """
     em = as_eval_model(model)
-    cells = [(n, d) for n in sorted(lengths) for d in depths
-             if not store.has(section, method=method, length=n, depth=d)]
+    cells = [(n, d) for n in sorted(lengths) for d in depths]
     new = []
     bar = tqdm(total=len(cells) * trials, desc=f"{section} {method}", disable=not progress)
     for n, d in cells:
         examples = [build(tokenizer, n, d, example_rng(seed, n, d, t), t) for t in range(trials)]
+        data_key = fingerprint([[e.tokens, e.answer_start] for e in examples])
+        if store.has(section, method=method, length=n, depth=d, data_key=data_key):
+            bar.update(trials)
+            continue
         hits = answers_match(
             em, [e.tokens for e in examples], [e.answer_start for e in examples],
             length=bucket_length(n), batch_size=max(1, min(trials, batch_tokens // n)),
             pad_id=pad_id(tokenizer),
         )
         record = {"method": method, "length": n, "depth": d, "accuracy": float(hits.mean()),
-                  "trials": trials, "depth_measured": float(np.mean([e.depth for e in examples]))}
-        store.add(section, record)
+                  "trials": trials, "depth_measured": float(np.mean([e.depth for e in examples])),
+                  "data_key": data_key}
+        store.put(section, record, cell=("method", "length", "depth"))
         new.append(record)
         bar.update(trials)
         bar.set_postfix(length=n, depth=d, acc=record["accuracy"])

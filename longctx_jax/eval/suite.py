@@ -16,12 +16,17 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import jax
+import numpy as np
+from flax import nnx
+
+from longctx_jax.eval.corpus import python_version
 from longctx_jax.eval.needle import DEPTHS, needle_sweep
 from longctx_jax.eval.passkey import passkey_sweep
 from longctx_jax.eval.perplexity import perplexity_sweep, strided_perplexity_sweep
 from longctx_jax.eval.plots import write_figures
 from longctx_jax.eval.report import write_report
-from longctx_jax.eval.results import ResultStore
+from longctx_jax.eval.results import ResultStore, file_digest, fingerprint
 from longctx_jax.eval.scoring import as_eval_model
 
 
@@ -65,9 +70,44 @@ class SuiteSpec:
         return cls(**{k: tuple(v) if isinstance(v, list | tuple) else v for k, v in values.items()})
 
 
+def run_inputs(checkpoint: str | os.PathLike, tokenizer, *, train_length: int, target_length: int,
+               factor: float, dtype: str) -> dict[str, Any]:
+    """The run-level inputs of an evaluation that every stored row depends on.
+
+    Args:
+      checkpoint: the weights (a GGUF file or a checkpoint directory), identified by content.
+      tokenizer: the tokenizer (identified by type and vocabulary size; the rows' `data_key`
+        fingerprints the token ids themselves).
+      train_length: the model's pretraining context.
+      target_length: the length the scaling factor extends to.
+      factor: the RoPE scaling factor of the scaled methods.
+      dtype: activation dtype.
+
+    Returns:
+      A JSON-able mapping for `ResultStore(..., inputs=...)` (the store adds `PROTOCOL_VERSION`).
+    """
+    return {"model_sha256": file_digest(checkpoint), "train_length": int(train_length),
+            "target_length": int(target_length), "factor": float(factor), "dtype": str(dtype),
+            "tokenizer": f"{type(tokenizer).__name__}/{getattr(tokenizer, 'vocab_size', None)}",
+            "corpus": f"python-{python_version()}-stdlib"}
+
+
 def evaluate(model, tokenizer, store: ResultStore, *, method: str, spec: SuiteSpec,
-             progress: bool = True) -> None:
-    """Runs every sweep of `spec` for one model under the label `method`."""
+             inputs: Mapping[str, Any] | None = None, progress: bool = True) -> None:
+    """Runs every sweep of `spec` for one model under the label `method`.
+
+    Args:
+      model: `EvalModel`, NNX module or logits callable.
+      tokenizer: `encode`/`decode` tokenizer.
+      store: results file; finished cells computed from the same inputs are skipped.
+      method: label of the extension method.
+      spec: the sweeps and their sizes.
+      inputs: the method's configuration (e.g. its `ModelConfig` changes); rows of `method`
+        stored under other inputs are discarded and recomputed (`ResultStore.bind_method`).
+      progress: show progress bars.
+    """
+    if inputs is not None:
+        store.bind_method(method, inputs)
     em = as_eval_model(model)
     if spec.ppl_lengths:
         perplexity_sweep(em, tokenizer, store, method=method, lengths=list(spec.ppl_lengths),
@@ -95,13 +135,24 @@ def finalize(store: ResultStore, workdir: str | os.PathLike, *, notes: str = "")
     return [*figures, report]
 
 
+def parameters_digest(model: nnx.Module) -> str:
+    """Fingerprint of every array of an NNX module's state (its weights, by value)."""
+    return fingerprint([np.asarray(x) for x in jax.tree.leaves(nnx.state(model))])
+
+
 def evaluate_checkpoint(model, tokenizer, workdir: str | os.PathLike, spec: SuiteSpec, *, name: str,
                         train_length: int, method: str = "none", progress: bool = True) -> ResultStore:
     """Evaluates one model (e.g. a from-scratch decoder + byte tokenizer) into `workdir`.
 
-    Writes results.json (resuming it if present), the figures and report.md.
+    Writes results.json (resuming it if present), the figures and report.md. For an NNX module
+    the run inputs are its weights (by value), `train_length` and the tokenizer, so a rerun
+    into the same workdir with another checkpoint refuses (`InputsChanged`) instead of mixing.
     """
-    store = ResultStore(os.path.join(workdir, "results.json"),
+    inputs = None
+    if isinstance(model, nnx.Module):
+        inputs = {"parameters": parameters_digest(model), "train_length": int(train_length),
+                  "tokenizer": f"{type(tokenizer).__name__}/{getattr(tokenizer, 'vocab_size', None)}"}
+    store = ResultStore(os.path.join(workdir, "results.json"), inputs=inputs,
                         meta={"model": name, "train_length": train_length})
     evaluate(model, tokenizer, store, method=method, spec=spec, progress=progress)
     finalize(store, workdir)

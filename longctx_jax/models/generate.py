@@ -42,6 +42,14 @@ def sample_token(logits_BV: Array, key: PRNGKey, temperature: float, top_p: floa
     return jax.random.categorical(key, logits_BV, axis=-1).astype(jnp.int32)
 
 
+def check_max_new_tokens(max_new_tokens: int) -> int:
+    """`max_new_tokens` as an int; raises ValueError unless it is an integer >= 0."""
+    integer = isinstance(max_new_tokens, int | np.integer) and not isinstance(max_new_tokens, bool)
+    if not integer or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    return int(max_new_tokens)
+
+
 class Generator:
     """Jitted prefill and decode steps for one model, cache layout and sampling setting.
 
@@ -87,9 +95,10 @@ class Generator:
         """Prompt `[B, T]` -> prompt and generated ids `[B, T + new]` (stops early on EOS).
 
         Raises:
-          ValueError: the prompt (or prompt + new tokens, outside streaming mode) does not fit
-            the cache.
+          ValueError: `max_new_tokens` is negative, or the prompt (or prompt + new tokens,
+            outside streaming mode) does not fit the cache.
         """
+        max_new_tokens = check_max_new_tokens(max_new_tokens)
         prompt_BT = np.asarray(prompt_BT, np.int32)
         if prompt_BT.ndim != 2 or prompt_BT.shape[1] == 0:
             raise ValueError(f"prompt must be non-empty [batch, seq] token ids, got shape {prompt_BT.shape}")
@@ -135,6 +144,7 @@ def generate(model: Decoder, prompt: Sequence[int] | np.ndarray, *, max_new_toke
     Returns:
       int32 ids `[T + new]` (or `[B, T + new]` for a batched prompt).
     """
+    max_new_tokens = check_max_new_tokens(max_new_tokens)
     prompt_BT = np.asarray(prompt, np.int32)
     single = prompt_BT.ndim == 1
     prompt_BT = prompt_BT[None] if single else prompt_BT

@@ -1,12 +1,16 @@
 """The training loop: `train_and_evaluate(config, workdir)`.
 
 Builds the data, the decoder and the optax optimizer from an ml_collections config,
-resumes from the newest Orbax checkpoint in `workdir/checkpoints` if there is one, and
-trains with a jitted, state-donating step. Batches come from `batch_at(step)`, so a resumed
+resumes from the newest Orbax checkpoint in `workdir/checkpoints` that restores (see
+`longctx_jax.train.checkpoint` for the faults it survives), and trains with a jitted,
+state-donating step. Batches come from `batch_at(step)`, so a resumed
 run sees exactly the data an uninterrupted run would: resuming is bit-exact.
 
 Writes to `workdir`: `config.json`, `metrics.jsonl` (`step`, `train_loss`, `val_loss`,
-`val_bpb`, ...), TensorBoard events, `checkpoints/`, `summary.json` and `summary.md`.
+`val_bpb`, ...), TensorBoard events, `checkpoints/`, `summary.json` and `summary.md`. The
+config is validated and the state built and restored before anything is written, and the
+metrics of steps after the resumed checkpoint (from a process that died before saving them)
+are replaced, not duplicated (`MetricsWriter(resume_step=...)`).
 """
 
 import dataclasses
@@ -21,6 +25,7 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
+from longctx_jax.atomic import write_atomically
 from longctx_jax.data import (
     Batches,
     ByteTokenizer,
@@ -101,13 +106,22 @@ def evaluate(eval_step, params: nnx.State, data: TrainingData) -> dict[str, floa
     return summarize_eval(totals)
 
 
+TRAIN_COUNTS = ("steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints")
+
+
+def check_train_config(train_cfg: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming any `config.train` count that is not a positive integer."""
+    for name in TRAIN_COUNTS:
+        value = train_cfg.get(name)
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise ValueError(f"config.train.{name} must be a positive integer, got {value!r}")
+
+
 def _write_summary(workdir: str, summary: dict[str, Any]) -> None:
-    with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2)
+    write_atomically(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=2))
     lines = ["# Training run", "", "| metric | value |", "| --- | --- |"]
     lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in summary.items()]
-    with open(os.path.join(workdir, "summary.md"), "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
+    write_atomically(os.path.join(workdir, "summary.md"), "\n".join(lines) + "\n")
 
 
 def train_and_evaluate(
@@ -122,10 +136,11 @@ def train_and_evaluate(
         run resumable; None trains to `config.train.steps`.
     """
     workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-        f.write(config.to_json_best_effort(indent=2))
-
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ValueError(f"workdir {workdir} is a file, not a directory")
+    check_train_config(config.train)
+    # Nothing is written to workdir until the data, model, optimizer and checkpoint are built
+    # and restored, so a failed invocation leaves a finished run's records as they were.
     total_steps = int(config.train.steps)
     data = make_training_data(config.data, seed=int(config.seed))
     data.train = training_batches(config, data.train)  # data.min_doc_tokens, train.curriculum
@@ -139,9 +154,9 @@ def train_and_evaluate(
 
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=int(config.train.keep_checkpoints),
                                 save_every=int(config.train.checkpoint_every))
-    latest = checkpointer.latest_step()
+    latest, restored = checkpointer.restore_latest(abstract_like(state))
     if latest is not None:
-        state = checkpointer.restore(latest, abstract_like(state))
+        state = restored
         print(f"resumed from checkpoint step {latest} in {checkpointer.directory}")
     elif config.train.get("init_from"):
         params, source_step = init_params_from(state.params, config.train.init_from)
@@ -153,9 +168,9 @@ def train_and_evaluate(
     train_step = make_train_step(graphdef, tx, use_segment_ids=use_segment_ids)
     eval_step = make_eval_step(graphdef, use_segment_ids=use_segment_ids)
     train_step, eval_step = (distributed.on_mesh(f, mesh, layout) for f in (train_step, eval_step))
-    writer = MetricsWriter(workdir)
-
     start_step = int(state.step)
+    write_atomically(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+    writer = MetricsWriter(workdir, resume_step=start_step)  # drops records of rolled-back steps
     end_step = total_steps if stop_at_step is None else min(total_steps, stop_at_step)
     tokens_per_step = int(config.data.batch_size) * int(config.data.seq_len)
     log_every, eval_every = int(config.train.log_every), int(config.train.eval_every)

@@ -6,22 +6,34 @@ else `c++`) against `jax.ffi.include_dir()` into a shared library cached under
 flags, the jaxlib version and this CPU's feature flags (the library is built with
 `-march=native`). The build writes to a temporary file and renames it, so concurrent
 processes (pytest-xdist workers) never load a half-written library.
+
+The cache is private: it is created with mode 0700, and a cache directory (or library) that
+is owned by another user or writable by group or others is refused with
+`NativeKernelUnavailable` (so "auto" attention falls back) rather than loaded. Each build
+records the SHA-256 of the library it produced beside it (`NAME-KEY.so.sha256`); a library
+whose bytes no longer match (truncated, replaced, or left without a record) is rebuilt before
+anything is loaded.
 """
 
 import ctypes
 import functools
 import hashlib
+import logging
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import tempfile
 
 import jax
 import jaxlib
 
+from longctx_jax.atomic import write_atomically
+
 _SOURCE_DIR = os.path.dirname(os.path.abspath(__file__))
 _FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno")
+_LOG = logging.getLogger(__name__)
 
 
 class NativeKernelUnavailable(ImportError):
@@ -46,8 +58,71 @@ def compiler() -> str | None:
     return shutil.which(os.environ.get("CXX", "c++"))
 
 
+def _check_private(path: str, what: str) -> None:
+    """Raises NativeKernelUnavailable unless `path` is owned by this user and not group/world-writable."""
+    info = os.stat(path)
+    problems = []
+    if info.st_uid != os.getuid():
+        problems.append(f"owned by uid {info.st_uid}, not by this user (uid {os.getuid()})")
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        problems.append(f"writable by group or others (mode {stat.filemode(info.st_mode)})")
+    if problems:
+        raise NativeKernelUnavailable(
+            f"refusing to load native kernels from the {what} {path}: {' and '.join(problems)}; "
+            "another user could replace the compiled code. Use `chmod 700` on it (as its owner) or "
+            "set $LONGCTX_JAX_CACHE to a directory of your own"
+        )
+
+
+def _private_cache_dir() -> str:
+    out_dir = cache_dir()
+    try:
+        os.makedirs(out_dir, mode=0o700, exist_ok=True)
+    except OSError as error:
+        raise NativeKernelUnavailable(
+            f"cannot create the kernel cache {out_dir} ({error}); "
+            "set $LONGCTX_JAX_CACHE to a writable directory"
+        ) from error
+    _check_private(out_dir, "kernel cache directory")
+    return out_dir
+
+
+def file_sha256(path: str) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _recorded(target: str) -> str:
+    try:
+        with open(target + ".sha256", encoding="ascii") as f:
+            return f.read().strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def _verified(target: str) -> bool:
+    """Whether `target` exists, is private, and matches the hash recorded when it was built."""
+    if not os.path.exists(target):
+        return False
+    _check_private(target, "kernel library")
+    recorded = _recorded(target)
+    if recorded and recorded == file_sha256(target):
+        return True
+    _LOG.warning("kernel library %s does not match the hash recorded at build time (%s); rebuilding",
+                 target, "no record" if not recorded else f"recorded {recorded[:12]}...")
+    return False
+
+
 def library_path(name: str) -> str:
-    """Path of the built library for kernel `name`, building it if needed."""
+    """Path of the built, hash-verified library for kernel `name`, building it if needed.
+
+    Raises:
+      NativeKernelUnavailable: no compiler, a failed build, or a cache that is not private.
+    """
     source = os.path.join(_SOURCE_DIR, f"{name}.cc")
     with open(source, "rb") as f:
         text = f.read()
@@ -60,13 +135,12 @@ def library_path(name: str) -> str:
         b"\0".join([text, " ".join(_FLAGS).encode(), jaxlib.__version__.encode(), _cpu_signature().encode(),
                     cxx.encode()])
     ).hexdigest()[:16]
-    out_dir = cache_dir()
+    out_dir = _private_cache_dir()
     target = os.path.join(out_dir, f"{name}-{key}.so")
-    if os.path.exists(target):
+    if _verified(target):
         return target
     try:
-        os.makedirs(out_dir, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)  # mode 0600
     except OSError as error:
         raise NativeKernelUnavailable(
             f"cannot write kernel {name!r} to {out_dir} ({error}); "
@@ -80,10 +154,16 @@ def library_path(name: str) -> str:
             raise NativeKernelUnavailable(
                 f"building kernel {name!r} failed ({' '.join(cmd)}):\n{proc.stderr[-4000:]}"
             )
+        os.chmod(tmp, 0o700)
+        digest = file_sha256(tmp)
         os.replace(tmp, target)
+        write_atomically(target + ".sha256", digest + "\n", mode=0o600)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+    _check_private(target, "kernel library")
+    if file_sha256(target) != _recorded(target):  # another process's build landed in between
+        raise NativeKernelUnavailable(f"kernel library {target} changed while it was being built; retry")
     return target
 
 
