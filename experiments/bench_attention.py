@@ -27,13 +27,12 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app
-from ml_collections import config_flags
 
+from longctx_jax import config_cli
 from longctx_jax.attention import dispatch
 from longctx_jax.attention.masks import AttentionMask
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/bench_attention.py", "Benchmark config file.")
+_CONFIG = config_cli.define_config("configs/bench_attention.py")
 PRESETS = {
     "full": dict(lengths=(1024, 2048, 4096, 8192, 16384, 32768, 65536), repeats=None),
     "quick": dict(lengths=(1024, 2048, 4096), repeats=1),
@@ -183,9 +182,7 @@ def gpu_section(cfg) -> list[dict]:
     return rows
 
 
-def main(argv: list[str]) -> None:
-    del argv
-    config = _CONFIG.value
+def main(config) -> None:
     if config.preset not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {config.preset!r}")
     preset = PRESETS[config.preset]
@@ -215,4 +212,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    config_cli.run(main, _CONFIG)

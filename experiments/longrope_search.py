@@ -15,9 +15,9 @@ import os
 import time
 
 import numpy as np
-from absl import app, logging
-from ml_collections import config_flags
+from absl import logging
 
+from longctx_jax import config_cli
 from longctx_jax.eval import methods
 from longctx_jax.eval.corpus import documents
 from longctx_jax.eval.perplexity import document_nll
@@ -25,14 +25,11 @@ from longctx_jax.models.llama import load_gguf, smollm2_path
 from longctx_jax.positional.rope import rotary_dim_of
 from longctx_jax.search import longrope
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/longrope_search_smollm2.py", "Search config.")
+_CONFIG = config_cli.define_config("configs/longrope_search_smollm2.py")
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+def main(config) -> None:
     logging.set_verbosity(logging.WARNING)
-    config = _CONFIG.value
     os.makedirs(config.workdir, exist_ok=True)
     with open(os.path.join(config.workdir, "config.json"), "w") as f:
         f.write(config.to_json(indent=2))
@@ -114,4 +111,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    config_cli.run(main, _CONFIG)

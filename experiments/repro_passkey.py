@@ -17,14 +17,14 @@ import time
 
 import jax.numpy as jnp
 import numpy as np
-from absl import app, logging
+from absl import logging
 from flax import nnx
-from ml_collections import config_flags
 
+from longctx_jax import config_cli
 from longctx_jax.models import landmark, memory_tokens
 from longctx_jax.models.config import ModelConfig
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/repro_landmark.py", "Experiment config file.")
+_CONFIG = config_cli.define_config("configs/repro_landmark.py")
 
 
 def build(config):
@@ -72,11 +72,8 @@ def build(config):
     return model, batch, variants
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+def main(config) -> None:
     logging.set_verbosity(logging.WARNING)
-    config = _CONFIG.value
     os.makedirs(config.workdir, exist_ok=True)
     model, batch, variants = build(config)
     start = time.time()
@@ -117,4 +114,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    config_cli.run(main, _CONFIG)

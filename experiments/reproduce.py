@@ -40,7 +40,7 @@ from longctx_jax.eval.perplexity import strided_nll
 from longctx_jax.eval.scoring import EvalModel
 from longctx_jax.models.kv_cache import KVCache
 from longctx_jax.train.init_from import init_params_from
-from longctx_jax.train.trainer import build_model, train_and_evaluate
+from longctx_jax.train.trainer import decoder_from_config, train_and_evaluate
 
 CLAIMS = ("alibi", "pi", "yarn", "streaming", "window", "progressive")
 _CLAIM = flags.DEFINE_enum("claim", "alibi", CLAIMS, "Which reproduction to run.")
@@ -75,7 +75,7 @@ def load(config: ml_collections.ConfigDict, **model_changes) -> nnx.Module:
             config.model.attention[name] = value
         else:
             config.model[name] = value
-    model = build_model(config, VOCAB)
+    model = decoder_from_config(config, VOCAB)
     graphdef, params = nnx.split(model)
     params, _ = init_params_from(params, config.workdir)
     return nnx.merge(graphdef, params)

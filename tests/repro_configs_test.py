@@ -11,7 +11,7 @@ from experiments import reproduce
 from longctx_jax.data import ByteTokenizer
 from longctx_jax.models.config import ModelConfig
 from longctx_jax.train.curriculum import curriculum_stages
-from longctx_jax.train.trainer import build_model
+from longctx_jax.train.trainer import decoder_from_config
 from tests.train_trainer_test import small_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,7 +61,7 @@ def test_unknown_variant_is_rejected():
 
 @pytest.mark.slow
 def test_streaming_evaluator_without_eviction_matches_single_forward():
-    model = build_model(small_config(), reproduce.VOCAB)
+    model = decoder_from_config(small_config(), reproduce.VOCAB)
     docs = np.random.default_rng(0).integers(0, 256, (2, 33)).astype(np.int32)
     dense = reproduce.ppl_vs_length(model, docs, [32])["32"]
     stream = reproduce.stream_ppl(model, docs, cache_size=40, sinks=4)  # 32 tokens: nothing evicted

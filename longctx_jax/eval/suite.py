@@ -1,6 +1,6 @@
 """The whole evaluation for one model: perplexity, passkey and needle sweeps, figures, report.
 
-`evaluate(model, tokenizer, store, method=..., spec=...)` runs every sweep `spec` asks for on
+`evaluate_method(model, tokenizer, store, method=..., spec=...)` runs every sweep `spec` asks for on
 one model (skipping cells already in the results file), and `finalize(store, workdir)` writes
 the figures and report.md. `evaluate_checkpoint` does both for a single model, e.g. a
 from-scratch `Decoder` restored by the trainer with its `ByteTokenizer`:
@@ -8,7 +8,7 @@ from-scratch `Decoder` restored by the trainer with its `ByteTokenizer`:
     evaluate_checkpoint(model, ByteTokenizer(), "runs/tiny/eval", SuiteSpec(...),
                         name="tiny", train_length=512)
 
-`experiments/extend.py` calls `evaluate` once per extension method on the same results file.
+`eval/extension.py` calls `evaluate_method` once per extension method on the same results file.
 """
 
 import dataclasses
@@ -65,7 +65,7 @@ class SuiteSpec:
         return cls(**{k: tuple(v) if isinstance(v, list | tuple) else v for k, v in values.items()})
 
 
-def evaluate(model, tokenizer, store: ResultStore, *, method: str, spec: SuiteSpec,
+def evaluate_method(model, tokenizer, store: ResultStore, *, method: str, spec: SuiteSpec,
              progress: bool = True) -> None:
     """Runs every sweep of `spec` for one model under the label `method`."""
     em = as_eval_model(model)
@@ -103,6 +103,6 @@ def evaluate_checkpoint(model, tokenizer, workdir: str | os.PathLike, spec: Suit
     """
     store = ResultStore(os.path.join(workdir, "results.json"),
                         meta={"model": name, "train_length": train_length})
-    evaluate(model, tokenizer, store, method=method, spec=spec, progress=progress)
+    evaluate_method(model, tokenizer, store, method=method, spec=spec, progress=progress)
     finalize(store, workdir)
     return store
