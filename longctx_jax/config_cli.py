@@ -151,7 +151,8 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) ->
     Raises:
       app.UsageError: an unknown `--config.field` (with suggestions) or positional arguments.
     """
-    check_argv(argv, flag_values[CONFIG_FLAG].default_as_str.strip("'"))
+    if CONFIG_FLAG in flag_values:
+        check_argv(argv, flag_values[CONFIG_FLAG].default_as_str.strip("'"))
     rest = flag_values(argv)
     if len(rest) > 1:
         raise app.UsageError(f"unexpected positional arguments {rest[1:]}: every setting is a flag, "
@@ -159,17 +160,20 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) ->
     return rest
 
 
-def run(main: Callable[[ml_collections.ConfigDict], Any], flag: Any = None) -> None:
-    """`absl.app.run` with `parse_flags`; calls `main(config)` with the parsed config.
+def run(main: Callable[..., Any], flag: Any = None) -> None:
+    """`absl.app.run` with `parse_flags`: calls `main(config)`, or `main()` without a config flag.
 
     Args:
-      main: the launcher's body, given the config after overrides.
-      flag: the holder `define_config` returned (default: the `--config` flag).
+      main: the launcher's body, given the config after overrides when `flag` is set.
+      flag: the holder `define_config` returned; None for launchers with plain flags only.
     """
 
     def _main(argv: list[str]) -> None:
         del argv  # parse_flags refused anything beyond the program name
-        main(flag.value if flag is not None else flags.FLAGS[CONFIG_FLAG].value)
+        if flag is None:
+            main()
+        else:
+            main(flag.value)
 
     def _parse(argv: list[str]) -> list[str]:
         try:
