@@ -14,8 +14,12 @@ import ml_collections
 
 from longctx_jax.data import default_data_config
 
+VARIANTS = {"rope": "rope", "alibi": "alibi", "nope": "none"}  # variant -> config.model.position
+
 
 def get_config(variant: str = "rope") -> ml_collections.ConfigDict:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; valid: {tuple(VARIANTS)}")
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.workdir = "runs/tiny"
@@ -28,7 +32,7 @@ def get_config(variant: str = "rope") -> ml_collections.ConfigDict:
     config.model.num_kv_heads = 2
     config.model.mlp_dim = 384
     config.model.tie_embeddings = True
-    config.model.position = {"rope": "rope", "alibi": "alibi", "nope": "none"}[variant]
+    config.model.position = VARIANTS[variant]
     config.model.rope_theta = 10000.0
     config.model.rope_scaling = ml_collections.config_dict.placeholder(dict)
     config.model.dtype = "float32"

@@ -1,6 +1,6 @@
 """Time and memory of attention implementations, written to `<workdir>/bench_attention.json`.
 
-  python -m experiments.bench_attention --config configs/bench_attention.py --config.preset=quick
+  python -m experiments.bench_attention --config configs/bench_attention.py:quick
 
 CPU: for each length, forward time (median of `repeats`, once from `long_from` tokens on,
 compilation excluded; wall and process CPU seconds, the latter steadier on a shared host) and the
@@ -33,10 +33,6 @@ from longctx_jax.attention import dispatch
 from longctx_jax.attention.masks import AttentionMask
 
 _CONFIG = config_cli.define_config("configs/bench_attention.py")
-PRESETS = {
-    "full": dict(lengths=(1024, 2048, 4096, 8192, 16384, 32768, 65536), repeats=None),
-    "quick": dict(lengths=(1024, 2048, 4096), repeats=1),
-}
 GIB = 2**30
 MEMORY_EFFICIENT = ("blockwise", "cpu_flash")
 
@@ -183,11 +179,11 @@ def gpu_section(cfg) -> list[dict]:
 
 
 def main(config) -> None:
-    if config.preset not in PRESETS:
-        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {config.preset!r}")
-    preset = PRESETS[config.preset]
-    lengths = tuple(config.lengths) or preset["lengths"]
-    repeats = preset["repeats"] or config.cpu.repeats
+    lengths = tuple(config.lengths)
+    repeats = config.cpu.repeats
+    if not lengths or min(lengths) <= 0 or repeats <= 0:
+        raise ValueError(f"lengths must be non-empty and positive and cpu.repeats positive, got {lengths}, "
+                         f"{repeats}")
     result = {
         "device": str(jax.devices()[0].device_kind),
         "backend": jax.default_backend(),

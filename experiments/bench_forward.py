@@ -163,7 +163,7 @@ def bench_hf_decode(hf_model, context: int, steps: int, vocab_size: int) -> dict
 
 
 def main(cfg) -> None:
-    path = cfg.gguf_path or llama.smollm2_path()
+    path = cfg.checkpoint or llama.smollm2_path()
     model, _ = llama.load_gguf(path, dtype=cfg.dtype)  # dense attention for one-token decode steps
     # The same weights under the prefill attention implementation.
     abstract = nnx.eval_shape(lambda: Decoder(model.cfg.replace(attention_impl=cfg.attention_impl),

@@ -17,7 +17,7 @@ _CONFIG = config_cli.define_config("configs/smollm2.py")
 
 def main(cfg) -> None:
     try:
-        path = cfg.gguf_path or llama.smollm2_path()
+        path = cfg.checkpoint or llama.smollm2_path()
     except ValueError as e:
         sys.exit(f"error: {e}")
     start = time.perf_counter()

@@ -137,7 +137,10 @@ def check_argv(argv: Sequence[str], default: str) -> None:
     paths = override_paths(argv[1:])
     if not paths:
         return
-    config = load_config(_config_spec(argv[1:], default))
+    try:
+        config = load_config(_config_spec(argv[1:], default))
+    except Exception:  # a config file that does not load: the flag parser reports it, as usual
+        return
     if isinstance(config, ml_collections.ConfigDict):  # else the flag parser reports the file
         try:
             check_override_paths(config, paths)

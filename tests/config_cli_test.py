@@ -1,5 +1,7 @@
 """The shared launcher command line: unknown fields, dict overrides, positional arguments."""
 
+import glob
+import importlib
 import os
 import subprocess
 import sys
@@ -73,3 +75,24 @@ def test_stray_positional_arguments_are_refused():
 
 def test_load_config_reads_a_variant():
     assert config_cli.load_config("configs/tiny.py:nope").model.position == "none"
+
+
+
+CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, "configs", "[a-z]*.py")))
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_config_documents_its_launch_and_spells_checkpoint_one_way(name):
+    module = importlib.import_module(f"configs.{name}")
+    config = config_cli.load_config(os.path.join(REPO, "configs", f"{name}.py"))
+    assert "python -m experiments." in module.__doc__ and f"configs/{name}.py" in module.__doc__
+    assert "gguf_path" not in config and "presets" not in config
+    if "checkpoint" in config:
+        assert isinstance(config.checkpoint, str)  # "" = the shipped GGUF
+
+
+@pytest.mark.parametrize("name", [n for n in CONFIGS
+                                  if importlib.import_module(f"configs.{n}").get_config.__code__.co_argcount])
+def test_every_config_variant_is_checked(name):
+    with pytest.raises(ValueError, match="unknown (variant|preset) 'no_such_variant'"):
+        importlib.import_module(f"configs.{name}").get_config("no_such_variant")

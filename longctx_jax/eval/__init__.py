@@ -1,7 +1,7 @@
 """Long-context evaluation: perplexity vs length, passkey, needle in a haystack, plots, report.
 
 Every evaluator takes a causal model callable `model(tokens_BT, positions_BT) -> logits_BTV`
-(or an NNX module, or an `EvalModel` wrapping either) and a tokenizer with `encode`/`decode`.
+(or an NNX module, or an `EvalModel` wrapping either) and a `longctx_jax.data.Tokenizer`.
 """
 
 from longctx_jax.eval.needle import needle_example, needle_sweep

@@ -70,7 +70,7 @@ def perplexity_sweep(
 
     Args:
       model: the model (`EvalModel`, NNX module or logits callable).
-      tokenizer: `encode`/`decode` tokenizer (see `longctx_jax.eval.tokens`).
+      tokenizer: a `longctx_jax.data.Tokenizer` (`encode`/`decode`).
       store: results file; lengths already recorded for `method` are skipped.
       method: label of the extension method ("none", "yarn", "streaming", ...).
       lengths: context lengths N (number of scored targets).
