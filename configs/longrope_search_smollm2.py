@@ -6,7 +6,8 @@ GPU (factor 2: 8K -> 16K, 8 held-out stdlib documents of 16K tokens, population 
       --config.workdir=runs/longrope_smollm2
 
 CPU preset at the real lengths (run on the 2-core CPU: one 16K document, population 6, four
-generations with 2 parents kept, so ~19 forwards of 16K tokens at ~3.4 min each, ~65 min):
+generations with 2 parents kept, so ~19 forwards of 16K tokens at ~3.4 min each, ~65 min;
+measured: 2,285 s + 1,827 s in two invocations, the first on a busy CPU, docs/reproductions.md):
 
   python -m experiments.longrope_search --config configs/longrope_search_smollm2.py:cpu16k \
       --config.workdir=runs/longrope_smollm2_cpu16k

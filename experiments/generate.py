@@ -7,21 +7,18 @@ import sys
 import time
 
 import numpy as np
-from absl import app
-from ml_collections import config_flags
 
+from longctx_jax import config_cli
 from longctx_jax.models import llama, memory
 from longctx_jax.models.generate import Generator, check_max_new_tokens
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/smollm2.py", "Generation config file.")
+_CONFIG = config_cli.define_config("configs/smollm2.py")
 
 
-def main(argv) -> None:
-    del argv
-    cfg = _CONFIG.value
+def main(cfg) -> None:
     check_max_new_tokens(cfg.max_new_tokens)  # before loading anything
     try:
-        path = cfg.gguf_path or llama.smollm2_path()
+        path = cfg.checkpoint or llama.smollm2_path()
     except ValueError as e:
         sys.exit(f"error: {e}")
     start = time.perf_counter()
@@ -60,4 +57,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    config_cli.run(main, _CONFIG)

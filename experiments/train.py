@@ -3,20 +3,17 @@
   python -m experiments.train --config configs/tiny.py --config.workdir=runs/tiny
 """
 
-from absl import app, logging
-from ml_collections import config_flags
+from absl import logging
 
+from longctx_jax import config_cli
 from longctx_jax.parallel import distributed
 from longctx_jax.train.trainer import train_and_evaluate
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "Experiment config file.")
+_CONFIG = config_cli.define_config("configs/tiny.py")
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+def main(config) -> None:
     logging.set_verbosity(logging.WARNING)
-    config = _CONFIG.value
     distributed.initialize(config)  # multi-host only, when config.mesh.distributed is set
     summary = train_and_evaluate(config, config.workdir)
     print(f"run directory: {config.workdir}")
@@ -26,4 +23,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    config_cli.run(main, _CONFIG)

@@ -7,7 +7,8 @@ import pytest
 from flax import nnx
 
 from configs import extend_smollm2
-from experiments.extend import resolve_preset, spec_for
+from longctx_jax.eval import extension
+from longctx_jax.eval.extension import check_extension_config, spec_for
 from longctx_jax.eval.methods import METHODS, config_changes, ramp_longrope_factors, with_config
 from longctx_jax.models.config import ModelConfig
 from longctx_jax.models.decoder import Decoder
@@ -46,18 +47,39 @@ def test_with_config_shares_weights_and_matches_a_fresh_model():
     assert moved.embed[...] is base.embed[...]
 
 
-def test_presets_fill_only_unset_fields():
+def test_variants_and_method_lists():
     config = extend_smollm2.get_config()
-    config.eval.passkey_trials = 7
-    resolve_preset(config)
     assert config.methods == ("none", "yarn") and 16384 in config.eval.ppl_lengths
-    assert config.eval.passkey_trials == 7
     assert spec_for(config, "yarn").passkey_lengths == () and spec_for(config, "none").passkey_lengths
-    full = extend_smollm2.get_config()
-    full.preset = "full"
-    resolve_preset(full)
-    assert set(full.methods) == set(METHODS) and max(full.eval.ppl_lengths) == 32768
-    bad = extend_smollm2.get_config()
-    bad.preset = "huge"
-    with pytest.raises(ValueError, match="unknown preset"):
-        resolve_preset(bad)
+    check_extension_config(config)
+    full = extend_smollm2.get_config("full")
+    assert full.methods == METHODS and max(full.eval.ppl_lengths) == 32768
+    check_extension_config(full)
+    with pytest.raises(ValueError, match="unknown variant"):
+        extend_smollm2.get_config("huge")
+
+
+@pytest.mark.parametrize("field", ["methods", "passkey_methods", "niah_methods"])
+def test_misspelt_method_is_refused_before_any_work(field):
+    config = extend_smollm2.get_config()
+    config[field] = ("none", "yran")
+    with pytest.raises(ValueError, match=rf"config.{field}: unknown extension method.*'yran'"):
+        check_extension_config(config)
+
+
+def test_run_extension_validates_before_loading_the_model(monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded before the config was checked")
+
+    monkeypatch.setattr(extension, "load_gguf", never)
+    config = extend_smollm2.get_config()
+    config.methods = ("none", "yarn", "yran")
+    with pytest.raises(ValueError, match="'yran'"):
+        extension.run_extension(config)
+
+
+def test_bad_lengths_are_refused():
+    config = extend_smollm2.get_config()
+    config.target_length = -4096
+    with pytest.raises(ValueError, match="target_length must be positive"):
+        check_extension_config(config)

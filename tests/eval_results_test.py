@@ -24,7 +24,7 @@ from longctx_jax.eval.results import (
     file_digest,
     fingerprint,
 )
-from longctx_jax.eval.suite import SuiteSpec, evaluate, evaluate_checkpoint, parameters_digest, run_inputs
+from longctx_jax.eval.suite import SuiteSpec, evaluate_checkpoint, evaluate_method, parameters_digest, run_inputs
 from longctx_jax.models.config import ModelConfig
 from longctx_jax.models.decoder import Decoder
 
@@ -116,7 +116,7 @@ def test_changed_method_inputs_recompute_only_that_method(tmp_path, base):
         for method in ("none", "yarn"):
             changes = config_changes(method, factor=factor, train_length=64, rotary_dim=8)
             model = model_none if method == "none" else scaled_model(factor)
-            evaluate(model, TOK, store, method=method, spec=spec, inputs=changes, progress=False)
+            evaluate_method(model, TOK, store, method=method, spec=spec, inputs=changes, progress=False)
         rows = store.records("perplexity")
         return {m: [r["nll"] for r in rows if r["method"] == m] for m in ("none", "yarn")}
 
@@ -197,7 +197,7 @@ def run_extend(*flags: str) -> subprocess.CompletedProcess:
 def test_extend_refuses_a_negative_target_length_before_work(tmp_path):
     result = run_extend("--config.target_length=-4096", f"--config.workdir={tmp_path / 'run'}")
     assert result.returncode != 0
-    assert "target_length -4096 is below train_length 8192" in result.stderr
+    assert "target_length" in result.stderr and "-4096" in result.stderr
     assert not (tmp_path / "run").exists()
 
 

@@ -7,8 +7,8 @@ import pytest
 from flax import nnx
 
 from longctx_jax.attention.dense import attention
+from longctx_jax.data import synthetic_passkey
 from longctx_jax.models import landmark as lmk
-from longctx_jax.models import memory_tokens as mt
 from longctx_jax.models.config import ModelConfig
 
 BS = 3
@@ -99,18 +99,19 @@ def test_top_k_limits_what_a_query_sees():
 
 
 def test_passkey_batch_layout():
-    batch = lmk.passkey_batch(np.random.default_rng(0), 4, 22, num_keys=4, vocab_size=16, block_size=BS)
+    rng = np.random.default_rng(0)
+    batch = lmk.landmark_passkey_batch(rng, 4, 22, num_keys=4, vocab_size=16, block_size=BS)
     L = 23 + 23 // BS - 1
     chex.assert_shape(batch["inputs"], (4, L))
     lm_at = np.arange(L + 1) % (BS + 1) == BS
     full = np.concatenate([batch["inputs"], batch["targets"][:, -1:]], axis=1)
     assert np.all(full[:, lm_at] == 15) and not np.any(full[:, ~lm_at] == 15)
     assert np.all(batch["loss_mask"].sum(axis=1) == 1) and np.all(batch["loss_mask"][:, -1] == 1)
-    assert np.all(batch["inputs"][:, -1] == mt.QUERY_MARK)
+    assert np.all(batch["inputs"][:, -1] == synthetic_passkey.QUERY_MARK)
     keys = batch["targets"][:, -1]
-    assert np.all((keys >= mt.FIRST_KEY) & (keys < mt.FIRST_KEY + 4))
+    assert np.all((keys >= synthetic_passkey.FIRST_KEY) & (keys < synthetic_passkey.FIRST_KEY + 4))
     for row, key in zip(batch["inputs"], keys, strict=True):
-        after = row[np.flatnonzero(row == mt.KEY_MARK)[0] + 1 :][:2]
+        after = row[np.flatnonzero(row == synthetic_passkey.KEY_MARK)[0] + 1 :][:2]
         assert key in after  # right after the marker, or after a landmark in between
     with pytest.raises(ValueError, match="landmark next to the last token"):
-        lmk.passkey_batch(np.random.default_rng(0), 1, 20, num_keys=4, vocab_size=16, block_size=BS)
+        lmk.landmark_passkey_batch(np.random.default_rng(0), 1, 20, num_keys=4, vocab_size=16, block_size=BS)

@@ -348,7 +348,7 @@ def test_load_hf_smollm2_export_matches_gguf(tmp_path):
     config["intermediate_size"] = 1024
     shape_error = r"'model.layers.0.mlp.(gate|up)_proj.weight' has shape \(1536, 576\)"
     with pytest.raises(ValueError, match=shape_error):
-        llama.build_model(llama.hf_config(config), hf)
+        llama.decoder_from_weights(llama.hf_config(config), hf)
 
 
 def test_load_hf_qwen2_bias_sliding_window_and_rope_override(tmp_path):

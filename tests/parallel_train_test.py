@@ -11,7 +11,7 @@ from configs import tiny
 from longctx_jax.parallel import distributed
 from longctx_jax.train.optimizer import make_optimizer
 from longctx_jax.train.step import init_train_state, make_train_step
-from longctx_jax.train.trainer import build_model
+from longctx_jax.train.trainer import decoder_from_config
 
 BATCH, LENGTH, VOCAB = 4, 32, 64
 
@@ -51,7 +51,7 @@ def _batch() -> dict[str, np.ndarray]:
 
 def _one_step(impl: str, mesh, layout: str = "natural"):
     config = _config(impl)
-    graphdef, params = nnx.split(build_model(config, VOCAB))
+    graphdef, params = nnx.split(decoder_from_config(config, VOCAB))
     tx = make_optimizer(config.optim, int(config.train.steps))
     state = distributed.shard_state(init_train_state(params, tx), mesh)
     step = distributed.on_mesh(make_train_step(graphdef, tx, use_segment_ids=True), mesh, layout)
@@ -77,7 +77,7 @@ def test_state_is_sharded_by_logical_axes():
     mesh_cfg = distributed.default_mesh_config()
     mesh_cfg.data, mesh_cfg.sequence, mesh_cfg.tensor = 2, 2, 2
     mesh = distributed.mesh_from_config(ml_collections.ConfigDict({"mesh": mesh_cfg}))
-    graphdef, params = nnx.split(build_model(config, VOCAB))
+    graphdef, params = nnx.split(decoder_from_config(config, VOCAB))
     tx = make_optimizer(config.optim, 10)
     state = distributed.shard_state(init_train_state(params, tx), mesh)
     specs = {str(x.sharding.spec) for x in jax.tree.leaves(state.params)}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from longctx_jax.eval.tokens import encode
+from longctx_jax.data.tokenizers import Tokenizer
 
 EXCLUDE_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__", "test", "tests", "idle_test"})
 SEPARATOR = "\n\n"
@@ -42,7 +42,7 @@ def stdlib_files(min_chars: int = 20_000) -> list[Path]:
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
-def token_stream(tokenizer, num_tokens: int, *, min_chars: int = 20_000) -> np.ndarray:
+def token_stream(tokenizer: Tokenizer, num_tokens: int, *, min_chars: int = 20_000) -> np.ndarray:
     """The first `num_tokens` ids (int32) of the concatenated long stdlib files.
 
     Raises:
@@ -55,7 +55,7 @@ def token_stream(tokenizer, num_tokens: int, *, min_chars: int = 20_000) -> np.n
     pieces, total = [], 0
     for path in stdlib_files(min_chars):
         text = path.read_text(encoding="utf-8", errors="replace") + SEPARATOR
-        ids = np.asarray(encode(tokenizer, text), np.int32)
+        ids = np.asarray(tokenizer.encode(text), np.int32)
         pieces.append(ids)
         total += ids.shape[0]
         if total >= num_tokens:
@@ -67,7 +67,7 @@ def token_stream(tokenizer, num_tokens: int, *, min_chars: int = 20_000) -> np.n
     return stream[:num_tokens]
 
 
-def documents(tokenizer, length: int, num_docs: int, *, offset: int = 0) -> np.ndarray:
+def documents(tokenizer: Tokenizer, length: int, num_docs: int, *, offset: int = 0) -> np.ndarray:
     """`[num_docs, length]` int32: consecutive slices of the stream starting at `offset`."""
     if length <= 0 or num_docs <= 0:
         raise ValueError(f"length and num_docs must be positive, got {length} and {num_docs}")

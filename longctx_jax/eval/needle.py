@@ -12,10 +12,10 @@ greedy exact match of " NNNNNNN" (teacher-forced argmax, see `longctx_jax.eval.s
 
 import numpy as np
 
+from longctx_jax.data.tokenizers import Tokenizer
 from longctx_jax.eval.corpus import token_stream
 from longctx_jax.eval.results import ResultStore
 from longctx_jax.eval.retrieval import RetrievalExample, retrieval_sweep
-from longctx_jax.eval.tokens import encode
 
 INTRO = ("Below is a long piece of Python source code. A special magic number is hidden somewhere "
          "inside it. Find it and memorize it.\n\n")
@@ -24,7 +24,7 @@ QUESTION = "\n\nWhat is the special magic number hidden in the text above? The s
 DEPTHS = tuple(d / 10 for d in range(11))
 
 
-def needle_example(tokenizer, length: int, depth: float, rng: np.random.Generator,
+def needle_example(tokenizer: Tokenizer, length: int, depth: float, rng: np.random.Generator,
                    trial: int = 0) -> RetrievalExample:
     """One needle-in-a-haystack prompt whose inputs are exactly `length` tokens.
 
@@ -38,10 +38,10 @@ def needle_example(tokenizer, length: int, depth: float, rng: np.random.Generato
     if not 0.0 <= depth <= 1.0:
         raise ValueError(f"depth must be in [0, 1], got {depth}")
     number = str(int(rng.integers(1_000_000, 10_000_000)))
-    head = encode(tokenizer, INTRO)
-    needle = encode(tokenizer, NEEDLE.format(number=number))
-    question = encode(tokenizer, QUESTION)
-    answer = encode(tokenizer, " " + number)
+    head = tokenizer.encode(INTRO)
+    needle = tokenizer.encode(NEEDLE.format(number=number))
+    question = tokenizer.encode(QUESTION)
+    answer = tokenizer.encode(" " + number)
     H = length + 1 - len(head) - len(needle) - len(question) - len(answer)
     if H < 1:
         raise ValueError(f"length {length} is too short for a needle prompt")
@@ -58,7 +58,7 @@ def needle_example(tokenizer, length: int, depth: float, rng: np.random.Generato
     )
 
 
-def needle_sweep(model, tokenizer, store: ResultStore, *, method: str, lengths: list[int],
+def needle_sweep(model, tokenizer: Tokenizer, store: ResultStore, *, method: str, lengths: list[int],
                  depths: list[float] = DEPTHS, trials: int = 1, seed: int = 0, batch_tokens: int = 16384,
                  progress: bool = True) -> list[dict]:
     """Needle accuracy per (length, depth) into `store["niah"]`; see `retrieval_sweep`."""

@@ -16,9 +16,9 @@ exact match of " NNNNN" (teacher-forced argmax, see `longctx_jax.eval.scoring`).
 
 import numpy as np
 
+from longctx_jax.data.tokenizers import Tokenizer
 from longctx_jax.eval.results import ResultStore
 from longctx_jax.eval.retrieval import RetrievalExample, retrieval_sweep
-from longctx_jax.eval.tokens import encode
 
 INSTRUCTION = (
     "There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
@@ -29,7 +29,7 @@ NEEDLE = "The pass key is {key}. Remember it. {key} is the pass key."
 QUESTION = "What is the pass key? The pass key is"
 
 
-def passkey_example(tokenizer, length: int, depth: float, rng: np.random.Generator,
+def passkey_example(tokenizer: Tokenizer, length: int, depth: float, rng: np.random.Generator,
                     trial: int = 0) -> RetrievalExample:
     """One passkey prompt whose inputs (prompt + answer minus the last token) fit `length`.
 
@@ -44,11 +44,11 @@ def passkey_example(tokenizer, length: int, depth: float, rng: np.random.Generat
     if not 0.0 <= depth <= 1.0:
         raise ValueError(f"depth must be in [0, 1], got {depth}")
     key = str(int(rng.integers(10_000, 100_000)))
-    head = encode(tokenizer, INSTRUCTION)
-    filler = encode(tokenizer, " " + FILLER)
-    needle = encode(tokenizer, " " + NEEDLE.format(key=key))
-    question = encode(tokenizer, " " + QUESTION)
-    answer = encode(tokenizer, " " + key)
+    head = tokenizer.encode(INSTRUCTION)
+    filler = tokenizer.encode(" " + FILLER)
+    needle = tokenizer.encode(" " + NEEDLE.format(key=key))
+    question = tokenizer.encode(" " + QUESTION)
+    answer = tokenizer.encode(" " + key)
     fixed = len(head) + len(needle) + len(question) + len(answer)
     k = (length + 1 - fixed) // len(filler)
     if k < 1:
@@ -65,7 +65,7 @@ def passkey_example(tokenizer, length: int, depth: float, rng: np.random.Generat
     )
 
 
-def passkey_sweep(model, tokenizer, store: ResultStore, *, method: str, lengths: list[int],
+def passkey_sweep(model, tokenizer: Tokenizer, store: ResultStore, *, method: str, lengths: list[int],
                   depths: list[float], trials: int, seed: int = 0, batch_tokens: int = 16384,
                   progress: bool = True) -> list[dict]:
     """Passkey accuracy per (length, depth) into `store["passkey"]`; see `retrieval_sweep`."""

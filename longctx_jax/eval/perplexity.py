@@ -72,7 +72,7 @@ def perplexity_sweep(
 
     Args:
       model: the model (`EvalModel`, NNX module or logits callable).
-      tokenizer: `encode`/`decode` tokenizer (see `longctx_jax.eval.tokens`).
+      tokenizer: a `longctx_jax.data.Tokenizer` (`encode`/`decode`).
       store: results file; lengths already recorded for `method` on the same documents are
         skipped, a row recorded on other documents (tokenizer, `num_docs`, corpus) is replaced.
       method: label of the extension method ("none", "yarn", "streaming", ...).

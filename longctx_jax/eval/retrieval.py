@@ -16,7 +16,6 @@ from tqdm.auto import tqdm
 
 from longctx_jax.eval.results import ResultStore, fingerprint
 from longctx_jax.eval.scoring import answers_match, as_eval_model, bucket_length
-from longctx_jax.eval.tokens import pad_id
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +100,7 @@ def retrieval_sweep(
         hits = answers_match(
             em, [e.tokens for e in examples], [e.answer_start for e in examples],
             length=bucket_length(n), batch_size=max(1, min(trials, batch_tokens // n)),
-            pad_id=pad_id(tokenizer),
+            pad_id=tokenizer.pad_id,
         )
         record = {"method": method, "length": n, "depth": d, "accuracy": float(hits.mean()),
                   "trials": trials, "depth_measured": float(np.mean([e.depth for e in examples])),

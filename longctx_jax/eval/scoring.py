@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from longctx_jax.losses import token_nll
 from longctx_jax.typing import Array
 
 LogitsFn = Callable[[Array, Array], Array]
@@ -50,10 +51,7 @@ def bucket_length(n: int, multiple: int = 128) -> int:
 
 
 def _token_nll(apply, state, tokens_BT, positions_BT, targets_BT):
-    logits = apply(state, tokens_BT, positions_BT).astype(jnp.float32)
-    lse_BT = jax.nn.logsumexp(logits, axis=-1)
-    target_BT = jnp.take_along_axis(logits, targets_BT[..., None], axis=-1)[..., 0]
-    return lse_BT - target_BT
+    return token_nll(apply(state, tokens_BT, positions_BT), targets_BT)
 
 
 def _argmax_hits(apply, state, tokens_BT, positions_BT, targets_BT):

@@ -1,6 +1,6 @@
 """The whole evaluation for one model: perplexity, passkey and needle sweeps, figures, report.
 
-`evaluate(model, tokenizer, store, method=..., spec=...)` runs every sweep `spec` asks for on
+`evaluate_method(model, tokenizer, store, method=..., spec=...)` runs every sweep `spec` asks for on
 one model (skipping cells already in the results file), and `finalize(store, workdir)` writes
 the figures and report.md. `evaluate_checkpoint` does both for a single model, e.g. a
 from-scratch `Decoder` restored by the trainer with its `ByteTokenizer`:
@@ -8,7 +8,7 @@ from-scratch `Decoder` restored by the trainer with its `ByteTokenizer`:
     evaluate_checkpoint(model, ByteTokenizer(), "runs/tiny/eval", SuiteSpec(...),
                         name="tiny", train_length=512)
 
-`experiments/extend.py` calls `evaluate` once per extension method on the same results file.
+`eval/extension.py` calls `evaluate_method` once per extension method on the same results file.
 """
 
 import dataclasses
@@ -92,8 +92,8 @@ def run_inputs(checkpoint: str | os.PathLike, tokenizer, *, train_length: int, t
             "corpus": f"python-{python_version()}-stdlib"}
 
 
-def evaluate(model, tokenizer, store: ResultStore, *, method: str, spec: SuiteSpec,
-             inputs: Mapping[str, Any] | None = None, progress: bool = True) -> None:
+def evaluate_method(model, tokenizer, store: ResultStore, *, method: str, spec: SuiteSpec,
+                    inputs: Mapping[str, Any] | None = None, progress: bool = True) -> None:
     """Runs every sweep of `spec` for one model under the label `method`.
 
     Args:
@@ -154,6 +154,6 @@ def evaluate_checkpoint(model, tokenizer, workdir: str | os.PathLike, spec: Suit
                   "tokenizer": f"{type(tokenizer).__name__}/{getattr(tokenizer, 'vocab_size', None)}"}
     store = ResultStore(os.path.join(workdir, "results.json"), inputs=inputs,
                         meta={"model": name, "train_length": train_length})
-    evaluate(model, tokenizer, store, method=method, spec=spec, progress=progress)
+    evaluate_method(model, tokenizer, store, method=method, spec=spec, progress=progress)
     finalize(store, workdir)
     return store

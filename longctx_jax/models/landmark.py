@@ -15,7 +15,7 @@ its own (`landmark_retrieval_attention`), so the attended context stays about
 `LandmarkDecoder` owns a plain `Decoder` and runs its block stack (`Decoder.hidden`) with the
 landmark attention as `attention_fn`; it is called like a Decoder on landmark-augmented token
 ids, so `longctx_jax.train.step.make_train_step` trains it.
-`passkey_batch` builds the synthetic passkey task with landmarks inserted.
+`landmark_passkey_batch` builds the synthetic passkey task with landmarks inserted.
 Config: configs/repro_landmark.py (passkey retrieval beyond the training length).
 """
 
@@ -29,7 +29,7 @@ from longctx_jax.attention.patterns.landmark import (
     landmark_attention,
     landmark_retrieval_attention,
 )
-from longctx_jax.models import memory_tokens
+from longctx_jax.data.synthetic_passkey import passkey_batch
 from longctx_jax.models.config import ModelConfig
 from longctx_jax.models.decoder import AttentionFn, Decoder
 from longctx_jax.typing import Array
@@ -123,7 +123,7 @@ def with_landmarks(
     }
 
 
-def passkey_batch(
+def landmark_passkey_batch(
     rng: np.random.Generator,
     batch: int,
     length: int,
@@ -133,11 +133,11 @@ def passkey_batch(
     block_size: int,
     key_len: int = 1,
 ) -> dict[str, np.ndarray]:
-    """`memory_tokens.passkey_batch` (key anywhere before the query) with landmarks inserted.
+    """`data.synthetic_passkey.passkey_batch` (key anywhere before the query) with landmarks inserted.
 
     `vocab_size` includes the landmark, which is the last id and never used as filler.
     """
-    raw = memory_tokens.passkey_batch(
+    raw = passkey_batch(
         rng,
         batch,
         length,

@@ -178,7 +178,7 @@ def load_gguf(path: str | os.PathLike, *, rope_scaling: Mapping[str, Any] | None
     cfg = gguf_config(metadata, names, vocab_size=vocab_size, rope_scaling=rope_scaling, dtype=dtype)
     cfg = cfg.replace(**overrides) if overrides else cfg
     weights = gguf_weights(tensors, cfg, permuted=GGUF_ARCHITECTURES[metadata["general.architecture"]])
-    model = build_model(cfg, weights)
+    model = decoder_from_weights(cfg, weights)
     tokenizer = PretrainedTokenizer.from_gguf_metadata(metadata, vocab_size=vocab_size)
     return model, tokenizer
 
@@ -304,7 +304,7 @@ def load_hf(directory: str | os.PathLike, *, rope_scaling: Mapping[str, Any] | N
         config = json.load(f)
     cfg = hf_config(config, rope_scaling=rope_scaling, dtype=dtype)
     cfg = cfg.replace(**overrides) if overrides else cfg
-    model = build_model(cfg, hf_weights(directory))
+    model = decoder_from_weights(cfg, hf_weights(directory))
     tokenizer = None
     if os.path.exists(os.path.join(directory, "tokenizer.json")):
         tokenizer = PretrainedTokenizer.from_hf_directory(directory, vocab_size=cfg.vocab_size)
@@ -356,7 +356,7 @@ def decoder_params(cfg: ModelConfig, weights: Mapping[str, np.ndarray]) -> dict[
     return params
 
 
-def build_model(cfg: ModelConfig, weights: Mapping[str, np.ndarray]) -> Decoder:
+def decoder_from_weights(cfg: ModelConfig, weights: Mapping[str, np.ndarray]) -> Decoder:
     """A `Decoder` of shape `cfg` holding `weights` (HF names and layout)."""
     if cfg.position == "rope":  # a bad rope_scaling fails here, not at the first call
         resolve_rope_scaling(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling_dict)
@@ -374,6 +374,6 @@ def build_model(cfg: ModelConfig, weights: Mapping[str, np.ndarray]) -> Decoder:
 
 
 __all__ = [
-    "build_model", "decoder_params", "gguf_config", "gguf_weights", "hf_config", "hf_weights",
+    "decoder_from_weights", "decoder_params", "gguf_config", "gguf_weights", "hf_config", "hf_weights",
     "load_gguf", "load_hf", "smollm2_path", "unpermute_rotary_rows",
 ]

@@ -15,26 +15,18 @@ truncated every `bptt_segments` segments (a stop_gradient on the memory entering
 memory-augmented embeddings, and is called like one
 (`model(tokens[B, L]) -> logits[B, L, V]`), so `longctx_jax.train.step.make_train_step`
 trains it unchanged. `carry_memory=False` resets the memory every segment (the ablation with
-the same parameters and compute). `passkey_batch` makes the synthetic task used by the tests
-and configs/repro_memory_tokens.py: a passkey early in the sequence, asked for at the end.
+the same parameters and compute). Its task, a passkey early in the sequence asked for at the
+end, is `longctx_jax.data.synthetic_passkey.passkey_batch`; the training loop of
+configs/repro_memory_tokens.py is `longctx_jax.train.synthetic`.
 """
-
-from collections.abc import Callable, Mapping
-from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from longctx_jax.models.config import ModelConfig
 from longctx_jax.models.decoder import Decoder
-from longctx_jax.train.optimizer import make_optimizer
-from longctx_jax.train.step import init_train_state, make_train_step
 from longctx_jax.typing import Array
-
-# Token ids of the synthetic passkey task (the vocabulary must hold FIRST_FILLER + a few).
-PAD, KEY_MARK, QUERY_MARK, FIRST_KEY = 0, 1, 2, 3
 
 
 class MemoryTokenDecoder(nnx.Module):
@@ -108,80 +100,3 @@ class MemoryTokenDecoder(nnx.Module):
                 "MemoryTokenDecoder does not take packed segment_ids; train with use_segment_ids=False"
             )
         return self.run_segments(self.initial_memory(tokens_BL.shape[0]), tokens_BL)[0]
-
-
-def passkey_batch(
-    rng: np.random.Generator,
-    batch: int,
-    length: int,
-    *,
-    num_keys: int,
-    vocab_size: int,
-    key_span: int,
-    key_len: int = 1,
-) -> dict[str, np.ndarray]:
-    """Synthetic passkey retrieval, token level.
-
-    Each sequence of `length + 1` tokens is random filler (ids >= FIRST_KEY + num_keys), a
-    KEY_MARK followed by `key_len` passkey ids (from FIRST_KEY .. FIRST_KEY + num_keys - 1)
-    somewhere in the first `key_span` positions, and at the end QUERY_MARK followed by the
-    passkey again. Returns the batch dict of `longctx_jax.train.step` (inputs, targets,
-    positions, segment_ids, loss_mask) with loss_mask 1 only on the answer tokens.
-    """
-    first_filler = FIRST_KEY + num_keys
-    if first_filler >= vocab_size:
-        raise ValueError(f"vocab_size {vocab_size} leaves no filler ids above {first_filler - 1}")
-    if key_span + key_len + 1 > length - key_len - 1:
-        raise ValueError(f"key_span {key_span} does not leave room before the query in length {length}")
-    seq = rng.integers(first_filler, vocab_size, (batch, length + 1))
-    keys = rng.integers(FIRST_KEY, first_filler, (batch, key_len))
-    starts = rng.integers(0, key_span, batch)
-    mask = np.zeros((batch, length), np.float32)
-    for b in range(batch):
-        s = starts[b]
-        seq[b, s] = KEY_MARK
-        seq[b, s + 1 : s + 1 + key_len] = keys[b]
-        seq[b, length - key_len] = QUERY_MARK
-        seq[b, length - key_len + 1 :] = keys[b]
-        mask[b, length - key_len :] = 1.0
-    return {
-        "inputs": seq[:, :-1].astype(np.int32),
-        "targets": seq[:, 1:].astype(np.int32),
-        "positions": np.broadcast_to(np.arange(length, dtype=np.int32), (batch, length)).copy(),
-        "segment_ids": np.ones((batch, length), np.int32),
-        "loss_mask": mask,
-    }
-
-
-def exact_match(logits_BLV: Array, batch: dict[str, np.ndarray]) -> float:
-    """Fraction of sequences whose every answer token (loss_mask 1) is the argmax prediction."""
-    hit = (np.asarray(jnp.argmax(logits_BLV, axis=-1)) == batch["targets"]) | (batch["loss_mask"] == 0)
-    return float(np.mean(np.all(hit, axis=-1)))
-
-
-def train_synthetic(
-    model: nnx.Module,
-    batch_fn: Callable[[int], dict[str, np.ndarray]],
-    *,
-    steps: int,
-    optim_cfg: Mapping[str, Any],
-    log_every: int = 0,
-    log=print,
-) -> tuple[nnx.Module, list[float]]:
-    """Trains any decoder-like model (`model(inputs) -> logits`) on `batch_fn(step)` batches.
-
-    Reuses `train.step.make_train_step` (masked next-token loss, jitted, state donated) and
-    `train.optimizer.make_optimizer` (AdamW, warmup + cosine, clipping). Returns the trained
-    model and the training loss of every step.
-    """
-    graphdef, params = nnx.split(model)
-    tx = make_optimizer(optim_cfg, steps)
-    step_fn = make_train_step(graphdef, tx, use_segment_ids=False)
-    state = init_train_state(params, tx)
-    losses = []
-    for step in range(steps):
-        state, metrics = step_fn(state, batch_fn(step))
-        losses.append(float(metrics["train_loss"]))
-        if log_every and (step + 1) % log_every == 0:
-            log(f"step {step + 1}: loss {np.mean(losses[-log_every:]):.4f}")
-    return nnx.merge(graphdef, state.params), losses

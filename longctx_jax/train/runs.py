@@ -1,0 +1,95 @@
+"""Named training runs: train a config once (reusing a finished run), load its trained decoder.
+
+The reproductions (`longctx_jax/eval/claims.py`) name their runs by config spec,
+"repro_alibi:rope" = `configs/repro_alibi.py` with `get_config("rope")`; `TrainedRuns` resolves
+those specs in a config directory and trains or loads them. `train_or_reuse` and
+`load_trained` do the same for a config object.
+"""
+
+import json
+import os
+from typing import Any
+
+import ml_collections
+from flax import nnx
+
+from longctx_jax import config_cli
+from longctx_jax.data import ByteTokenizer
+from longctx_jax.train.init_from import init_params_from
+from longctx_jax.train.trainer import decoder_from_config, train_and_evaluate
+
+VOCAB = ByteTokenizer().vocab_size
+_ATTENTION_FIELDS = ("window", "sinks")
+
+
+def train_or_reuse(config: ml_collections.ConfigDict, *, steps_scale: float = 1.0) -> dict[str, Any]:
+    """Trains `config` in its workdir unless a finished run is there; returns its summary.
+
+    A finished run (its summary.json) is reused whatever its step count, which the summary
+    records; `steps_scale` only sizes runs trained now (steps = max(steps * scale, warmup + 1),
+    with one evaluation and one checkpoint at the end).
+    """
+    if steps_scale <= 0:
+        raise ValueError(f"steps_scale must be positive, got {steps_scale}")
+    path = os.path.join(config.workdir, "summary.json")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    config = config.copy_and_resolve_references()
+    config.train.steps = max(int(config.train.steps * steps_scale), config.optim.warmup_steps + 1)
+    config.train.eval_every = config.train.checkpoint_every = config.train.steps
+    out = train_and_evaluate(config, config.workdir)
+    return {k: v for k, v in out.items() if k not in ("state", "graphdef")}
+
+
+def load_trained(config: ml_collections.ConfigDict, **model_changes: Any) -> nnx.Module:
+    """The trained decoder of `config.workdir`, with `model_changes` applied to its config first.
+
+    Args:
+      config: the run's config (byte tokenizer vocabulary).
+      **model_changes: `config.model` fields to change (`window` and `sinks` go to
+        `config.model.attention`), e.g. `rope_scaling={...}` for a training-free scaling.
+    """
+    config = config.copy_and_resolve_references()
+    for name, value in model_changes.items():
+        if name in _ATTENTION_FIELDS:
+            config.model.attention[name] = value
+        elif name in config.model:
+            config.model[name] = value
+        else:
+            raise ValueError(f"unknown model field {name!r}; valid: {sorted(config.model)}")
+    model = decoder_from_config(config, VOCAB)
+    graphdef, params = nnx.split(model)
+    params, _ = init_params_from(params, config.workdir)
+    return nnx.merge(graphdef, params)
+
+
+class TrainedRuns:
+    """Runs named by config spec ("NAME:variant" = `<config_dir>/NAME.py` with `get_config(variant)`).
+
+    Args:
+      config_dir: the directory of the config files.
+      steps_scale: multiplies the steps of runs trained now (reduced-size runs).
+    """
+
+    def __init__(self, config_dir: str = "configs", *, steps_scale: float = 1.0):
+        if steps_scale <= 0:
+            raise ValueError(f"steps_scale must be positive, got {steps_scale}")
+        self.config_dir = config_dir
+        self.steps_scale = steps_scale
+
+    def config(self, spec: str) -> ml_collections.ConfigDict:
+        """The config of `spec`."""
+        name, sep, variant = spec.partition(":")
+        path = os.path.join(self.config_dir, f"{name}.py")
+        if not os.path.exists(path):
+            raise ValueError(f"no config file {path} for run {spec!r}")
+        return config_cli.load_config(path + sep + variant)
+
+    def train(self, spec: str) -> dict[str, Any]:
+        """Summary of the run `spec`, trained now unless finished (see `train_or_reuse`)."""
+        return train_or_reuse(self.config(spec), steps_scale=self.steps_scale)
+
+    def load(self, spec: str, **model_changes: Any) -> nnx.Module:
+        """The trained decoder of `spec` (see `load_trained`)."""
+        return load_trained(self.config(spec), **model_changes)
