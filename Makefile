@@ -5,7 +5,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_WORKERS ?= 2
 
-.PHONY: install demo test test-slow lint bench
+ACCEL_VENV := .venv-accel
+ACCEL_STAMP := $(ACCEL_VENV)/.installed-stamp
+
+.PHONY: install demo test test-slow lint bench accelerator-check
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,3 +30,14 @@ test: $(STAMP) lint
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) -m slow
+
+# Lowers and compiles the GPU/TPU kernels on this CPU machine, in its own venv (the CUDA plugin
+# must not enter .venv: with it installed, jax would look for a GPU in every test).
+$(ACCEL_STAMP): setup.cfg pyproject.toml
+	test -x $(ACCEL_VENV)/bin/python || $(PYTHON) -m venv $(ACCEL_VENV)
+	$(ACCEL_VENV)/bin/python -m pip install -q --upgrade pip
+	$(ACCEL_VENV)/bin/python -m pip install -q -e ".[test,accelerator-check]"
+	touch $(ACCEL_STAMP)
+
+accelerator-check: $(ACCEL_STAMP)
+	JAX_PLATFORMS=cpu $(ACCEL_VENV)/bin/python -m pytest -q -n 0 -m accelerator tests/accelerator_check_test.py
