@@ -8,7 +8,10 @@ PYTEST_WORKERS ?= 2
 ACCEL_VENV := .venv-accel
 ACCEL_STAMP := $(ACCEL_VENV)/.installed-stamp
 
-.PHONY: install demo test test-slow lint bench accelerator-check
+GPU_VENV := .venv-gpu
+CUDA_EXTRA ?= cuda13
+
+.PHONY: install demo test test-slow lint bench accelerator-check bench-gpu
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,7 +29,7 @@ lint: $(STAMP)
 	$(BIN)/python -m ruff check longctx_jax experiments configs tests
 
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) -m "not slow"
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) -m "not slow and not accelerator"
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) -m slow
@@ -40,4 +43,11 @@ $(ACCEL_STAMP): setup.cfg pyproject.toml
 	touch $(ACCEL_STAMP)
 
 accelerator-check: $(ACCEL_STAMP)
-	JAX_PLATFORMS=cpu $(ACCEL_VENV)/bin/python -m pytest -q -n 0 -m accelerator tests/accelerator_check_test.py
+	JAX_PLATFORMS=cpu $(ACCEL_VENV)/bin/python -m pytest -q -n $(PYTEST_WORKERS) -m accelerator tests/accelerator_check_test.py
+
+# On a GPU machine: installs jax with the CUDA plugin (CUDA_EXTRA=cuda12 for CUDA 12 drivers) in
+# .venv-gpu, checks the flash kernels against dense, then times them against cuDNN and XLA.
+bench-gpu:
+	test -x $(GPU_VENV)/bin/python || $(PYTHON) -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/python -m pip install -q -e ".[$(CUDA_EXTRA)]"
+	$(GPU_VENV)/bin/python -m experiments.bench_gpu --config configs/bench_gpu.py --config.workdir=runs/bench_gpu

@@ -17,10 +17,12 @@ accelerator check (`tests/accelerator_check_test.py`) compares it with the compi
 figure for every configuration it compiles, so a compiler change that breaks the model
 fails there rather than on a GPU.
 
-Registers: a thread block of w warps (32 w threads) holds the float32 accumulators
-(forward o and dq `[bq, H]`; dkv dk and dv `[bk, H]`) spread over its threads; keeping that
-at <= 64 floats per thread leaves room for the logits tile and the operands (more spills
-to local memory: at H = 256 with 4 warps and 64-row blocks ptxas spills kilobytes).
+Registers: a thread block of w warps (32 w threads) spreads its float32 accumulators
+(forward o and dq `[bq, H]`; dkv dk and dv `[bk, H]`) and its `[bq, bk]` logit-sized tiles
+(2 in the forward, 4 in the backward) over its threads; keeping that at <= 128 floats per
+thread leaves the rest of the 255 registers for operands and addresses. Past it ptxas
+spills to local memory (measured: dq at H = 64 with 4 warps spills 256 B with every mask
+feature on; H = 256 with 4 warps and 64-row blocks spills kilobytes).
 
 The dK/dV kernel loops over (query block, query head) pairs, so s copies of one head's q
 and dO tiles are buffered whatever G is; the smem model has no G in it.
@@ -30,7 +32,7 @@ import dataclasses
 
 SMEM_LIMITS = {"sm80": 166_912, "sm90": 232_448}  # max dynamic shared memory per block (opt-in)
 SMEM_BUDGET = min(SMEM_LIMITS.values())  # one plan for every supported GPU
-MAX_ACC_FLOATS_PER_THREAD = 64
+MAX_LIVE_FLOATS_PER_THREAD = 128  # of the 255 registers a thread may have
 MAX_WARPS = 8
 NUM_STAGES = 2
 KERNELS = ("forward", "dq", "dkv")
@@ -73,14 +75,17 @@ def smem_bytes(kernel: str, block_q: int, block_k: int, head_dim: int, itemsize:
     return e * tiles + rows + 1024
 
 
-def accumulator_floats_per_thread(
-    kernel: str, block_q: int, block_k: int, head_dim: int, num_warps: int
-) -> float:
-    """float32 accumulator elements each thread holds: `[bq, H]` (forward, dq) or 2 x `[bk, H]` (dkv)."""
+def live_floats_per_thread(kernel: str, block_q: int, block_k: int, head_dim: int, num_warps: int) -> float:
+    """float32 values each thread keeps live: accumulators plus the `[bq, bk]` logit-sized tiles.
+
+    Accumulators are o / dq `[bq, H]` (forward, dq) or dk and dv `[bk, H]` (dkv); the forward
+    holds two `[bq, bk]` tiles (s, p), the backward four (s, p, dp, ds).
+    """
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
-    elems = 2 * block_k * head_dim if kernel == "dkv" else block_q * head_dim
-    return elems / (32 * num_warps)
+    accumulators = 2 * block_k * head_dim if kernel == "dkv" else block_q * head_dim
+    tiles = (2 if kernel == "forward" else 4) * block_q * block_k
+    return (accumulators + tiles) / (32 * num_warps)
 
 
 def plan_kernel(
@@ -98,7 +103,7 @@ def plan_kernel(
     while True:
         warps = 4
         def too_many(warps: int) -> bool:
-            return accumulator_floats_per_thread(kernel, bq, bk, head_dim, warps) > MAX_ACC_FLOATS_PER_THREAD
+            return live_floats_per_thread(kernel, bq, bk, head_dim, warps) > MAX_LIVE_FLOATS_PER_THREAD
 
         while warps < MAX_WARPS and too_many(warps):
             warps *= 2
