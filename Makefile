@@ -43,7 +43,7 @@ $(ACCEL_STAMP): setup.cfg pyproject.toml
 	touch $(ACCEL_STAMP)
 
 accelerator-check: $(ACCEL_STAMP)
-	JAX_PLATFORMS=cpu $(ACCEL_VENV)/bin/python -m pytest -q -n $(PYTEST_WORKERS) -m accelerator tests/accelerator_check_test.py
+	JAX_PLATFORMS=cpu ACCEL_CHECK_OUT=runs/accelerator_check $(ACCEL_VENV)/bin/python -m pytest -q -n $(PYTEST_WORKERS) -m accelerator tests/accelerator_check_test.py
 
 # On a GPU machine: installs jax with the CUDA plugin (CUDA_EXTRA=cuda12 for CUDA 12 drivers) in
 # .venv-gpu, checks the flash kernels against dense, then times them against cuDNN and XLA.

@@ -5,7 +5,12 @@ extra: the JAX CUDA plugin's Triton compiler and ptxas). The default suite desel
 `accelerator` marker. Nothing here runs a kernel: it proves that every supported flash
 configuration compiles within sm80 / sm90 limits, that splash attention lowers for TPU,
 and that a whole decoder training step with ring attention lowers for a GPU and a TPU mesh.
+With `ACCEL_CHECK_OUT=dir` (the make target sets runs/accelerator_check) each flash case also
+writes what the compiler reported, `dir/<case>.json`.
 """
+
+import json
+import os
 
 import chex
 import jax
@@ -81,6 +86,7 @@ def test_flash_forward_and_backward_compile_within_gpu_limits(H, G, dtype, featu
     modules = triton_inspect.triton_modules(lowered)
     assert sorted(m.name for m in modules) == sorted(_KERNELS)
     plan = gpu_plan.plan(64, 64, H, dtype.itemsize)
+    report = []
     for module in modules:
         launch = getattr(plan, _KERNELS[module.name])
         assert (module.num_warps, module.num_stages) == (launch.num_warps, launch.num_stages)
@@ -94,6 +100,14 @@ def test_flash_forward_and_backward_compile_within_gpu_limits(H, G, dtype, featu
             assert kernel.registers <= triton_inspect.MAX_REGISTERS_PER_THREAD, where
             assert kernel.registers * 32 * kernel.num_warps <= triton_inspect.REGISTERS_PER_SM, where
             assert kernel.spill_bytes <= MAX_SPILL_BYTES, f"{where}: spills {kernel.spill_bytes} B"
+            report.append(dict(kernel=module.name, arch=arch, launch=launch.__dict__,
+                               smem_bytes=kernel.smem_bytes, modelled_smem_bytes=modelled,
+                               registers=kernel.registers, spill_bytes=kernel.spill_bytes))
+    if out_dir := os.environ.get("ACCEL_CHECK_OUT"):
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, f"H{H}-G{G}-{dtype.name}-{features}.json"), "w") as f:
+            case = dict(head_dim=H, groups=G, dtype=dtype.name, features=features, kernels=report)
+            json.dump(case, f, indent=1)
 
 
 def test_splash_attention_lowers_for_tpu():
