@@ -7,7 +7,9 @@ CUDA plugin (`pip install -e ".[accelerator-check]"`, jax-cuda13-plugin pinned t
 installed jaxlib) registers the Triton-to-PTX compiler that XLA would run on a GPU; it
 needs no GPU, and reports the kernel's dynamic shared memory. `ptxas -v` (from the
 nvidia-cuda-nvcc wheel of the same extra, or PATH) assembles the PTX and reports registers
-and spills per thread.
+and spills per thread. The compiler links libdevice from /usr/local/cuda when that exists and
+otherwise from the wheel's nvvm/ (checked with /usr/local/cuda hidden), so the extra alone
+suffices.
 
     lowered = jax.jit(step).trace(*avals).lower(lowering_platforms=("cuda",))
     for module in triton_modules(lowered):
