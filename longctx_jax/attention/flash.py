@@ -17,11 +17,14 @@ and masked from the positions: correct, but O(T * S). Lengths are padded to the 
 sizes; padded keys are always masked.
 
 Backends (`interpret=None`): CPU runs the kernels in the Pallas interpreter, GPU compiles
-them through Triton, TPU hands the same mask to JAX's splash attention (`kernels/splash.py`,
-causal / window / segments / soft-cap only). A materialised additive `bias` is not taken:
+them through Triton (each kernel with the tiles, warps and pipeline depth that
+`kernels/gpu_plan.py` fits to sm80 / sm90 shared memory and registers), TPU hands the same
+mask to JAX's splash attention (`kernels/splash.py`, causal / window / segments / soft-cap
+only). A materialised additive `bias` is not taken:
 pass `alibi_slopes` (evaluated per tile) or use the dense / blockwise implementations.
 """
 
+import dataclasses
 import functools
 
 import jax
@@ -29,6 +32,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from longctx_jax.attention.kernels import flash_kernels as fk
+from longctx_jax.attention.kernels import gpu_plan
 from longctx_jax.attention.kernels.block_metadata import block_lists
 from longctx_jax.attention.kernels.splash import splash_attention
 from longctx_jax.attention.spec import AttentionSpec, implementation
@@ -49,12 +53,15 @@ def _pad_axis(x: Array, axis: int, size: int) -> Array:
     return jnp.pad(x, pad)
 
 
-def _compiler_params(cfg: fk.KernelConfig):
+def _for_kernel(cfg: fk.KernelConfig, kernel: str):
+    """`cfg` with the tile sizes of `kernel`'s launch, and its Triton compiler parameters."""
+    launch = getattr(cfg.plan, kernel)
+    cfg = dataclasses.replace(cfg, block_q=launch.block_q, block_k=launch.block_k)
     if cfg.interpret:
-        return None
+        return cfg, None
     from jax.experimental.pallas import triton as plgpu
 
-    return plgpu.CompilerParams(num_warps=4, num_stages=2)
+    return cfg, plgpu.CompilerParams(num_warps=launch.num_warps, num_stages=launch.num_stages)
 
 
 def _aux_args(cfg: fk.KernelConfig, aux: dict, seq_specs: dict, slope_spec) -> tuple[list, list]:
@@ -76,6 +83,7 @@ def _metadata(cfg: fk.KernelConfig):
 
 
 def _forward(cfg: fk.KernelConfig, q, k, v, aux):
+    cfg, compiler_params = _for_kernel(cfg, "forward")
     B, Tp, N, H = q.shape
     Sp = k.shape[1]
     G, bq = cfg.groups, cfg.block_q
@@ -101,7 +109,7 @@ def _forward(cfg: fk.KernelConfig, q, k, v, aux):
             jax.ShapeDtypeStruct((B, N, Tp), jnp.float32),
         ],
         interpret=cfg.interpret,
-        compiler_params=_compiler_params(cfg),
+        compiler_params=compiler_params,
         name="flash_forward",
     )(*meta, q, k, v, *aux_args)
 
@@ -109,13 +117,14 @@ def _forward(cfg: fk.KernelConfig, q, k, v, aux):
 def _backward(cfg: fk.KernelConfig, q, k, v, aux, out, lse, d_out):
     B, Tp, N, H = q.shape
     Sp, K = k.shape[1], k.shape[2]
-    G, bq, bk = cfg.groups, cfg.block_q, cfg.block_k
-    lists = _metadata(cfg)
+    G = cfg.groups
     delta = jnp.einsum("BTNH,BTNH->BNT", out.astype(jnp.float32), d_out.astype(jnp.float32))
     d_out = d_out.astype(q.dtype)
     slope_spec = _full_spec((N,))
 
     # dQ: one program per (batch, query head, query block), walking its key blocks.
+    cfg_dq, compiler_params = _for_kernel(cfg, "dq")
+    bq, lists = cfg_dq.block_q, _metadata(cfg_dq)
     meta = [jnp.asarray(lists.kv_index), jnp.asarray(lists.kv_full), jnp.asarray(lists.kv_count)]
     seq_specs = {
         "q_pos": pl.BlockSpec((None, Tp), lambda b, n, i: (b, 0)),
@@ -128,7 +137,7 @@ def _backward(cfg: fk.KernelConfig, q, k, v, aux, out, lse, d_out):
     kv_spec = pl.BlockSpec((None, Sp, None, H), lambda b, n, i: (b, 0, n // G, 0))
     row_spec = pl.BlockSpec((None, None, bq), lambda b, n, i: (b, n, i))
     dq = pl.pallas_call(
-        functools.partial(fk.dq_kernel, cfg=cfg),
+        functools.partial(fk.dq_kernel, cfg=cfg_dq),
         grid=(B, N, Tp // bq),
         in_specs=[_full_spec(m.shape) for m in meta]
         + [q_spec, kv_spec, kv_spec, q_spec, row_spec, row_spec]
@@ -136,12 +145,14 @@ def _backward(cfg: fk.KernelConfig, q, k, v, aux, out, lse, d_out):
         out_specs=q_spec,
         out_shape=jax.ShapeDtypeStruct(q.shape, jnp.float32),
         interpret=cfg.interpret,
-        compiler_params=_compiler_params(cfg),
+        compiler_params=compiler_params,
         name="flash_dq",
     )(*meta, q, k, v, d_out, lse, delta, *aux_args)
 
     # dK/dV: one program per (batch, KV head, key block), walking its query blocks and the
     # G query heads that share the KV head.
+    cfg_dkv, compiler_params = _for_kernel(cfg, "dkv")
+    bk, lists = cfg_dkv.block_k, _metadata(cfg_dkv)
     meta = [jnp.asarray(lists.q_index), jnp.asarray(lists.q_full), jnp.asarray(lists.q_count)]
     seq_specs = {
         "q_pos": pl.BlockSpec((None, Tp), lambda b, h, j: (b, 0)),
@@ -154,7 +165,7 @@ def _backward(cfg: fk.KernelConfig, q, k, v, aux, out, lse, d_out):
     k_block_spec = pl.BlockSpec((None, bk, None, H), lambda b, h, j: (b, j, h, 0))
     rows_group_spec = pl.BlockSpec((None, G, Tp), lambda b, h, j: (b, h, 0))
     dk, dv = pl.pallas_call(
-        functools.partial(fk.dkv_kernel, cfg=cfg),
+        functools.partial(fk.dkv_kernel, cfg=cfg_dkv),
         grid=(B, K, Sp // bk),
         in_specs=[_full_spec(m.shape) for m in meta]
         + [q_group_spec, k_block_spec, k_block_spec, q_group_spec, rows_group_spec, rows_group_spec]
@@ -162,7 +173,7 @@ def _backward(cfg: fk.KernelConfig, q, k, v, aux, out, lse, d_out):
         out_specs=[k_block_spec, k_block_spec],
         out_shape=[jax.ShapeDtypeStruct(k.shape, jnp.float32)] * 2,
         interpret=cfg.interpret,
-        compiler_params=_compiler_params(cfg),
+        compiler_params=compiler_params,
         name="flash_dkv",
     )(*meta, q, k, v, d_out, lse, delta, *aux_args)
     return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
@@ -216,7 +227,10 @@ def flash_attention(
       block_q, block_k: tile sizes, powers of two (>= 16 to compile with Triton); clamped
         to the padded sequence lengths.
       interpret: None = Pallas interpreter on CPU, Triton on GPU, splash attention on TPU;
-        True forces the interpreter, False forces compilation.
+        True forces the interpreter, False builds the Triton kernels on any backend (on a
+        CPU they can be lowered for "cuda", `jit(...).trace(...).lower(lowering_platforms=
+        ("cuda",))`, but not run). Tiles, warps and pipelining per kernel come from
+        `kernels/gpu_plan.py` (never larger than block_q / block_k).
 
     Returns:
       `[B, T, N, H]` in q's dtype. Rows with no allowed key are zero, with zero gradients.
@@ -241,8 +255,6 @@ def flash_attention(
                 logit_soft_cap=logit_soft_cap, block_q=max(block_q, 128), block_k=max(block_k, 128),
             )
         interpret = backend != "gpu"
-    if not interpret and backend != "gpu":
-        raise ValueError(f"interpret=False compiles the Triton kernels and needs a GPU, not {backend!r}")
     bq = _resolve_block(block_q, T, "block_q")
     bk = _resolve_block(block_k, S, "block_k")
     Tp, Sp = -(-T // bq) * bq, -(-S // bk) * bk
@@ -267,6 +279,7 @@ def flash_attention(
         logit_soft_cap=None if logit_soft_cap is None else float(logit_soft_cap),
         has_positions=has_positions, has_segments=segment_ids is not None,
         has_alibi=alibi_slopes is not None, interpret=bool(interpret),
+        plan=gpu_plan.plan(bq, bk, Hp, jnp.dtype(q.dtype).itemsize),
     )
     q_p = _pad_axis(_pad_axis(q, 1, Tp), 3, Hp)
     k_p = _pad_axis(_pad_axis(k, 1, Sp), 3, Hp)

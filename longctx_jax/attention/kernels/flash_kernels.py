@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from longctx_jax.attention.dense import MASKED_LOGIT
+from longctx_jax.attention.kernels.gpu_plan import LaunchPlan
 from longctx_jax.attention.masks import AttentionMask
 from longctx_jax.positional.alibi import alibi_tile_bias
 
@@ -43,6 +44,7 @@ class KernelConfig:
     has_segments: bool
     has_alibi: bool
     interpret: bool
+    plan: LaunchPlan  # per-kernel tiles / warps / stages; block_q, block_k above are the padding unit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,30 +197,37 @@ def dkv_kernel(
     q_index_ref, q_full_ref, q_count_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs,
     cfg: KernelConfig,
 ):
-    """One (batch, KV head, key block): dk, dv `[bk, H]` (float32), summed over the G query heads."""
+    """One (batch, KV head, key block): dk, dv `[bk, H]` (float32), summed over the G query heads.
+
+    One loop over (listed query block, query head of the group) pairs, i -> (i // G, i % G):
+    each iteration loads one head's q / dO tile, so software pipelining buffers `num_stages`
+    tiles whatever G is (an unrolled loop over the group inside the loop body would buffer
+    all G heads' tiles at once: shared memory growing with G).
+    """
     aux, (dk_ref, dv_ref) = _unpack(cfg, refs)
     kv_head, kb = pl.program_id(1), pl.program_id(2)
     k, v = k_ref[...], v_ref[...]
     k_pos, k_idx, kv_seg = _k_tile_inputs(cfg, aux, kb * cfg.block_k)
 
-    def body(t, carry):
+    def body(i, carry):
         dk, dv = carry
+        groups = jnp.asarray(cfg.groups, i.dtype)
+        t, g = jax.lax.div(i, groups), jax.lax.rem(i, groups)  # i >= 0: no sign fix-ups
         q_start = q_index_ref[kb, t] * cfg.block_q
         q_slice = pl.ds(q_start, cfg.block_q)
         q_pos, q_seg = _q_tile_inputs(cfg, aux, q_start)
         ok = _tile_mask(cfg, q_full_ref[kb, t], q_pos, k_pos, k_idx, q_seg, kv_seg)
-        for g in range(cfg.groups):
-            q = q_ref[q_slice, g, :]
-            do = do_ref[q_slice, g, :]
-            lse = lse_ref[g, q_slice]
-            delta = delta_ref[g, q_slice]
-            slope = aux.slopes[kv_head * cfg.groups + g] if cfg.has_alibi else None
-            p, dr = _tile_grads(cfg, q, k, v, do, lse, delta, slope, ok, q_pos, k_pos)
-            dv = dv + _dot(p.astype(do.dtype), do, 0, 0)
-            dk = dk + _dot(dr.astype(q.dtype), q, 0, 0)
+        q = q_ref[q_slice, g, :]
+        do = do_ref[q_slice, g, :]
+        lse = lse_ref[g, q_slice]
+        delta = delta_ref[g, q_slice]
+        slope = aux.slopes[kv_head * cfg.groups + g] if cfg.has_alibi else None
+        p, dr = _tile_grads(cfg, q, k, v, do, lse, delta, slope, ok, q_pos, k_pos)
+        dv = dv + _dot(p.astype(do.dtype), do, 0, 0)
+        dk = dk + _dot(dr.astype(q.dtype), q, 0, 0)
         return dk, dv
 
     zeros = jnp.zeros((cfg.block_k, k_ref.shape[-1]), jnp.float32)
-    dk, dv = jax.lax.fori_loop(0, q_count_ref[kb], body, (zeros, zeros))
+    dk, dv = jax.lax.fori_loop(0, q_count_ref[kb] * cfg.groups, body, (zeros, zeros))
     dk_ref[...] = dk
     dv_ref[...] = dv
