@@ -48,7 +48,7 @@ class KernelConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Aux:
+class _TileRefs:
     """Optional per-call refs, unpacked in a fixed order."""
 
     q_pos: object = None
@@ -92,7 +92,7 @@ def _tile_mask(cfg: KernelConfig, full, q_pos, k_pos, k_idx, q_seg, kv_seg):
     return jax.lax.cond(full == 1, unmasked, positional)
 
 
-def _q_tile_inputs(cfg: KernelConfig, aux: _Aux, q_start):
+def _q_tile_inputs(cfg: KernelConfig, aux: _TileRefs, q_start):
     """Positions and segment ids of the query tile starting at `q_start`."""
     q_slice = pl.ds(q_start, cfg.block_q)
     if cfg.has_positions:
@@ -103,7 +103,7 @@ def _q_tile_inputs(cfg: KernelConfig, aux: _Aux, q_start):
     return q_pos, q_seg
 
 
-def _k_tile_inputs(cfg: KernelConfig, aux: _Aux, k_start):
+def _k_tile_inputs(cfg: KernelConfig, aux: _TileRefs, k_start):
     k_slice = pl.ds(k_start, cfg.block_k)
     k_idx = k_start + jnp.arange(cfg.block_k, dtype=jnp.int32)
     k_pos = aux.k_pos[k_slice] if cfg.has_positions else k_idx
@@ -111,7 +111,7 @@ def _k_tile_inputs(cfg: KernelConfig, aux: _Aux, k_start):
     return k_pos, k_idx, kv_seg
 
 
-def _unpack(cfg: KernelConfig, refs) -> tuple[_Aux, list]:
+def _unpack(cfg: KernelConfig, refs) -> tuple[_TileRefs, list]:
     refs = list(refs)
     fields = {}
     if cfg.has_positions:
@@ -120,7 +120,7 @@ def _unpack(cfg: KernelConfig, refs) -> tuple[_Aux, list]:
         fields["q_seg"], fields["kv_seg"] = refs.pop(0), refs.pop(0)
     if cfg.has_alibi:
         fields["slopes"] = refs.pop(0)
-    return _Aux(**fields), refs
+    return _TileRefs(**fields), refs
 
 
 def forward_kernel(kv_index_ref, kv_full_ref, kv_count_ref, q_ref, k_ref, v_ref, *refs, cfg: KernelConfig):
