@@ -29,7 +29,7 @@ from longctx_jax.attention.masks import AttentionMask
 from longctx_jax.positional.alibi import alibi_slopes
 from longctx_jax.train.optimizer import make_optimizer
 from longctx_jax.train.step import init_train_state, make_train_step
-from longctx_jax.train.trainer import build_model
+from longctx_jax.train.trainer import decoder_from_config
 
 pytestmark = pytest.mark.accelerator
 
@@ -141,7 +141,7 @@ def test_decoder_train_step_with_ring_attention_lowers_for_a_mesh(platform, devi
     config.model.vocab_size = 256
     config.model.dtype = "bfloat16"
     config.model.attention.impl = "ring"
-    graphdef, params = nnx.split(build_model(config, 256))
+    graphdef, params = nnx.split(decoder_from_config(config, 256))
     tx = make_optimizer(config.optim, int(config.train.steps))
     state = jax.eval_shape(lambda p: init_train_state(p, tx), params)
     device = jax.sharding.AbstractDevice(device_kind=device_kind, num_cores=None, platform=platform)

@@ -24,7 +24,13 @@ from longctx_jax.eval.results import (
     file_digest,
     fingerprint,
 )
-from longctx_jax.eval.suite import SuiteSpec, evaluate_checkpoint, evaluate_method, parameters_digest, run_inputs
+from longctx_jax.eval.suite import (
+    SuiteSpec,
+    evaluate_checkpoint,
+    evaluate_method,
+    parameters_digest,
+    run_inputs,
+)
 from longctx_jax.models.config import ModelConfig
 from longctx_jax.models.decoder import Decoder
 

@@ -119,7 +119,7 @@ def test_negative_max_new_tokens_is_refused_before_work():
     assert generate(model, [1, 2, 3], max_new_tokens=0).tolist() == [1, 2, 3]
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     result = subprocess.run([sys.executable, "-m", "experiments.generate", "--config", "configs/smollm2.py",
-                             "--config.max_new_tokens=-1", "--config.gguf_path=/nonexistent.gguf"],
+                             "--config.max_new_tokens=-1", "--config.checkpoint=/nonexistent.gguf"],
                             cwd=repo, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     assert "max_new_tokens must be an integer >= 0, got -1" in result.stderr

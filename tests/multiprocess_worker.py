@@ -27,7 +27,7 @@ from longctx_jax.parallel import distributed
 from longctx_jax.train.checkpoint import Checkpointer, abstract_like
 from longctx_jax.train.optimizer import make_optimizer
 from longctx_jax.train.step import init_train_state, make_train_step
-from longctx_jax.train.trainer import build_model
+from longctx_jax.train.trainer import decoder_from_config
 
 BATCH, LENGTH, VOCAB = 4, 64, 64
 SAVE_EVERY = 2
@@ -75,7 +75,7 @@ def run(workdir: str, steps: int, stop_at: int | None = None) -> dict:
     """
     config = make_config(steps)
     mesh = distributed.mesh_from_config(config)
-    graphdef, params = nnx.split(build_model(config, VOCAB))
+    graphdef, params = nnx.split(decoder_from_config(config, VOCAB))
     tx = make_optimizer(config.optim, steps)
     state = distributed.shard_state(init_train_state(params, tx), mesh)
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=2, save_every=SAVE_EVERY)

@@ -3,9 +3,9 @@
 Layer order (lowest first; a module may import its own package and any lower layer, never a
 sibling package of the same layer or a higher one):
 
-    0  longctx_jax (root), typing, atomic (crash-safe writes), losses (next-token NLL),
-       config_cli (the launchers' command line)
-    1  sharding
+    0  longctx_jax (root), typing
+    1  sharding, atomic (crash-safe writes), losses (next-token NLL), config_cli (the
+       launchers' command line)
     2  positional, data
     3  attention
     4  parallel
@@ -23,8 +23,8 @@ import pathlib
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = "longctx_jax"
 LAYERS: dict[str, int] = {
-    "": 0, "typing": 0, "atomic": 0, "losses": 0, "config_cli": 0,
-    "sharding": 1,
+    "": 0, "typing": 0,
+    "sharding": 1, "atomic": 1, "losses": 1, "config_cli": 1,
     "positional": 2, "data": 2,
     "attention": 3,
     "parallel": 4,
