@@ -12,6 +12,7 @@ sibling package of the same layer or a higher one):
     5  models
     6  train, eval
     7  search
+    8  bench (the benchmarks the experiments/bench_*.py launchers run)
 
 `experiments/` and `configs/` sit above the package; the package never imports them. Imports
 inside functions count: a cycle hidden in a function is still a cycle.
@@ -31,6 +32,7 @@ LAYERS: dict[str, int] = {
     "models": 5,
     "train": 6, "eval": 6,
     "search": 7,
+    "bench": 8,
 }
 
 

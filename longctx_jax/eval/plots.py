@@ -7,14 +7,19 @@ module leaves the caller's matplotlib backend alone (inline plots in a notebook 
                       positions and for the last quarter; the training length is marked.
   passkey.png         one accuracy heatmap (depth x length) per method.
   niah_<method>.png   the needle-in-a-haystack heatmap of one method.
+  rope_wavelengths.png  the wavelength of every RoPE band under each scaling (no results file:
+                      `plot_rope_wavelengths`, run by `experiments/plot_rope_wavelengths.py`).
 """
 
+import math
 import os
 import textwrap
 from collections.abc import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+
+from longctx_jax.positional.rope import rope_frequencies
 
 
 def _methods(records: Sequence[dict]) -> list[str]:
@@ -110,3 +115,60 @@ def write_figures(results: dict, workdir: str | os.PathLike) -> list[str]:
                       methods=[method])
         written.append(path)
     return written
+
+
+def rope_wavelength_methods(head_dim: int, length: int, factor: float) -> dict[str, dict | None]:
+    """The RoPE scalings the wavelength figure draws, each extending `length` by `factor`."""
+    return {
+        "default": None,
+        "linear (PI)": {"rope_type": "linear", "factor": factor},
+        "ntk": {"rope_type": "ntk", "factor": factor},
+        f"dynamic (T = {factor:g}L)": {"rope_type": "dynamic", "factor": factor,
+                                       "original_max_position_embeddings": length},
+        "yarn": {"rope_type": "yarn", "factor": factor, "original_max_position_embeddings": length},
+        "llama3": {"rope_type": "llama3", "factor": factor, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                   "original_max_position_embeddings": length},
+        "longrope (ramp lists)": {
+            "rope_type": "longrope", "factor": factor, "original_max_position_embeddings": length,
+            "short_factor": [1.0] * (head_dim // 2),
+            # Illustrative long factors: 1 for the fastest bands, rising smoothly to the factor.
+            "long_factor": (1.0 + (factor - 1.0) * np.linspace(0, 1, head_dim // 2) ** 2).tolist(),
+        },
+    }
+
+
+def plot_rope_wavelengths(path: str | os.PathLike, *, head_dim: int = 128, base: float = 1e4,
+                          length: int = 4096, factor: float = 8.0) -> None:
+    """Writes the wavelength (2 pi / inv_freq, tokens) of each of the `head_dim / 2` RoPE bands.
+
+    Defaults: a Llama-2-like setting (head dim 128, base 1e4, pretrained length L = 4096)
+    extended 8x. The right panel divides each scaled wavelength by the plain one, so it shows
+    which bands each method changes (1 = untouched, `factor` = interpolated as PI).
+    """
+    if head_dim <= 0 or head_dim % 2 or length <= 0 or factor < 1.0:
+        raise ValueError(f"need an even head_dim > 0, length > 0 and factor >= 1; got head_dim={head_dim}, "
+                         f"length={length}, factor={factor}")
+    plain, _ = rope_frequencies(head_dim, base)
+    bands = np.arange(head_dim // 2)
+    fig = Figure(figsize=(12, 4.5))
+    ax_wave, ax_ratio = fig.subplots(1, 2)
+    for name, cfg in rope_wavelength_methods(head_dim, length, factor).items():
+        inv_freq, attn_factor = rope_frequencies(head_dim, base, cfg, seq_len=int(factor * length))
+        wavelength = 2 * math.pi / inv_freq.astype(np.float64)
+        label = name if attn_factor == 1.0 else f"{name} (attn x{attn_factor:.3f})"
+        ax_wave.semilogy(bands, wavelength, label=label)
+        ax_ratio.semilogy(bands, plain / inv_freq, label=name)
+    for ax in (ax_wave, ax_ratio):
+        ax.set_xlabel("band index i (channel pair)")
+        ax.grid(alpha=0.3)
+    ax_wave.axhline(length, color="k", ls=":", lw=1)
+    ax_wave.axhline(length / 32, color="gray", ls=":", lw=1)
+    ax_wave.text(1, length * 1.3, f"L = {length}", fontsize=8)
+    ax_wave.text(1, length / 32 * 1.3, "L / beta_fast", fontsize=8)
+    ax_wave.set_ylabel("wavelength 2 pi / inv_freq (tokens)")
+    ax_wave.set_title(f"RoPE wavelengths, d={head_dim}, base={base:g}, s={factor:g}")
+    ax_ratio.set_ylabel("scaled wavelength / plain wavelength")
+    ax_ratio.set_title("which bands each method stretches")
+    ax_wave.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)

@@ -1,0 +1,186 @@
+"""Flash attention on a GPU: checked against dense, then timed against cuDNN and XLA.
+
+  python -m experiments.bench_gpu --config configs/bench_gpu.py --config.workdir=runs/bench_gpu
+
+Writes `<workdir>/bench_gpu.json`: the device, the check results and one row per
+(implementation, head dim, mask, length) with forward and forward+backward seconds and
+TFLOP/s. FLOPs count 4 H per allowed (query, key) pair and head forward, 2.5x that
+backward (FlashAttention's convention), so a window is credited only the pairs it computes.
+Flash runs the Pallas Triton kernels (`interpret=False`, tiles from `kernels/gpu_plan.py`);
+cuDNN and XLA are `jax.nn.dot_product_attention(implementation=...)` with `is_causal` and
+`local_window_size`. A case an implementation cannot run is recorded with its error.
+"""
+
+import functools
+import json
+import os
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from longctx_jax.attention import dense
+from longctx_jax.attention.flash import flash_attention
+from longctx_jax.positional.alibi import alibi_slopes
+
+
+def _allowed_pairs(n: int, window: int | None) -> int:
+    """Causal (query, key) pairs of an n x n mask, within `window` when given."""
+    i = np.arange(n)
+    lo = np.zeros(n) if window is None else np.maximum(0, i - window + 1)
+    return int(np.sum(i + 1 - lo))
+
+
+def _inputs(batch, n, heads, kv_heads, head_dim, dtype, seed=0):
+    keys = jax.random.split(jax.random.key(seed), 4)
+    q = jax.random.normal(keys[0], (batch, n, heads, head_dim), jnp.float32).astype(dtype)
+    k = jax.random.normal(keys[1], (batch, n, kv_heads, head_dim), jnp.float32).astype(dtype)
+    v = jax.random.normal(keys[2], (batch, n, kv_heads, head_dim), jnp.float32).astype(dtype)
+    d_out = jax.random.normal(keys[3], (batch, n, heads, head_dim), jnp.float32)
+    return q, k, v, d_out
+
+
+def _time(fn, args, repeats: int) -> float:
+    jax.block_until_ready(fn(*args))  # compile and warm up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def check_kernels(cfg) -> list[dict]:
+    """Flash forward and gradients vs the float32 dense oracle, every mask feature, H 64/128/256."""
+    n, N, K = cfg.check_length, cfg.check_heads, cfg.check_kv_heads
+    ids = jnp.asarray(np.repeat(np.arange(3), -(-n // 3))[:n][None])
+    cases = {
+        "causal": {},
+        "window_sinks": dict(window=100, sinks=4),
+        "alibi_softcap": dict(alibi_slopes=alibi_slopes(N), logit_soft_cap=30.0),
+        "segments": dict(segment_ids=ids),
+        "noncausal": dict(causal=False),
+    }
+    rows = []
+    for head_dim in (64, 128, 256):
+        q, k, v, d_out = _inputs(1, n, N, K, head_dim, jnp.dtype(cfg.dtype))
+        for name, kwargs in cases.items():
+
+            def value_and_grads(fn, *args, kwargs=kwargs):
+                def loss(q, k, v):
+                    out = fn(q, k, v, **kwargs)
+                    return jnp.sum(out.astype(jnp.float32) * d_out), out
+
+                return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(*args)
+
+            (_, out), grads = value_and_grads(functools.partial(flash_attention, interpret=False), q, k, v)
+            f32 = [x.astype(jnp.float32) for x in (q, k, v)]
+            (_, want), want_grads = value_and_grads(dense.attention, *f32)
+            out_err = float(jnp.max(jnp.abs(out.astype(jnp.float32) - want)))
+            grad_err = max(float(jnp.max(jnp.abs(g.astype(jnp.float32) - w)))
+                           for g, w in zip(grads, want_grads, strict=True))
+            ok = out_err <= cfg.check_atol and grad_err <= cfg.check_grad_atol
+            rows.append(dict(case=name, head_dim=head_dim, max_abs_out_error=out_err,
+                             max_abs_grad_error=grad_err, ok=ok))
+            print(rows[-1], flush=True)
+    return rows
+
+
+def _attention_fn(impl: str, window: int | None):
+    if impl == "flash":
+        return functools.partial(flash_attention, causal=True, window=window, interpret=False)
+    local = None if window is None else (window - 1, 0)
+    return functools.partial(jax.nn.dot_product_attention, is_causal=True, local_window_size=local,
+                             implementation=impl)
+
+
+def time_kernels(cfg) -> list[dict]:
+    rows = []
+    dtype = jnp.dtype(cfg.dtype)
+    for head_dim in cfg.head_dims:
+        for window in (None, cfg.window):
+            for n in cfg.lengths:
+                q, k, v, _ = _inputs(cfg.batch, n, cfg.heads, cfg.kv_heads, head_dim, dtype)
+                fwd_flops = 4.0 * _allowed_pairs(n, window) * cfg.batch * cfg.heads * head_dim
+                for impl in cfg.impls:
+                    row = dict(impl=impl, seq_len=n, head_dim=head_dim, window=window, dtype=cfg.dtype)
+                    fwd = _attention_fn(impl, window)
+
+                    def fwd_bwd(q, k, v, fwd=fwd):
+                        loss = lambda *a: jnp.sum(fwd(*a).astype(jnp.float32))  # noqa: E731
+                        return jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
+
+                    try:
+                        t_fwd = _time(jax.jit(fwd), (q, k, v), cfg.repeats)
+                        t_all = _time(jax.jit(fwd_bwd), (q, k, v), cfg.repeats)
+                    except Exception as error:  # noqa: BLE001 - an implementation may not take a case
+                        row["skipped"] = f"{type(error).__name__}: {str(error)[:300]}"
+                    else:
+                        row.update(forward_seconds=t_fwd, forward_tflops=fwd_flops / t_fwd / 1e12,
+                                   fwd_bwd_seconds=t_all, fwd_bwd_tflops=3.5 * fwd_flops / t_all / 1e12)
+                    rows.append(row)
+                    print(row, flush=True)
+    return rows
+
+
+def _targets(rows: list[dict], cfg) -> dict:
+    """The issue's targets, computed from the timed rows (None where a row is missing)."""
+    def seconds(impl, n, head_dim, window, key="forward_seconds"):
+        for row in rows:
+            if (row["impl"], row["seq_len"], row["head_dim"], row["window"]) == (impl, n, head_dim, window):
+                return row.get(key)
+        return None
+
+    flash_8k, cudnn_8k = seconds("flash", 8192, 128, None), seconds("cudnn", 8192, 128, None)
+    causal_32k, window_32k = seconds("flash", 32768, 128, None), seconds("flash", 32768, 128, cfg.window)
+    ratio = None if None in (flash_8k, cudnn_8k) else cudnn_8k / flash_8k
+    speedup = None if None in (causal_32k, window_32k) else causal_32k / window_32k
+    return {
+        "flash_vs_cudnn_causal_forward_8k_d128": ratio,
+        "target_0.8x_met": None if ratio is None else ratio >= 0.8,
+        "window_vs_causal_speedup_32k_d128": speedup,
+        "target_3.5x_met": None if speedup is None else speedup >= 3.5,
+    }
+
+
+def gpu_missing() -> str | None:
+    """Why this benchmark cannot run here (no GPU backend), or None when it can."""
+    if jax.default_backend() == "gpu":
+        return None
+    return (f"bench_gpu needs a GPU; this JAX backend is {jax.default_backend()!r} "
+            '(install with pip install -e ".[cuda13]")')
+
+
+def run(config: ml_collections.ConfigDict) -> dict:
+    """Checks flash against dense, then (if it agrees) times flash, cuDNN and XLA.
+
+    Args:
+      config: a `configs/bench_gpu.py` config.
+
+    Returns:
+      The result written to `<config.workdir>/bench_gpu.json`; it holds `"error"` (and no
+      timings) when flash disagrees with the dense oracle.
+
+    Raises:
+      RuntimeError: when JAX has no GPU backend (before any work).
+    """
+    if (reason := gpu_missing()) is not None:
+        raise RuntimeError(reason)
+    result = {"device": jax.devices()[0].device_kind, "jax_version": jax.__version__,
+              "config": config.to_dict()}
+    result["check"] = check_kernels(config)
+    if not all(row["ok"] for row in result["check"]):
+        result["error"] = "flash disagrees with dense; not timed"
+    else:
+        result["timings"] = time_kernels(config)
+        result["targets"] = _targets(result["timings"], config)
+    os.makedirs(config.workdir, exist_ok=True)
+    path = os.path.join(config.workdir, "bench_gpu.json")
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2, default=str)
+    print(json.dumps(result.get("targets", result.get("error")), indent=2))
+    print(f"wrote {path}")
+    return result

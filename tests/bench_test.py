@@ -1,0 +1,59 @@
+"""The benchmark package: refusals before work, causal-work counts, the RoPE wavelength figure."""
+
+import jax
+import pytest
+
+from configs import bench_gpu, bench_ring, bench_train
+from longctx_jax.bench import gpu, ring, train
+from longctx_jax.eval.plots import plot_rope_wavelengths
+
+
+@pytest.mark.parametrize("seq_len,num_devices", [(64, 4), (256, 8)])
+@pytest.mark.parametrize("window", [None, 16])
+def test_causal_work_counts_every_allowed_pair_once(seq_len, num_devices, window):
+    # Reference: query i sees keys max(0, i - window + 1) .. i.
+    want = sum(i + 1 if window is None else min(i + 1, window) for i in range(seq_len))
+    work = ring.causal_work(seq_len, num_devices, window)
+    for name in ("natural", "zigzag"):
+        assert sum(work[name]["pairs"]) == want
+        assert len(work[name]["pairs"]) == num_devices
+    if window is None:  # contiguous shards are unbalanced under a causal mask, zig-zag is not
+        assert work["natural"]["pairs_max_over_min"] > work["zigzag"]["pairs_max_over_min"]
+
+
+@pytest.mark.parametrize("field,value", [("steps", 0), ("warmup", -1)])
+def test_train_refuses_bad_step_counts_before_work(tmp_path, field, value):
+    config = bench_train.get_config()
+    config.workdir = str(tmp_path)
+    config.bench[field] = value
+    with pytest.raises(ValueError, match=rf"bench.warmup must be >= 0 and bench.steps > 0, got .*{value}"):
+        train.run(config)
+    assert not list(tmp_path.iterdir())
+
+
+def test_ring_refuses_more_devices_than_jax_has(tmp_path):
+    config = bench_ring.get_config("quick")
+    config.workdir = str(tmp_path)
+    config.num_devices = jax.device_count() + 1
+    with pytest.raises(ValueError, match=f"num_devices={config.num_devices}"):
+        ring.run(config)
+    assert not list(tmp_path.iterdir())
+
+
+def test_gpu_refuses_without_a_gpu(tmp_path):
+    if jax.default_backend() == "gpu":
+        pytest.skip("a GPU is present")
+    config = bench_gpu.get_config()
+    config.workdir = str(tmp_path / "out")
+    assert "needs a GPU" in gpu.gpu_missing()
+    with pytest.raises(RuntimeError, match="needs a GPU"):
+        gpu.run(config)
+    assert not (tmp_path / "out").exists()
+
+
+def test_rope_wavelength_figure(tmp_path):
+    path = tmp_path / "rope.png"
+    plot_rope_wavelengths(path, head_dim=64, length=1024, factor=4.0)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="head_dim=63"):
+        plot_rope_wavelengths(path, head_dim=63)
