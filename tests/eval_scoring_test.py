@@ -91,3 +91,12 @@ def test_bucket_length_and_errors():
         bucket_length(0)
     with pytest.raises(ValueError, match="answer start"):
         answers_match(lambda t, p: jnp.zeros(t.shape + (4,)), [np.arange(4)], [0], length=8)
+
+
+def test_int64_positions_beyond_int32_are_refused_not_wrapped():
+    # jax.jit and jnp.asarray(..., int32) would wrap 2**31 to a negative position silently.
+    em = EvalModel(tiny_decoder())
+    tokens = np.zeros((1, 4), np.int32)
+    with pytest.raises(ValueError, match="fit int32"):
+        em.token_nll(tokens, tokens, np.array([[0, 1, 2, 2**31]], np.int64))
+    assert np.isfinite(em.token_nll(tokens, tokens, np.array([[0, 1, 2, 3]], np.int64))).all()

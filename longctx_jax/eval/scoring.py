@@ -38,6 +38,7 @@ import numpy as np
 from flax import nnx
 
 from longctx_jax.losses import token_nll
+from longctx_jax.positional.rope import check_position_range
 from longctx_jax.typing import Array
 
 LogitsFn = Callable[[Array, Array], Array]
@@ -111,6 +112,7 @@ def _inputs(tokens_BT, positions_BT):
         raise ValueError(f"tokens must be [batch, seq], got shape {tokens_BT.shape}")
     if positions_BT is None:
         positions_BT = jnp.broadcast_to(jnp.arange(tokens_BT.shape[1], dtype=jnp.int32), tokens_BT.shape)
+    check_position_range(positions_BT)  # before the int32 cast, which would wrap silently
     return tokens_BT, jnp.asarray(positions_BT, jnp.int32)
 
 

@@ -137,7 +137,7 @@ def _angles(
     return turns_BTR * jnp.float32(2 * math.pi)
 
 
-def _check_int32_range(positions: ArrayLike) -> None:
+def check_position_range(positions: ArrayLike) -> None:
     """Concrete positions wider than int32 must fit it: the angles are computed from int32."""
     if isinstance(positions, jax.core.Tracer):
         return  # traced values are unknown here; x64-disabled JAX traces int32 anyway
@@ -163,7 +163,7 @@ def _check_int32_range(positions: ArrayLike) -> None:
 def _checked(
     positions_BT: ArrayLike, inv_freq: ArrayLike, unscaled_inv_freq: ArrayLike | None
 ) -> tuple[Array, Array, Array | None]:
-    _check_int32_range(positions_BT)
+    check_position_range(positions_BT)
     positions_BT = jnp.asarray(positions_BT)
     if not jnp.issubdtype(positions_BT.dtype, jnp.integer):
         raise ValueError(f"positions must be integer position ids, got dtype {positions_BT.dtype}")
