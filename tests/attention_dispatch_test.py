@@ -72,7 +72,9 @@ def test_auto_policy(monkeypatch):
     assert choose(128, 128, backend="cpu") == ("cpu_flash" if flash_built else "dense")
     assert choose(65536, 65536, backend="cpu") == ("cpu_flash" if flash_built else "blockwise")
     assert choose(65536, 65536, {"sinks": 4}, backend="cpu") == "blockwise"
-    assert choose(65536, 1, {"q_positions": np.zeros(1)}, backend="cpu") == "blockwise"
+    # One decoded token against a long cache: small logits, so the oracle.
+    assert choose(1, 65536, {"q_positions": np.zeros(1, int)}, backend="cpu") == "dense"
+    assert choose(4096, 4096, {"q_positions": np.zeros(1, int)}, backend="cpu") == "blockwise"
     # A CPU kernel that cannot be imported (as cpu_flash without a compiler) falls back by length.
     monkeypatch.setitem(dispatch.REGISTRY, "unbuildable",
                         dispatch.Implementation("unbuildable", "no_such_module:attention"))
@@ -82,8 +84,9 @@ def test_auto_policy(monkeypatch):
     assert choose(4096, 4096, backend="tpu") == "flash"
     assert choose(4096, 4096, {"bias": np.zeros(1)}, backend="tpu") == "blockwise"
     assert choose(4096, 4096, backend="gpu") in ("flash", "cudnn")
-    assert choose(64, 64, {"logit_soft_cap": 30.0}, backend="gpu", policy=dispatch.AutoPolicy(gpu="cudnn",
-                  gpu_fallback="cudnn")) == "blockwise"
+    cudnn_only = dispatch.AutoPolicy(gpu="cudnn", gpu_fallback="cudnn")
+    assert choose(64, 64, {"logit_soft_cap": 30.0}, backend="gpu", policy=cudnn_only) == "dense"
+    assert choose(4096, 4096, {"logit_soft_cap": 30.0}, backend="gpu", policy=cudnn_only) == "blockwise"
     q, k, v = _qkv(2)
     out = dispatch.attend(q, k, v, impl="auto", auto={"cpu_dense_max_len": 64}, window=3)
     chex.assert_trees_all_close(out, dense.attention(q, k, v, window=3), atol=1e-5)

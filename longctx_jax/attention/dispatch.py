@@ -16,7 +16,8 @@ Registry: "dense" (the oracle), "blockwise" (memory-efficient jnp), "xla" and "c
 positions), "ring" (context parallel over a mesh axis) and whatever `register` adds.
 "auto" picks by backend with an `AutoPolicy`: GPU -> flash (cudnn if flash is missing),
 TPU -> flash (splash), CPU -> cpu_flash (where it cannot be built: dense for short
-sequences, blockwise for long ones); a spec the pick cannot take falls back to blockwise.
+sequences, blockwise for long ones); a spec the pick cannot take goes to dense when its
+logits are small (a decoded token) and to blockwise otherwise.
 """
 
 import dataclasses
@@ -191,7 +192,9 @@ class AutoPolicy:
     `cpu`: the CPU choice at any length when it can be imported (cpu_flash is several times
     faster than dense even at 256 tokens). Where it cannot (no C++ compiler), `cpu_short`
     when max(T, S) <= `cpu_dense_max_len` (its `[B, N, T, S]` float32 logits fit
-    comfortably) and `cpu_long` above. `fallback` takes what the pick cannot.
+    comfortably) and `cpu_long` above. A spec the pick cannot take goes to dense when its
+    `[T, S]` logits are small (T * S <= `dense_max_logits`, e.g. one decoded token against any
+    cache) and to `fallback` otherwise.
     """
 
     gpu: str = "flash"
@@ -201,6 +204,7 @@ class AutoPolicy:
     cpu_short: str = "dense"
     cpu_long: str = "blockwise"
     cpu_dense_max_len: int = 2048
+    dense_max_logits: int = 2048 * 2048
     fallback: str = "blockwise"
 
 
@@ -228,7 +232,7 @@ def choose(
     else:
         name = policy.cpu_short if max(q_len, k_len) <= policy.cpu_dense_max_len else policy.cpu_long
     if not entry(name).takes(spec):
-        name = policy.fallback
+        name = "dense" if q_len * k_len <= policy.dense_max_logits else policy.fallback
     return name
 
 
