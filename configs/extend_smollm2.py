@@ -13,9 +13,9 @@ Default variant (the choice, and why): methods "none" and "yarn" only (the two t
 compare); single-forward perplexity at 4096/8192/12288/16384 on one stdlib document, all four
 lengths read from one 16K forward per method (exact for these length-independent methods, see
 `longctx_jax.eval.perplexity`); passkey for "none" at 2048 and 4096 tokens, depths 0/25/50/75/100%,
-one trial each; no strided protocol and no needle grid. Measured on an idle 2-core CPU: 10 min
-38 s with "auto" attention (the cpu_flash kernel), 12 min 16 s with blockwise attention, same
-numbers (README; the run's results.json "timing_s" and report.md). To trade the sanity checks for speed, cut
+one trial each; no strided protocol and no needle grid. Measured on an idle 2-core CPU:
+13 min 29 s end to end on 2026-11-28 (10 min 38 s and 12 min 16 s in earlier sessions, same
+numbers; README, and the run's results.json "timing_s" and report.md). To trade the sanity checks for speed, cut
 the lengths, e.g. `--config.eval.ppl_lengths="(4096,8192,12288)"`.
 
 Full variant (`:full`): every method of `longctx_jax.eval.methods.METHODS`; perplexity at 4K..32K on two
