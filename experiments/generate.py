@@ -9,6 +9,7 @@ import time
 import numpy as np
 
 from longctx_jax import config_cli
+from longctx_jax.data.tokenizers import prompt_prefix
 from longctx_jax.models import llama, memory
 from longctx_jax.models.generate import Generator, check_max_new_tokens
 
@@ -28,7 +29,7 @@ def main(cfg) -> None:
     text = cfg.prompt
     if cfg.chat:
         text = f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n"
-    prompt = ([tok.bos_id] if tok.add_bos and tok.bos_id is not None else []) + tok.encode(text)
+    prompt = prompt_prefix(tok) + tok.encode(text)
     size = cfg.cache_size or (256 if cfg.streaming else len(prompt) + cfg.max_new_tokens)
     shape = memory.CacheShape(model.cfg.num_layers, model.cfg.num_kv_heads, model.cfg.head_dim)
     cache_bytes = memory.kv_cache_bytes(shape, length=size, dtype=cfg.dtype)

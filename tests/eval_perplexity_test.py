@@ -6,7 +6,8 @@ import pytest
 from flax import nnx
 
 from longctx_jax.data.tokenizers import ByteTokenizer
-from longctx_jax.eval.corpus import documents, stdlib_files, token_stream
+from longctx_jax.data.tokenizers import prompt_prefix
+from longctx_jax.eval.corpus import documents, long_documents, prose_text, stdlib_files, stdlib_root, token_stream
 from longctx_jax.eval.perplexity import document_nll, perplexity_sweep, strided_nll, strided_windows
 from longctx_jax.eval.results import ResultStore
 from longctx_jax.eval.scoring import EvalModel
@@ -28,8 +29,37 @@ def test_corpus_is_deterministic_real_text():
     assert len(files) > 10 and files == sorted(files, key=lambda p: p.as_posix())
     docs = documents(TOK, 256, 3)
     chex.assert_shape(docs, (3, 256))
-    np.testing.assert_array_equal(docs.reshape(-1), token_stream(TOK, 768))
     assert "def " in TOK.decode(token_stream(TOK, 20_000))
+    assert "statement" in TOK.decode(docs[0])  # the prose document comes first
+
+
+def test_every_document_is_the_start_of_one_whole_file():
+    """The boundary rule: a perplexity row is a prefix of ONE file, never text of two files."""
+    docs = long_documents(TOK, 30_000, 4)
+    assert [d.kind for d in docs] == ["prose", "code", "code", "code"]
+    assert TOK.decode(docs[0].ids) == prose_text()
+    root = stdlib_root()
+    for doc in docs[1:]:
+        text = (root / doc.name).read_text(encoding="utf-8", errors="replace")
+        assert TOK.decode(doc.ids) == text  # the whole file, and nothing else
+    rows = documents(TOK, 30_000, 4)
+    for row, doc in zip(rows, docs, strict=True):
+        np.testing.assert_array_equal(row, doc.ids[:30_000])
+    # skipping holds documents out without overlap
+    later = long_documents(TOK, 30_000, 2, skip=2)
+    assert [d.name for d in later] == [d.name for d in docs[2:4]]
+    with pytest.raises(ValueError, match="fewer than"):
+        long_documents(TOK, 10**9, 1)
+
+
+def test_bos_starts_every_document_when_the_tokenizer_adds_one():
+    class BosBytes(ByteTokenizer):
+        add_bos = True
+
+    tok = BosBytes()
+    assert prompt_prefix(tok) == [tok.bos_id] and prompt_prefix(TOK) == []
+    doc = long_documents(tok, 1000, 1)[0]
+    assert doc.ids[0] == tok.bos_id and tok.decode(doc.ids) == prose_text()
 
 
 def test_shared_prefix_equals_separate_forwards(model, tmp_path):
@@ -37,13 +67,15 @@ def test_shared_prefix_equals_separate_forwards(model, tmp_path):
     shared = perplexity_sweep(model, TOK, store, method="a", lengths=[64, 128], num_docs=2, progress=False)
     separate = perplexity_sweep(model, TOK, store, method="b", lengths=[64, 128], num_docs=2,
                                 share_prefix=False, progress=False)
-    assert [r["length"] for r in shared] == [64, 128]
+    assert [(r["length"], r["doc_kind"]) for r in shared] == [(64, "prose"), (64, "code"), (128, "prose"),
+                                                             (128, "code")]
     for r_a, r_b in zip(shared, separate, strict=True):
         chex.assert_trees_all_close(r_a["nll"], r_b["nll"], rtol=1e-5)
         chex.assert_trees_all_close(r_a["nll_last_quarter"], r_b["nll_last_quarter"], rtol=1e-5)
     docs = documents(TOK, 129, 2)
     nll = document_nll(model, docs[:, :65])
-    chex.assert_trees_all_close(shared[0]["nll_last_quarter"], float(nll[:, 48:].mean()), rtol=1e-5)
+    chex.assert_trees_all_close(shared[0]["nll_last_quarter"], float(nll[0, 48:].mean()), rtol=1e-5)
+    chex.assert_trees_all_close(shared[1]["nll"], float(nll[1].mean()), rtol=1e-5)
     assert len(shared[0]["nll_by_eighth"]) == 8
 
 
@@ -57,7 +89,7 @@ def test_sweep_resumes_without_running_the_model(model, tmp_path):
     again = ResultStore(path)
     assert perplexity_sweep(must_not_run, TOK, again, method="none", lengths=[64], progress=False) == []
     new = perplexity_sweep(model, TOK, again, method="none", lengths=[64, 128], progress=False)
-    assert [r["length"] for r in new] == [128]
+    assert [r["length"] for r in new] == [128]  # one document by default
     assert ResultStore(path).records("perplexity")[0] == first[0]
 
 

@@ -16,9 +16,12 @@ from longctx_jax.models.decoder import Decoder
 RESULTS = {
     "model": "m", "train_length": 8192,
     "perplexity": [
-        {"method": "none", "length": 8192, "nll": 2.0, "nll_last_quarter": 1.5},
-        {"method": "none", "length": 16384, "nll": 3.0, "nll_last_quarter": 4.0},
-        {"method": "yarn", "length": 16384, "nll": 2.1, "nll_last_quarter": 1.6},
+        {"method": "none", "length": 8192, "doc": "d", "nll": 2.0, "nll_last_quarter": 1.5,
+         "block_nll": [1.9, 2.1]},
+        {"method": "none", "length": 16384, "doc": "d", "nll": 3.0, "nll_last_quarter": 4.0,
+         "block_nll": [2.0, 4.0]},
+        {"method": "yarn", "length": 16384, "doc": "d", "nll": 2.1, "nll_last_quarter": 1.6,
+         "block_nll": [1.8, 2.4]},
     ],
     "passkey": [
         {"method": "none", "length": 4096, "depth": 0.0, "accuracy": 1.0},
@@ -30,9 +33,10 @@ RESULTS = {
 
 def test_reading_is_computed_from_the_numbers():
     text = reading(RESULTS)
-    assert f"{math.exp(1.5):.2f} at 8192" in text and f"{math.exp(4.0):.2f} at 16384" in text
-    assert f"({math.exp(2.5):.1f}x)" in text
-    assert text.index("yarn") < text.index("none 54.60")  # ranked by last-quarter perplexity
+    assert f"{math.exp(2.0):.2f} [" in text and "at 8192" in text and f"{math.exp(3.0):.2f} [" in text
+    assert f"({math.exp(1.0):.1f}x)" in text
+    assert text.index("yarn") < text.index(f"none {math.exp(3.0):.2f}")  # ranked by perplexity
+    assert "yarn is lower than none there" in text
     assert "none 0.75 within / 0.00 beyond" in text
 
 

@@ -144,8 +144,18 @@ def test_changed_documents_replace_the_row(tmp_path, base):
     two = perplexity_sweep(base, TOK, ResultStore(path), method="none", lengths=[64], num_docs=2,
                            progress=False)
     rows = ResultStore(path).records("perplexity")
-    assert rows == two and rows[0]["num_docs"] == 2 and rows[0]["data_key"] != one[0]["data_key"]
-    chex.assert_trees_all_close(rows[0]["nll"], expected_nll(1.5, documents(TOK, 65, 2)), rtol=1e-5)
+    assert len(two) == 1 and rows == [one[0], two[0]]  # the first document's row is kept, not rerun
+    assert two[0]["doc"] != one[0]["doc"] and two[0]["data_key"] != one[0]["data_key"]
+    docs = documents(TOK, 65, 2)
+    chex.assert_trees_all_close(rows[1]["nll"], expected_nll(1.5, docs[1:]), rtol=1e-5)
+    # the same document with other token ids (an edited file, another tokenizer): recomputed, replaced
+    store = ResultStore(path)
+    store.put("perplexity", {**rows[0], "data_key": "stale", "nll": -1.0}, cell=("method", "length", "doc"))
+    again = perplexity_sweep(base, TOK, ResultStore(path), method="none", lengths=[64], num_docs=2,
+                             progress=False)
+    assert [r["doc"] for r in again] == [one[0]["doc"]]
+    assert {r["data_key"] for r in ResultStore(path).records("perplexity")} == {one[0]["data_key"],
+                                                                               two[0]["data_key"]}
 
 
 def test_changed_trials_replace_the_retrieval_cell(tmp_path, base):

@@ -84,3 +84,15 @@ def encode_array(tokenizer: Tokenizer, text: str) -> np.ndarray:
     if fast is not None:
         return fast(text)
     return np.asarray(tokenizer.encode(text), np.int32)
+
+
+def prompt_prefix(tokenizer: Tokenizer) -> list[int]:
+    """The ids a checkpoint expects before any text: `[bos_id]` when the tokenizer says `add_bos`.
+
+    The one rule for generation and every evaluator (a scored document or a retrieval prompt
+    starts the way a generated prompt does). Tokenizers without an `add_bos` attribute (the
+    byte tokenizer of the from-scratch models) add nothing.
+    """
+    if getattr(tokenizer, "add_bos", False) and getattr(tokenizer, "bos_id", None) is not None:
+        return [int(tokenizer.bos_id)]
+    return []

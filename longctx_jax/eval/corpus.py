@@ -1,13 +1,23 @@
-"""Long real documents for evaluation: the running interpreter's standard library sources.
+"""Long real documents for evaluation: whole single files that ship with the interpreter.
 
-`stdlib_files` lists the stdlib `.py` files of at least `min_chars` characters (skipping
-site-packages, test directories and caches) sorted by relative path, so the order is the same
-on every machine with the same Python version. `token_stream` encodes them one file at a time
-and concatenates the ids (files joined by a blank line) until it has enough tokens;
-`documents` cuts that stream into equal, non-overlapping documents. Shorter evaluation lengths
-use prefixes of the same documents, as in the Position Interpolation and YaRN evaluations.
+A document is ONE file, never a window across two: perplexity at length N scores the first N
+targets of a file at least N + 1 tokens long, so every scored token's context is its own file
+(a stream of concatenated files would score the second file with the first as irrelevant
+context). The documents, in order:
+
+1. prose: the Python Language Reference topics of `pydoc_data/topics.py` (the text `help()`
+   shows; about 465K characters of English prose, ~113K SmolLM2 tokens), read as text: the
+   topic strings joined by blank lines in the module's order;
+2. code: every stdlib `.py` file (skipping site-packages, tests and caches) sorted by relative
+   path, keeping those long enough for the requested length with the given tokenizer
+   (for SmolLM2 at 16K tokens: `_pydecimal.py`, `_pyio.py`, `argparse.py`, ...).
+
+Each document starts with `data.tokenizers.prompt_prefix(tokenizer)` (BOS where the
+tokenizer says `add_bos`), exactly as a generated prompt does. The order is the same on every
+machine with the same Python version (`python_version()` is part of every result's inputs).
 """
 
+import dataclasses
 import os
 import sys
 import sysconfig
@@ -15,12 +25,28 @@ from pathlib import Path
 
 import numpy as np
 
-from longctx_jax.data.tokenizers import Tokenizer
+from longctx_jax.data.tokenizers import Tokenizer, encode_array, prompt_prefix
 
 EXCLUDE_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__", "test", "tests", "idle_test"})
+PROSE_NAME = "pydoc_data/topics.py (Python Language Reference topics, prose)"
 SEPARATOR = "\n\n"
 
-_STREAMS: dict[tuple[int, int], np.ndarray] = {}
+_ENCODED: dict[tuple[int, str], np.ndarray] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class Document:
+    """One whole evaluation document.
+
+    Attributes:
+      name: where it comes from (a stdlib path relative to the stdlib root, or `PROSE_NAME`).
+      kind: "prose" or "code".
+      ids: int32 `[L]`, the whole file's tokens, BOS first where the tokenizer adds one.
+    """
+
+    name: str
+    kind: str
+    ids: np.ndarray
 
 
 def python_version() -> str:
@@ -28,9 +54,14 @@ def python_version() -> str:
     return ".".join(str(v) for v in sys.version_info[:3])
 
 
+def stdlib_root() -> Path:
+    """The directory of the running interpreter's standard library."""
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
 def stdlib_files(min_chars: int = 20_000) -> list[Path]:
     """Stdlib `.py` files with at least `min_chars` characters, sorted by relative path."""
-    root = Path(sysconfig.get_paths()["stdlib"])
+    root = stdlib_root()
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in EXCLUDE_DIRS)
@@ -42,34 +73,91 @@ def stdlib_files(min_chars: int = 20_000) -> list[Path]:
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
+def prose_text() -> str:
+    """The prose document: the reference-manual topics shipped in `pydoc_data.topics`."""
+    from pydoc_data.topics import topics  # stdlib; imported on use (a 500 KB module)
+
+    return SEPARATOR.join(topics.values())
+
+
+def _encode(tokenizer: Tokenizer, key: str, read) -> np.ndarray:
+    cache_key = (id(tokenizer), key)
+    ids = _ENCODED.get(cache_key)
+    if ids is None:
+        ids = np.concatenate([np.asarray(prompt_prefix(tokenizer), np.int32), encode_array(tokenizer, read())])
+        ids.setflags(write=False)
+        _ENCODED[cache_key] = ids
+    return ids
+
+
+def long_documents(tokenizer: Tokenizer, min_tokens: int, num_docs: int, *, skip: int = 0) -> list[Document]:
+    """The first `num_docs` documents (after skipping `skip`) of at least `min_tokens` tokens.
+
+    Args:
+      tokenizer: the model's tokenizer (documents are tokenized whole, BOS included).
+      min_tokens: the least number of tokens a document must have (e.g. length + 1).
+      num_docs: how many documents to return.
+      skip: qualifying documents to pass over first (to hold documents out of another use,
+        e.g. a search that must not see the evaluation documents).
+
+    Raises:
+      ValueError: a non-positive argument, or fewer qualifying documents than asked for.
+    """
+    if min_tokens <= 0 or num_docs <= 0 or skip < 0:
+        raise ValueError(f"need min_tokens > 0, num_docs > 0, skip >= 0; got {min_tokens}, {num_docs}, {skip}")
+    root = stdlib_root()
+    candidates = [(PROSE_NAME, "prose", prose_text)]
+    # A file of fewer characters than tokens needed cannot qualify for any tokenizer of >= 1 char/token
+    # except byte-fallback ones; ~1 char per token is the floor for the byte tokenizer.
+    for path in stdlib_files(min_chars=min(min_tokens, 20_000)):
+        candidates.append((path.relative_to(root).as_posix(), "code",
+                           lambda p=path: p.read_text(encoding="utf-8", errors="replace")))
+    found: list[Document] = []
+    passed = 0
+    for name, kind, read in candidates:
+        ids = _encode(tokenizer, name, read)
+        if ids.shape[0] < min_tokens:
+            continue
+        if passed < skip:
+            passed += 1
+            continue
+        found.append(Document(name, kind, ids))
+        if len(found) == num_docs:
+            return found
+    raise ValueError(f"the corpus (Python {python_version()} stdlib) has {len(found) + passed} documents of "
+                     f">= {min_tokens} tokens, fewer than the {skip} skipped + {num_docs} requested")
+
+
+def documents(tokenizer: Tokenizer, length: int, num_docs: int, *, offset: int = 0) -> np.ndarray:
+    """`[num_docs, length]` int32: the first `length` tokens of each of `num_docs` whole documents.
+
+    Args:
+      tokenizer: the model's tokenizer.
+      length: tokens per row (a prefix of one document; never spans two).
+      num_docs: rows.
+      offset: qualifying documents skipped first (see `long_documents`).
+    """
+    if length <= 0 or num_docs <= 0:
+        raise ValueError(f"length and num_docs must be positive, got {length} and {num_docs}")
+    docs = long_documents(tokenizer, length, num_docs, skip=offset)
+    return np.stack([d.ids[:length] for d in docs])
+
+
 def token_stream(tokenizer: Tokenizer, num_tokens: int, *, min_chars: int = 20_000) -> np.ndarray:
-    """The first `num_tokens` ids (int32) of the concatenated long stdlib files.
+    """The first `num_tokens` ids of the stdlib code files concatenated (blank line between files).
+
+    Filler for retrieval prompts (a haystack), never a perplexity document: it crosses files.
 
     Raises:
       ValueError: if the stdlib holds fewer tokens than asked for.
     """
-    key = (id(tokenizer), min_chars)
-    cached = _STREAMS.get(key)
-    if cached is not None and cached.shape[0] >= num_tokens:
-        return cached[:num_tokens]
     pieces, total = [], 0
     for path in stdlib_files(min_chars):
-        text = path.read_text(encoding="utf-8", errors="replace") + SEPARATOR
-        ids = np.asarray(tokenizer.encode(text), np.int32)
+        ids = _encode(tokenizer, "stream:" + path.as_posix(),
+                      lambda p=path: p.read_text(encoding="utf-8", errors="replace") + SEPARATOR)
+        ids = ids[len(prompt_prefix(tokenizer)):]
         pieces.append(ids)
         total += ids.shape[0]
         if total >= num_tokens:
-            break
-    if total < num_tokens:
-        raise ValueError(f"the stdlib corpus has {total} tokens, fewer than the {num_tokens} requested")
-    stream = np.concatenate(pieces)
-    _STREAMS[key] = stream
-    return stream[:num_tokens]
-
-
-def documents(tokenizer: Tokenizer, length: int, num_docs: int, *, offset: int = 0) -> np.ndarray:
-    """`[num_docs, length]` int32: consecutive slices of the stream starting at `offset`."""
-    if length <= 0 or num_docs <= 0:
-        raise ValueError(f"length and num_docs must be positive, got {length} and {num_docs}")
-    stream = token_stream(tokenizer, offset + length * num_docs)
-    return stream[offset:].reshape(num_docs, length)
+            return np.concatenate(pieces)[:num_tokens]
+    raise ValueError(f"the stdlib corpus has {total} tokens, fewer than the {num_tokens} requested")

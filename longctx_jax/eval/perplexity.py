@@ -1,9 +1,16 @@
 """Perplexity against context length, two protocols.
 
+Documents are whole single files (`eval.corpus.long_documents`: a prose document and stdlib
+code files, BOS first where the tokenizer adds one); a length-N cell scores the first N
+targets of one file, never a window across two files.
+
 1. Single forward at length N (the "does the model use positions beyond training" probe): run
-   N tokens of a long document once and report the mean next-token NLL over all N targets and
-   over the last quarter (positions 3N/4 .. N-1), where an extension method that fails shows
-   first. Shorter lengths use prefixes of the same documents. For a causal model whose position
+   the first N + 1 tokens of each document once and record, per document, the mean next-token
+   NLL over all N targets, over the last quarter (positions 3N/4 .. N-1, where an extension
+   method that fails shows first), and per block of 256 targets; `summarize` turns the blocks
+   into the mean over documents with a stratified block-bootstrap 95 % interval and the paired
+   difference to the unscaled model on the same positions (`eval.intervals`). Shorter lengths
+   use prefixes of the same documents. For a causal model whose position
    handling does not depend on the sequence length (plain RoPE, PI, NTK, YaRN, Llama 3,
    sliding windows and sinks), the NLL at position t is the same in every forward of length
    > t, so with `share_prefix=True` one forward at the longest length yields every shorter
@@ -22,7 +29,8 @@
 import numpy as np
 from tqdm.auto import tqdm
 
-from longctx_jax.eval.corpus import documents
+from longctx_jax.eval.corpus import documents, long_documents
+from longctx_jax.eval.intervals import block_means, resample_indices, stratified_interval
 from longctx_jax.eval.results import ResultStore, fingerprint
 from longctx_jax.eval.scoring import EvalModel, as_eval_model
 from longctx_jax.positional.rope_types import LENGTH_DEPENDENT_TYPES
@@ -68,43 +76,91 @@ def perplexity_sweep(
     share_prefix: bool | None = None,
     progress: bool = True,
 ) -> list[dict]:
-    """Single-forward perplexity at each length, written to `store["perplexity"]` per cell.
+    """Single-forward perplexity of each whole document at each length, one row per cell.
 
     Args:
       model: the model (`EvalModel`, NNX module or logits callable).
       tokenizer: a `longctx_jax.data.Tokenizer` (`encode`/`decode`).
-      store: results file; lengths already recorded for `method` on the same documents are
-        skipped, a row recorded on other documents (tokenizer, `num_docs`, corpus) is replaced.
+      store: results file; (method, length, document) cells already recorded on the same token
+        ids are skipped, a row recorded on other ids (tokenizer, corpus) is replaced.
       method: label of the extension method ("none", "yarn", "streaming", ...).
-      lengths: context lengths N (number of scored targets).
-      num_docs: documents averaged per length.
+      lengths: context lengths N (number of scored targets: the first N + 1 tokens of a document).
+      num_docs: documents (`corpus.long_documents` of at least max(lengths) + 1 tokens).
       batch_size: documents per forward.
       share_prefix: derive shorter lengths from the longest forward (default: unless the
         method is in `LENGTH_DEPENDENT`).
 
     Returns:
-      The new records: {"method", "length", "nll", "nll_last_quarter", "nll_by_eighth", "num_docs",
-      "data_key"}, `data_key` being the fingerprint of the scored token ids `docs[:, :length + 1]`.
+      The new records: {"method", "length", "doc", "doc_kind", "nll", "nll_last_quarter",
+      "nll_by_eighth", "block_nll" (mean NLL of each `intervals.BLOCK` targets, for the
+      bootstrap), "data_key"}, `data_key` being the fingerprint of the scored ids `doc[:length + 1]`.
     """
     em = as_eval_model(model)
     if share_prefix is None:
         share_prefix = method not in LENGTH_DEPENDENT
-    docs = documents(tokenizer, max(lengths) + 1, num_docs)
-    keys = {n: fingerprint(docs[:, : n + 1]) for n in set(lengths)}
-    todo = sorted(n for n in keys if not store.has("perplexity", method=method, length=n, data_key=keys[n]))
+    docs = long_documents(tokenizer, max(lengths) + 1, num_docs)
+    ids = np.stack([d.ids[: max(lengths) + 1] for d in docs])
+    keys = {(n, i): fingerprint(ids[i, : n + 1]) for n in set(lengths) for i in range(len(docs))}
+    missing = {(n, i) for (n, i), key in keys.items()
+               if not store.has("perplexity", method=method, length=n, doc=docs[i].name, data_key=key)}
+    todo = sorted({n for n, _ in missing})
     if not todo:
         return []
     groups = [todo] if share_prefix else [[n] for n in todo]
     new = []
     for group in tqdm(groups, desc=f"ppl {method}", disable=not progress):
         longest = max(group)
-        nll_NT = document_nll(em, docs[:, : longest + 1], batch_size=batch_size)
+        nll_NT = document_nll(em, ids[:, : longest + 1], batch_size=batch_size)
         for n in group:
-            record = {"method": method, "length": n, **nll_stats(nll_NT[:, :n]), "num_docs": num_docs,
-                      "data_key": keys[n]}
-            store.put("perplexity", record, cell=("method", "length"))
-            new.append(record)
+            for i, doc in enumerate(docs):
+                if (n, i) not in missing:
+                    continue
+                record = {"method": method, "length": n, "doc": doc.name, "doc_kind": doc.kind,
+                          **nll_stats(nll_NT[i : i + 1, :n]),
+                          "block_nll": [float(b) for b in block_means(nll_NT[i, :n])],
+                          "data_key": keys[(n, i)]}
+                store.put("perplexity", record, cell=("method", "length", "doc"))
+                new.append(record)
     return new
+
+
+def summarize(records: list[dict], *, reference: str | None = "none", seed: int = 0) -> list[dict]:
+    """Per (method, length): the mean NLL over documents with a bootstrap interval, and the
+    paired difference to `reference` on the same documents and positions (see `intervals`).
+
+    Args:
+      records: "perplexity" rows (`perplexity_sweep`).
+      reference: method every other is compared with (skipped when absent).
+      seed: bootstrap seed.
+
+    Returns:
+      One dict per (method, length) in the records' order: {"method", "length", "docs", "nll",
+      "nll_lo", "nll_hi", "ppl", "ppl_lo", "ppl_hi", "per_doc": {doc: ppl}, and when a reference
+      row set exists: "delta_nll", "delta_lo", "delta_hi" (method minus reference)}.
+    """
+    cells = list(dict.fromkeys((r["method"], r["length"]) for r in records))
+    by_cell = {c: sorted((r for r in records if (r["method"], r["length"]) == c), key=lambda r: r["doc"])
+               for c in cells}
+    out = []
+    for method, length in cells:
+        rows = by_cell[(method, length)]
+        blocks = [np.asarray(r.get("block_nll", [r["nll"]])) for r in rows]
+        indices = resample_indices([b.size for b in blocks], seed=seed)
+        ci = stratified_interval(blocks, indices=indices)
+        summary = {"method": method, "length": length, "docs": [r["doc"] for r in rows],
+                   "nll": ci["mean"], "nll_lo": ci["lo"], "nll_hi": ci["hi"],
+                   "ppl": float(np.exp(ci["mean"])), "ppl_lo": float(np.exp(ci["lo"])),
+                   "ppl_hi": float(np.exp(ci["hi"])),
+                   "per_doc": {r["doc"]: float(np.exp(r["nll"])) for r in rows}}
+        ref = by_cell.get((reference, length))
+        if ref is not None and method != reference and [r["doc"] for r in ref] == summary["docs"]:
+            ref_blocks = [np.asarray(r.get("block_nll", [r["nll"]])) for r in ref]
+            if all(a.shape == b.shape for a, b in zip(blocks, ref_blocks, strict=True)):
+                diff = stratified_interval([a - b for a, b in zip(blocks, ref_blocks, strict=True)],
+                                           indices=indices)
+                summary.update(delta_nll=diff["mean"], delta_lo=diff["lo"], delta_hi=diff["hi"])
+        out.append(summary)
+    return out
 
 
 def strided_windows(num_targets: int, window: int, stride: int) -> list[tuple[int, int, int]]:

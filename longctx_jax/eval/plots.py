@@ -3,8 +3,9 @@
 Figures are `matplotlib.figure.Figure` objects saved directly (no pyplot), so importing this
 module leaves the caller's matplotlib backend alone (inline plots in a notebook keep working).
 
-  ppl_vs_length.png   perplexity (log y) against context length, one line per method, for all
-                      positions and for the last quarter; the training length is marked.
+  ppl_vs_length.png   perplexity (log y) against context length, one line per method: the mean
+                      over documents with its 95 % bootstrap band, and the last quarter; the
+                      training length is marked.
   passkey.png         one accuracy heatmap (depth x length) per method.
   niah_<method>.png   the needle-in-a-haystack heatmap of one method.
   rope_wavelengths.png  the wavelength of every RoPE band under each scaling (no results file:
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
+from longctx_jax.eval.perplexity import summarize
 from longctx_jax.positional.rope import rope_frequencies
 
 
@@ -28,13 +30,23 @@ def _methods(records: Sequence[dict]) -> list[str]:
 
 def plot_ppl_vs_length(records: Sequence[dict], path: str | os.PathLike, *, train_length: int | None = None,
                        title: str = "") -> None:
-    """Writes the perplexity-vs-length figure from `perplexity` records."""
+    """Writes the perplexity-vs-length figure from `perplexity` records: the mean over documents
+    with its 95 % bootstrap band (all positions), and the mean last-quarter perplexity."""
     fig = Figure(figsize=(11, 4))
     axes = fig.subplots(1, 2, sharey=True)
-    for ax, key, label in ((axes[0], "nll", "all positions"), (axes[1], "nll_last_quarter", "last quarter")):
-        for method in _methods(records):
-            rows = sorted((r["length"], r[key]) for r in records if r["method"] == method)
-            ax.plot([n for n, _ in rows], [np.exp(v) for _, v in rows], marker="o", label=method)
+    summaries = summarize(records)
+    for method in _methods(records):
+        rows = sorted((s for s in summaries if s["method"] == method), key=lambda s: s["length"])
+        x = [s["length"] for s in rows]
+        line, = axes[0].plot(x, [s["ppl"] for s in rows], marker="o", label=method)
+        axes[0].fill_between(x, [s["ppl_lo"] for s in rows], [s["ppl_hi"] for s in rows],
+                             color=line.get_color(), alpha=0.2)
+        quarter = [np.exp(np.mean([r["nll_last_quarter"] for r in records
+                                   if r["method"] == method and r["length"] == n])) for n in x]
+        axes[1].plot(x, quarter, marker="o", label=method)
+    num_docs = max((len(s["docs"]) for s in summaries), default=0)
+    for ax, label in ((axes[0], f"all positions, mean of {num_docs} doc(s), 95% band"),
+                      (axes[1], "last quarter")):
         if train_length:
             ax.axvline(train_length, color="grey", linestyle="--", label=f"train length {train_length}")
         ax.set_yscale("log")

@@ -11,6 +11,8 @@ import os
 
 import numpy as np
 
+from longctx_jax.eval.perplexity import summarize
+
 
 def _ppl(nll: float) -> str:
     return f"{math.exp(nll):.2f}"
@@ -27,17 +29,43 @@ def _methods(records) -> list[str]:
     return list(dict.fromkeys(r["method"] for r in records))
 
 
+def _interval(s: dict) -> str:
+    return f"{s['ppl']:.2f} [{s['ppl_lo']:.2f}, {s['ppl_hi']:.2f}]"
+
+
 def perplexity_table(records) -> list[str]:
-    """Markdown rows: PPL (all / last quarter) per method and length."""
-    lengths = sorted({r["length"] for r in records})
+    """Markdown rows: per method and length, the perplexity of the mean NLL over documents with
+    its 95 % block-bootstrap interval, and the paired NLL difference to "none" (`summarize`)."""
+    summaries = summarize(records)
+    lengths = sorted({s["length"] for s in summaries})
     lines = ["| method | " + " | ".join(str(n) for n in lengths) + " |",
              "|---|" + "---|" * len(lengths)]
     for m in _methods(records):
         cells = []
         for n in lengths:
-            r = _lookup(records, method=m, length=n)
-            cells.append("" if r is None else f"{_ppl(r['nll'])} / {_ppl(r['nll_last_quarter'])}")
+            s = _lookup(summaries, method=m, length=n)
+            if s is None:
+                cells.append("")
+                continue
+            delta = (f"; Δnll {s['delta_nll']:+.3f} [{s['delta_lo']:+.3f}, {s['delta_hi']:+.3f}]"
+                     if "delta_nll" in s else "")
+            cells.append(_interval(s) + delta)
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def per_document_table(records) -> list[str]:
+    """Markdown rows: perplexity (all / last quarter) of every document, method and length."""
+    docs = list(dict.fromkeys(r.get("doc", "") for r in records))
+    lines = ["| method | length | " + " | ".join(f"`{d.split(' ')[0]}`" for d in docs) + " |",
+             "|---|---|" + "---|" * len(docs)]
+    for m in _methods(records):
+        for n in sorted({r["length"] for r in records if r["method"] == m}):
+            cells = []
+            for d in docs:
+                r = _lookup(records, method=m, length=n, doc=d) if d else _lookup(records, method=m, length=n)
+                cells.append("" if r is None else f"{_ppl(r['nll'])} / {_ppl(r['nll_last_quarter'])}")
+            lines.append(f"| {m} | {n} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -68,23 +96,29 @@ def reading(results: dict) -> str:
     train = results.get("train_length")
     ppl = results.get("perplexity", [])
     sentences = []
-    base = sorted((r for r in ppl if r["method"] == "none"), key=lambda r: r["length"])
+    summaries = summarize(ppl) if ppl else []
+    base = sorted((r for r in summaries if r["method"] == "none"), key=lambda r: r["length"])
     inside = [r for r in base if train is None or r["length"] <= train]
     outside = [r for r in base if train is not None and r["length"] > train]
     if inside and outside:
         a, b = inside[-1], outside[-1]
         sentences.append(
-            f"Without scaling, last-quarter perplexity goes from {_ppl(a['nll_last_quarter'])} at "
-            f"{a['length']} tokens (inside the {train}-token training length) to "
-            f"{_ppl(b['nll_last_quarter'])} at {b['length']} tokens "
-            f"({math.exp(b['nll_last_quarter'] - a['nll_last_quarter']):.1f}x).")
-    if ppl:
-        longest = max(r["length"] for r in ppl)
-        at_max = sorted((r for r in ppl if r["length"] == longest), key=lambda r: r["nll_last_quarter"])
+            f"Without scaling, perplexity (mean NLL over {len(b['docs'])} document(s), 95 % interval) goes "
+            f"from {_interval(a)} at {a['length']} tokens (inside the {train}-token training length) "
+            f"to {_interval(b)} at {b['length']} tokens ({b['ppl'] / a['ppl']:.1f}x).")
+    if summaries:
+        longest = max(r["length"] for r in summaries)
+        at_max = sorted((r for r in summaries if r["length"] == longest), key=lambda r: r["nll"])
         if len(at_max) > 1:
-            ranking = ", ".join(f"{r['method']} {_ppl(r['nll_last_quarter'])}" for r in at_max)
-            sentences.append(f"At {longest} tokens the methods rank by last-quarter perplexity as: "
-                             f"{ranking}.")
+            ranking = ", ".join(f"{r['method']} {_interval(r)}" for r in at_max)
+            sentences.append(f"At {longest} tokens the methods rank by perplexity as: {ranking}.")
+            for r in at_max:
+                if "delta_nll" not in r:
+                    continue
+                verdict = ("lower than" if r["delta_hi"] < 0 else "higher than" if r["delta_lo"] > 0
+                           else "not distinguishable from")
+                sentences.append(f"{r['method']} is {verdict} none there (paired Δnll {r['delta_nll']:+.3f}, "
+                                 f"95 % interval [{r['delta_lo']:+.3f}, {r['delta_hi']:+.3f}]).")
     for section, name in (("passkey", "passkey retrieval"), ("niah", "needle-in-a-haystack")):
         recs = results.get(section, [])
         parts = []
@@ -112,8 +146,11 @@ def write_report(results: dict, path: str | os.PathLike, *, figures: list[str] |
         lines += [notes, ""]
     lines += ["## Reading", "", reading(results), ""]
     if results.get("perplexity"):
-        lines += ["## Perplexity (single forward; all positions / last quarter)", ""]
+        lines += ["## Perplexity (single forward; mean over documents, 95 % block-bootstrap interval; "
+                  "paired NLL difference to none)", ""]
         lines += perplexity_table(results["perplexity"]) + [""]
+        lines += ["## Perplexity per document (all positions / last quarter)", ""]
+        lines += per_document_table(results["perplexity"]) + [""]
     if results.get("perplexity_strided"):
         recs = results["perplexity_strided"]
         lines += ["## Perplexity (strided sliding window)", ""]

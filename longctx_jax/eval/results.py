@@ -36,7 +36,7 @@ import numpy as np
 from longctx_jax.atomic import write_atomically
 
 # Bump when a sweep's protocol (prompt text, scoring, document cut) changes its numbers.
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3  # 3: whole-file documents with BOS rule, per-document perplexity rows
 ON_CHANGE = ("refuse", "recompute")
 _LOG = logging.getLogger(__name__)
 

@@ -4,6 +4,8 @@ Every evaluator is generic over a model callable
 
     model(tokens_BT, positions_BT) -> logits_BTV        (float32 or castable)
 
+(an NNX module gets `positions_BT=None` for the default positions 0..T-1, as in training)
+
 that is causal: the logits at position t depend only on tokens 0..t. An NNX module (the
 from-scratch `Decoder`, or a loaded checkpoint) is split once into a graph definition and a
 state, and the state is passed to the jitted function as an argument, so the weights are not
@@ -82,6 +84,9 @@ class EvalModel:
 
             def apply(state, tokens_BT, positions_BT):
                 del state
+                if positions_BT is None:  # a plain callable always gets explicit positions
+                    positions_BT = jnp.broadcast_to(jnp.arange(tokens_BT.shape[1], dtype=jnp.int32),
+                                                    tokens_BT.shape)
                 return model(tokens_BT, positions_BT)
         self.state: Any = state
         self._nll = jax.jit(lambda s, t, p, y: _token_nll(apply, s, t, p, y))
@@ -111,7 +116,9 @@ def _inputs(tokens_BT, positions_BT):
     if tokens_BT.ndim != 2:
         raise ValueError(f"tokens must be [batch, seq], got shape {tokens_BT.shape}")
     if positions_BT is None:
-        positions_BT = jnp.broadcast_to(jnp.arange(tokens_BT.shape[1], dtype=jnp.int32), tokens_BT.shape)
+        # Default positions 0..T-1 stay implicit: the decoder then runs attention without explicit
+        # positions, which lets "auto" pick the fused kernels (cpu_flash on a CPU).
+        return tokens_BT, None
     check_position_range(positions_BT)  # before the int32 cast, which would wrap silently
     return tokens_BT, jnp.asarray(positions_BT, jnp.int32)
 
