@@ -5,9 +5,15 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from longctx_jax.data.tokenizers import ByteTokenizer
-from longctx_jax.data.tokenizers import prompt_prefix
-from longctx_jax.eval.corpus import documents, long_documents, prose_text, stdlib_files, stdlib_root, token_stream
+from longctx_jax.data.tokenizers import ByteTokenizer, prompt_prefix
+from longctx_jax.eval.corpus import (
+    documents,
+    long_documents,
+    prose_text,
+    stdlib_files,
+    stdlib_root,
+    token_stream,
+)
 from longctx_jax.eval.perplexity import document_nll, perplexity_sweep, strided_nll, strided_windows
 from longctx_jax.eval.results import ResultStore
 from longctx_jax.eval.scoring import EvalModel

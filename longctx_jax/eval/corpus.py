@@ -84,13 +84,15 @@ def _encode(tokenizer: Tokenizer, key: str, read) -> np.ndarray:
     cache_key = (id(tokenizer), key)
     ids = _ENCODED.get(cache_key)
     if ids is None:
-        ids = np.concatenate([np.asarray(prompt_prefix(tokenizer), np.int32), encode_array(tokenizer, read())])
+        prefix = np.asarray(prompt_prefix(tokenizer), np.int32)
+        ids = np.concatenate([prefix, encode_array(tokenizer, read())])
         ids.setflags(write=False)
         _ENCODED[cache_key] = ids
     return ids
 
 
-def long_documents(tokenizer: Tokenizer, min_tokens: int, num_docs: int, *, skip: int = 0) -> list[Document]:
+def long_documents(tokenizer: Tokenizer, min_tokens: int, num_docs: int, *,
+                   skip: int = 0) -> list[Document]:
     """The first `num_docs` documents (after skipping `skip`) of at least `min_tokens` tokens.
 
     Args:
@@ -104,7 +106,8 @@ def long_documents(tokenizer: Tokenizer, min_tokens: int, num_docs: int, *, skip
       ValueError: a non-positive argument, or fewer qualifying documents than asked for.
     """
     if min_tokens <= 0 or num_docs <= 0 or skip < 0:
-        raise ValueError(f"need min_tokens > 0, num_docs > 0, skip >= 0; got {min_tokens}, {num_docs}, {skip}")
+        raise ValueError(f"need min_tokens > 0, num_docs > 0, skip >= 0; got {min_tokens}, {num_docs}, "
+                         f"{skip}")
     root = stdlib_root()
     candidates = [(PROSE_NAME, "prose", prose_text)]
     # A file of fewer characters than tokens needed cannot qualify for any tokenizer of >= 1 char/token

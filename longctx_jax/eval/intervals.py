@@ -50,7 +50,8 @@ def block_means(nll_T: np.ndarray, block: int = BLOCK) -> np.ndarray:
     return nll_T[: n * block].reshape(n, block).mean(axis=1)
 
 
-def resample_indices(num_blocks: Sequence[int], resamples: int = RESAMPLES, seed: int = 0) -> list[np.ndarray]:
+def resample_indices(num_blocks: Sequence[int], resamples: int = RESAMPLES,
+                     seed: int = 0) -> list[np.ndarray]:
     """Bootstrap block indices `[resamples, n_d]` for each document d (n_d blocks)."""
     if resamples <= 0:
         raise ValueError(f"resamples must be positive, got {resamples}")
