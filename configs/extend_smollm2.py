@@ -54,25 +54,30 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     config.attention_impl = "auto"  # CPU: the fused cpu_flash kernel (blockwise for StreamingLLM sinks)
     config.dtype = "float32"
 
-    config.methods = METHODS if full else ("none", "yarn")
-    config.passkey_methods = METHODS if full else ("none",)
+    config.methods = METHODS if full else ("none", "yarn", "dynamic")
+    config.passkey_methods = METHODS if full else ("none", "yarn")
     config.niah_methods = METHODS if full else ()
     config.window = placeholder(int)  # sliding_window / streaming window; None: train_length
     config.sinks = 4
     config.longrope = placeholder(dict)  # searched {"short_factor", "long_factor"}; None: ramp rule
 
     config.eval = ml_collections.ConfigDict()
-    config.eval.ppl_lengths = FULL_LENGTHS if full else (4096, 8192, 12288, 16384)
-    config.eval.ppl_num_docs = 2 if full else 1
+    config.eval.ppl_lengths = FULL_LENGTHS if full else (2048, 4096, 8192, 12288, 16384)
+    config.eval.ppl_num_docs = 3 if full else 2
     config.eval.strided_windows = FULL_LENGTHS if full else ()
     config.eval.strided_stride = 256
     config.eval.strided_doc_length = 32768 if full else 0
-    config.eval.passkey_lengths = FULL_LENGTHS if full else (2048, 4096)
-    config.eval.passkey_depths = DEPTHS if full else (0.0, 0.25, 0.5, 0.75, 1.0)
-    config.eval.passkey_trials = 5 if full else 1
+    config.eval.passkey_lengths = FULL_LENGTHS if full else (4096, 12288)
+    config.eval.passkey_depths = DEPTHS if full else (0.5,)
+    config.eval.passkey_trials = 5 if full else 3
     config.eval.niah_lengths = FULL_LENGTHS if full else ()
     config.eval.niah_depths = DEPTHS
     config.eval.niah_trials = 1
     config.eval.seed = 0
     config.eval.batch_tokens = 16384
+    # Per-method changes to `eval` (`--config.method_eval.dynamic.ppl_lengths="(12288,16384)"`). Dynamic
+    # NTK's frequencies follow the sequence length, so each of its lengths costs its own forward, and at
+    # lengths <= train_length it IS the unscaled model: the default measures it where it differs.
+    config.method_eval = ml_collections.ConfigDict(
+        {} if full else {"dynamic": {"ppl_lengths": (16384,)}})
     return config

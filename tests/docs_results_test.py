@@ -1,26 +1,26 @@
-"""Tables in the docs equal the committed JSON they quote (docs/results/)."""
+"""Tables in the docs equal the committed JSON they quote (docs/results/), block by block."""
 
-import json
-import pathlib
+import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-PATTERN_RUNS = ("rope", "longformer", "bigbird", "longnet")
+from longctx_jax.eval import published
 
 
-def pattern_table() -> str:
-    """The attention-pattern training table of docs/benchmarks.md, rendered from its JSON."""
-    lines = ["| variant | attention pattern | packed documents | validation bits per byte | unigram |",
-             "| --- | --- | --- | --- | --- |"]
-    for name in PATTERN_RUNS:
-        run = json.loads((ROOT / "docs/results/tiny_patterns" / f"{name}.json").read_text())
-        pattern = run["attention"]["pattern"]
-        options = run["attention"]["pattern_options"] or {}
-        described = pattern + (" " + ", ".join(f"{k}={v}" for k, v in options.items()) if options else "")
-        lines.append(f"| `{run['variant']}` | {described} | {'yes' if run['use_segment_ids'] else 'no'} | "
-                     f"{run['final_val_bpb']:.3f} | {run['unigram_bpb']:.2f} |")
-    return "\n".join(lines)
+def test_every_generated_block_equals_its_json():
+    stale = published.stale_blocks()
+    assert not stale, ("stale generated blocks (run python -m experiments.publish_docs --config "
+                       f"configs/publish_docs.py): {stale}")
 
 
-def test_pattern_table_in_benchmarks_equals_its_json():
-    doc = (ROOT / "docs/benchmarks.md").read_text()
-    assert pattern_table() in doc, "regenerate the table with tests/docs_results_test.py:pattern_table()"
+def test_each_doc_quotes_its_results_through_blocks():
+    names = {name for f in published.DOC_FILES
+             for name, _ in published.blocks_in((published.ROOT / f).read_text())}
+    assert names == set(published.BLOCKS)
+
+
+def test_a_changed_number_is_caught_and_an_unknown_block_refused():
+    text = (published.ROOT / "docs/benchmarks.md").read_text()
+    body = dict(published.blocks_in(text))["pattern-table"]
+    tampered = text.replace(body, body.replace("3.2", "3.1", 1))
+    assert tampered != text and published.render(tampered) == text
+    with pytest.raises(ValueError, match="no renderer"):
+        published.render("<!-- generated:nope -->\nx\n<!-- /generated:nope -->")

@@ -49,9 +49,17 @@ def test_with_config_shares_weights_and_matches_a_fresh_model():
 
 def test_variants_and_method_lists():
     config = extend_smollm2.get_config()
-    assert config.methods == ("none", "yarn") and 16384 in config.eval.ppl_lengths
-    assert spec_for(config, "yarn").passkey_lengths == () and spec_for(config, "none").passkey_lengths
+    assert config.methods == ("none", "yarn", "dynamic") and 16384 in config.eval.ppl_lengths
+    assert spec_for(config, "dynamic").passkey_lengths == () and spec_for(config, "yarn").passkey_lengths
+    assert spec_for(config, "dynamic").ppl_lengths == (16384,) and len(spec_for(config, "none").ppl_lengths) > 1
     check_extension_config(config)
+    config.method_eval.yran = {"ppl_lengths": (4096,)}
+    with pytest.raises(ValueError, match="method_eval names unknown method.*'yran'"):
+        check_extension_config(config)
+    del config.method_eval["yran"]
+    config.method_eval.dynamic.ppl_length = (4096,)
+    with pytest.raises(ValueError, match="unknown eval fields"):
+        check_extension_config(config)
     full = extend_smollm2.get_config("full")
     assert full.methods == METHODS and max(full.eval.ppl_lengths) == 32768
     check_extension_config(full)

@@ -7,15 +7,29 @@ under that method's `ModelConfig` changes (same weights), runs the sweeps of `sp
 writes results.json (resumed if present), the figures and report.md into `config.workdir`.
 """
 
+import os
+import platform
 import time
 from collections.abc import Sequence
 
+import jax
 import ml_collections
 
 from longctx_jax.eval.methods import METHODS, config_changes, scaling_factor, with_config
 from longctx_jax.eval.results import ResultStore
 from longctx_jax.eval.suite import SuiteSpec, evaluate_method, finalize, run_inputs
 from longctx_jax.models.llama import load_gguf, smollm2_path
+
+
+def machine() -> dict[str, object]:
+    """The CPU, core count, platform and JAX version a run measured its times on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "platform": jax.default_backend(), "jax": jax.__version__}
 
 
 def _check_methods(field: str, methods: Sequence[str]) -> None:
@@ -57,11 +71,22 @@ def check_extension_config(config: ml_collections.ConfigDict) -> None:
     if bad:
         raise ValueError(f"evaluated lengths must be positive, got {bad}")
     SuiteSpec.from_mapping(dict(config.eval))
+    overrides = dict(config.get("method_eval") or {})
+    unknown = sorted(set(overrides) - set(METHODS))
+    if unknown:
+        raise ValueError(f"config.method_eval names unknown method(s) {unknown}; valid: {METHODS}")
+    for method, fields in overrides.items():
+        SuiteSpec.from_mapping({**dict(config.eval), **dict(fields)})
+        bad = [n for n in dict(fields).get("ppl_lengths", ()) if n <= 0]
+        if bad:
+            raise ValueError(f"config.method_eval.{method}.ppl_lengths must be positive, got {bad}")
 
 
 def spec_for(config: ml_collections.ConfigDict, method: str) -> SuiteSpec:
-    """The sweeps one method runs (retrieval grids only for the methods that ask for them)."""
-    values = dict(config.eval)
+    """The sweeps one method runs: `config.eval`, then `config.method_eval[method]` overrides
+    (e.g. fewer perplexity lengths for a length-dependent method, whose lengths each cost one
+    forward), and retrieval grids only for the methods that ask for them."""
+    values = {**dict(config.eval), **dict((config.get("method_eval") or {}).get(method, {}))}
     if method not in config.passkey_methods:
         values["passkey_lengths"] = ()
     if method not in config.niah_methods:
@@ -109,6 +134,7 @@ def run_extension(config: ml_collections.ConfigDict) -> list[str]:
              + ", ".join(f"{m} {timing[m]:.0f} s" for m in config.methods if m in timing) + ").")
     if "streaming" in config.methods:
         notes += " Streaming runs without a KV cache: sinks keep their true positions."
+    store.update_meta({"notes": notes, "machine": machine()})
     paths = finalize(store, config.workdir, notes=notes)
     print(f"wall time this run: {timing['total_this_run']:.0f} s")
     return paths

@@ -13,6 +13,8 @@ import numpy as np
 
 from longctx_jax.eval.perplexity import summarize
 
+RETENTION_LENGTH = 2048  # the cost of scaling where none is needed is read at lengths up to this
+
 
 def _ppl(nll: float) -> str:
     return f"{math.exp(nll):.2f}"
@@ -119,6 +121,13 @@ def reading(results: dict) -> str:
                            else "not distinguishable from")
                 sentences.append(f"{r['method']} is {verdict} none there (paired Δnll {r['delta_nll']:+.3f}, "
                                  f"95 % interval [{r['delta_lo']:+.3f}, {r['delta_hi']:+.3f}]).")
+    short = [r for r in summaries if r["length"] <= RETENTION_LENGTH and "delta_nll" in r]
+    if short:
+        n = max(r["length"] for r in short)
+        parts = [f"{r['method']} x{math.exp(r['delta_nll']):.3f} [{math.exp(r['delta_lo']):.3f}, "
+                 f"{math.exp(r['delta_hi']):.3f}]" for r in short if r["length"] == n]
+        sentences.append(f"Retention at {n} tokens, where no scaling is needed (perplexity relative to none, "
+                         "95 % paired interval): " + "; ".join(parts) + ".")
     for section, name in (("passkey", "passkey retrieval"), ("niah", "needle-in-a-haystack")):
         recs = results.get(section, [])
         parts = []
@@ -137,23 +146,47 @@ def reading(results: dict) -> str:
     return " ".join(sentences) if sentences else "No results yet."
 
 
-def write_report(results: dict, path: str | os.PathLike, *, figures: list[str] | None = None,
-                 notes: str = "") -> None:
-    """Writes report.md: reading, perplexity and retrieval tables, figures."""
-    lines = [f"# Context extension report: {results.get('model', '')}", ""]
+def summary_block(results: dict) -> str:
+    """The short summary the README quotes: the perplexity table with intervals, the retrieval
+    tables and the computed reading."""
+    lines = []
+    if results.get("perplexity"):
+        lines += ["Perplexity, mean over documents with its 95 % block-bootstrap interval, and the paired NLL "
+                  "difference to `none` on the same positions:", ""]
+        lines += perplexity_table(results["perplexity"]) + [""]
+    for section, name in (("passkey", "Passkey retrieval"), ("niah", "Needle in a haystack")):
+        if results.get(section):
+            lines += [f"{name} (accuracy, mean over depths and trials):", ""]
+            lines += accuracy_table(results[section]) + [""]
+    lines += [reading(results), ""]
+    return "\n".join(lines)
+
+
+def render_report(results: dict, *, figures: list[str] | None = None, notes: str = "",
+                  title_level: int = 1) -> str:
+    """report.md's text: reading, perplexity and retrieval tables, figures.
+
+    Args:
+      results: a results dict (results.json).
+      figures: image paths, linked as given (relative to the report's directory).
+      notes: a paragraph placed after the header.
+      title_level: Markdown level of the title (2 when the report is embedded in another page).
+    """
+    h = "#" * title_level
+    lines = [f"{h} Context extension report: {results.get('model', '')}", ""]
     lines += [f"Training length: {results.get('train_length')} tokens.", ""]
     if notes:
         lines += [notes, ""]
-    lines += ["## Reading", "", reading(results), ""]
+    lines += [f"{h}# Reading", "", reading(results), ""]
     if results.get("perplexity"):
-        lines += ["## Perplexity (single forward; mean over documents, 95 % block-bootstrap interval; "
+        lines += [f"{h}# Perplexity (single forward; mean over documents, 95 % block-bootstrap interval; "
                   "paired NLL difference to none)", ""]
         lines += perplexity_table(results["perplexity"]) + [""]
-        lines += ["## Perplexity per document (all positions / last quarter)", ""]
+        lines += [f"{h}# Perplexity per document (all positions / last quarter)", ""]
         lines += per_document_table(results["perplexity"]) + [""]
     if results.get("perplexity_strided"):
         recs = results["perplexity_strided"]
-        lines += ["## Perplexity (strided sliding window)", ""]
+        lines += [f"{h}# Perplexity (strided sliding window)", ""]
         lengths = sorted({r["length"] for r in recs})
         lines += ["| method | " + " | ".join(f"W={n}" for n in lengths) + " |",
                   "|---|" + "---|" * len(lengths)]
@@ -163,9 +196,15 @@ def write_report(results: dict, path: str | os.PathLike, *, figures: list[str] |
         lines.append("")
     for section, name in (("passkey", "Passkey retrieval"), ("niah", "Needle in a haystack")):
         if results.get(section):
-            lines += [f"## {name} (accuracy, mean over depths)", ""] + accuracy_table(results[section]) + [""]
+            lines += [f"{h}# {name} (accuracy, mean over depths)", ""] + accuracy_table(results[section]) + [""]
     for fig in figures or []:
-        name = os.path.basename(fig)
-        lines += [f"![{name}]({name})", ""]
+        lines += [f"![{os.path.basename(fig)}]({fig})", ""]
+    return "\n".join(lines)
+
+
+def write_report(results: dict, path: str | os.PathLike, *, figures: list[str] | None = None,
+                 notes: str = "") -> None:
+    """Writes report.md (`render_report`), linking the figures by file name."""
+    text = render_report(results, figures=[os.path.basename(f) for f in figures or []], notes=notes)
     with open(path, "w") as f:
-        f.write("\n".join(lines))
+        f.write(text)

@@ -1,0 +1,117 @@
+"""Docs tables generated from committed results: one renderer per block, one check for all.
+
+A Markdown file quotes a result only inside a generated block,
+
+    <!-- generated:NAME -->
+    ...rendered from docs/results/...json...
+    <!-- /generated:NAME -->
+
+whose body is `BLOCKS[NAME]()` exactly. `publish()` rewrites every block of every file in
+`DOC_FILES` from the committed JSON (`python -m experiments.publish_docs --config
+configs/publish_docs.py`); `stale_blocks()` lists the blocks whose text differs from what the JSON
+gives, and `tests/docs_results_test.py` fails on any. Verdicts and "x times" sentences inside a
+block are computed by the renderer (`report.reading`), never typed.
+"""
+
+import json
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from longctx_jax.atomic import write_atomically
+from longctx_jax.eval.report import render_report, summary_block
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "docs" / "results"
+DOC_FILES = ("README.md", "docs/extension_report.md", "docs/benchmarks.md")
+EXTEND_RUN = RESULTS / "extend_smollm2" / "results.json"
+EXTEND_FIGURES = ("docs/figures/extend_smollm2_ppl_vs_length.png", "docs/figures/extend_smollm2_passkey.png")
+PATTERN_RUNS = ("rope", "longformer", "bigbird", "longnet")
+
+_BLOCK = re.compile(r"(<!-- generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /generated:(?P=name) -->)", re.S)
+
+
+def load(path: str | os.PathLike) -> dict:
+    """A committed results JSON."""
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def extend_summary() -> str:
+    """README: the main job's perplexity table with intervals, retrieval table and reading."""
+    return summary_block(load(EXTEND_RUN))
+
+
+def extend_report() -> str:
+    """docs/extension_report.md: the whole report of the committed main-job run."""
+    results = load(EXTEND_RUN)
+    figures = [f for f in EXTEND_FIGURES if (ROOT / f).exists()]
+    notes = results.get("notes", "")
+    return render_report(results, figures=[os.path.relpath(ROOT / f, ROOT / "docs") for f in figures],
+                         notes=notes, title_level=2)
+
+
+def pattern_table() -> str:
+    """docs/benchmarks.md: validation bits per byte of the attention-pattern training runs."""
+    lines = ["| variant | attention pattern | packed documents | validation bits per byte | unigram |",
+             "| --- | --- | --- | --- | --- |"]
+    for name in PATTERN_RUNS:
+        run = load(RESULTS / "tiny_patterns" / f"{name}.json")
+        pattern = run["attention"]["pattern"]
+        options = run["attention"]["pattern_options"] or {}
+        described = pattern + (" " + ", ".join(f"{k}={v}" for k, v in options.items()) if options else "")
+        lines.append(f"| `{run['variant']}` | {described} | {'yes' if run['use_segment_ids'] else 'no'} | "
+                     f"{run['final_val_bpb']:.3f} | {run['unigram_bpb']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+BLOCKS: dict[str, Callable[[], str]] = {
+    "extend-summary": extend_summary,
+    "extend-report": extend_report,
+    "pattern-table": pattern_table,
+}
+
+
+def blocks_in(text: str) -> list[tuple[str, str]]:
+    """(name, body) of every generated block of a Markdown text."""
+    return [(m["name"], m["body"]) for m in _BLOCK.finditer(text)]
+
+
+def render(text: str) -> str:
+    """`text` with every generated block's body replaced by its renderer's output.
+
+    Raises:
+      ValueError: a block names no renderer (valid names: `BLOCKS`).
+    """
+    def body(match: re.Match) -> str:
+        name = match["name"]
+        if name not in BLOCKS:
+            raise ValueError(f"generated block {name!r} has no renderer; valid: {sorted(BLOCKS)}")
+        out = BLOCKS[name]()
+        return match.group(1) + out + ("" if out.endswith("\n") else "\n") + match.group(4)
+
+    return _BLOCK.sub(body, text)
+
+
+def stale_blocks(files: tuple[str, ...] = DOC_FILES) -> list[str]:
+    """"file: block" for every generated block whose text differs from its JSON's rendering."""
+    stale = []
+    for name in files:
+        text = (ROOT / name).read_text(encoding="utf-8")
+        fresh = dict(blocks_in(render(text)))
+        stale += [f"{name}: {block}" for block, body in blocks_in(text) if fresh[block] != body]
+    return stale
+
+
+def publish(files: tuple[str, ...] = DOC_FILES) -> list[str]:
+    """Rewrites every generated block of `files` from the committed JSON; returns the changed files."""
+    changed = []
+    for name in files:
+        path = ROOT / name
+        text = path.read_text(encoding="utf-8")
+        new = render(text)
+        if new != text:
+            write_atomically(str(path), new)
+            changed.append(name)
+    return changed
