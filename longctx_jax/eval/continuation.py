@@ -23,7 +23,7 @@ at that length.
 
 import dataclasses
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +35,11 @@ from longctx_jax.models.decoder import Decoder
 from longctx_jax.models.kv_cache import KVCache
 
 _INTEGER = re.compile(r"\d+")
+
+
+def _never(generated: list[int]) -> bool:
+    del generated
+    return False
 
 
 def first_integer(text: str) -> str | None:
@@ -107,7 +112,8 @@ class ContinuationScorer:
             self._argmax_all = jax.jit(argmax_all)
 
     def score(self, prompt: Sequence[int] | np.ndarray, answer: Sequence[int] | np.ndarray, *,
-              new_tokens: int, capacity: int) -> Continuation:
+              new_tokens: int, capacity: int, stop: Callable[[list[int]], bool] | None = None
+              ) -> Continuation:
         """Teacher-forced match of `answer` and `new_tokens` greedy tokens after `prompt`.
 
         Args:
@@ -116,6 +122,8 @@ class ContinuationScorer:
           new_tokens: greedy tokens to generate, >= 1.
           capacity: the length the model runs at (cache slots, or the padded forward length);
             needs P + max(A, new_tokens) - 1 <= capacity.
+          stop: called with the greedy ids so far after each one; True ends the generation
+            early (e.g. on EOS, or once a monotone score can no longer change).
 
         Raises:
           ValueError: an empty prompt, new_tokens < 1, or a prompt and continuation that do
@@ -134,10 +142,10 @@ class ContinuationScorer:
             raise ValueError(f"prompt of {P} tokens + {max(A, new_tokens)} answer/generated tokens need "
                              f"{need} positions, more than capacity {capacity}")
         if self.cached:
-            return self._score_cached(prompt, answer, new_tokens, capacity)
-        return self._score_forward(prompt, answer, new_tokens, capacity)
+            return self._score_cached(prompt, answer, new_tokens, capacity, stop or _never)
+        return self._score_forward(prompt, answer, new_tokens, capacity, stop or _never)
 
-    def _score_cached(self, prompt, answer, new_tokens, capacity) -> Continuation:
+    def _score_cached(self, prompt, answer, new_tokens, capacity, stop) -> Continuation:
         cfg = self.cfg
         cache = KVCache.create(num_layers=cfg.num_layers, batch=1, capacity=capacity,
                                num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, dtype=cfg.dtype)
@@ -151,13 +159,13 @@ class ContinuationScorer:
                 predicted += np.asarray(forced)[0].tolist()
             hits = np.asarray(predicted) == answer
         generated = [first]
-        for _ in range(new_tokens - 1):
+        while len(generated) < new_tokens and not stop(generated):
             logits, cache = self._step(self.state, jnp.asarray([[generated[-1]]], jnp.int32), cache)
             generated.append(int(jnp.argmax(logits[0])))
         return Continuation(strict=bool(len(answer) and hits.all()), answer_hits=hits,
                             generated=np.asarray(generated, np.int32))
 
-    def _score_forward(self, prompt, answer, new_tokens, capacity) -> Continuation:
+    def _score_forward(self, prompt, answer, new_tokens, capacity, stop) -> Continuation:
         P = len(prompt)
 
         def argmax_after(seq: np.ndarray) -> np.ndarray:
@@ -170,7 +178,7 @@ class ContinuationScorer:
             predicted = argmax_after(np.concatenate([prompt, answer[:-1]]))[P - 1 : P - 1 + len(answer)]
             hits = predicted == answer
         seq = prompt.tolist()
-        for _ in range(new_tokens):
+        while len(seq) < P + new_tokens and (len(seq) == P or not stop(seq[P:])):
             seq.append(int(argmax_after(np.asarray(seq, np.int32))[len(seq) - 1]))
         return Continuation(strict=bool(len(answer) and hits.all()), answer_hits=hits,
                             generated=np.asarray(seq[P:], np.int32))
