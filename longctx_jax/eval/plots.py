@@ -6,8 +6,9 @@ module leaves the caller's matplotlib backend alone (inline plots in a notebook 
   ppl_vs_length.png   perplexity (log y) against context length, one line per method: the mean
                       over documents with its 95 % bootstrap band, and the last quarter; the
                       training length is marked.
-  passkey.png         one accuracy heatmap (depth x length) per method.
-  niah_<method>.png   the needle-in-a-haystack heatmap of one method.
+  passkey.png         accuracy heatmaps (depth x length) per method, a row per scorer
+                      (strict, lenient); each cell reads hits/trials.
+  niah_<method>.png   the needle-in-a-haystack heatmaps of one method (both scorers).
   rope_wavelengths.png  the wavelength of every RoPE band under each scaling (no results file:
                       `plot_rope_wavelengths`, run by `experiments/plot_rope_wavelengths.py`).
 """
@@ -61,48 +62,67 @@ def plot_ppl_vs_length(records: Sequence[dict], path: str | os.PathLike, *, trai
     fig.savefig(path, dpi=120)
 
 
-def accuracy_grid(records: Sequence[dict], method: str) -> tuple[list[float], list[int], np.ndarray]:
-    """(depths, lengths, accuracy `[depths, lengths]`, NaN where a cell is missing)."""
+SCORERS = (("accuracy", "hits", "strict"), ("lenient_accuracy", "lenient_hits", "lenient"))
+
+
+def accuracy_grid(records: Sequence[dict], method: str, key: str = "accuracy"
+                  ) -> tuple[list[float], list[int], np.ndarray]:
+    """(depths, lengths, `key` `[depths, lengths]`, NaN where a cell is missing)."""
     rows = [r for r in records if r["method"] == method]
     depths = sorted({r["depth"] for r in rows})
     lengths = sorted({r["length"] for r in rows})
     grid = np.full((len(depths), len(lengths)), np.nan)
     for r in rows:
-        grid[depths.index(r["depth"]), lengths.index(r["length"])] = r["accuracy"]
+        if key in r:
+            grid[depths.index(r["depth"]), lengths.index(r["length"])] = r[key]
     return depths, lengths, grid
 
 
-def _heatmap(ax, records: Sequence[dict], method: str, train_length: int | None):
-    depths, lengths, grid = accuracy_grid(records, method)
+def cell_label(record: dict, key: str = "accuracy") -> str:
+    """A heatmap cell's text: "hits/trials" when the row counts them, else the accuracy."""
+    hits = dict((a, h) for a, h, _ in SCORERS).get(key)
+    if hits in record and "trials" in record:
+        return f"{record[hits]}/{record['trials']}"
+    return f"{record[key]:.2f}"
+
+
+def _heatmap(ax, records: Sequence[dict], method: str, train_length: int | None, key: str = "accuracy",
+             scorer: str = ""):
+    depths, lengths, grid = accuracy_grid(records, method, key)
     image = ax.imshow(grid, cmap="RdYlGn", vmin=0.0, vmax=1.0, aspect="auto", origin="upper")
     ax.set_xticks(range(len(lengths)), [f"{n // 1024}K" if n % 1024 == 0 else str(n) for n in lengths])
     ax.set_yticks(range(len(depths)), [f"{round(d * 100)}%" for d in depths])
-    for i in range(len(depths)):
-        for j in range(len(lengths)):
-            if not np.isnan(grid[i, j]):
-                ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=7)
+    for r in records:
+        if r["method"] == method and key in r:
+            i, j = depths.index(r["depth"]), lengths.index(r["length"])
+            ax.text(j, i, cell_label(r, key), ha="center", va="center", fontsize=7)
     if train_length:
         beyond = [j for j, n in enumerate(lengths) if n > train_length]
         if beyond:
             ax.axvline(beyond[0] - 0.5, color="black", linewidth=2)
     ax.set_xlabel("context length")
-    ax.set_title(method)
+    trials = sorted({r["trials"] for r in records if r["method"] == method and "trials" in r})
+    count = f", n={'/'.join(map(str, trials))} per cell" if trials else ""
+    ax.set_title(f"{method} {scorer}{count}".replace("  ", " "))
     return image
 
 
 def plot_heatmaps(records: Sequence[dict], path: str | os.PathLike, *, train_length: int | None = None,
                   title: str = "", methods: Sequence[str] | None = None) -> None:
-    """Writes one depth x length accuracy heatmap per method side by side."""
+    """Writes depth x length accuracy heatmaps, one column per method; a row per scorer
+    (strict, lenient) when the records carry the lenient score. Each cell reads hits/trials."""
     methods = list(methods) if methods is not None else _methods(records)
     if not methods:
         raise ValueError("no records to plot")
-    fig = Figure(figsize=(3.2 * len(methods) + 1, 4), layout="constrained")
-    axes = fig.subplots(1, len(methods), squeeze=False)
+    scorers = [(key, name) for key, _, name in SCORERS if any(key in r for r in records)]
+    fig = Figure(figsize=(3.2 * len(methods) + 1, 4 * len(scorers)), layout="constrained")
+    axes = fig.subplots(len(scorers), len(methods), squeeze=False)
     image = None
-    for ax, method in zip(axes[0], methods, strict=True):
-        image = _heatmap(ax, records, method, train_length)
-    axes[0][0].set_ylabel("needle depth")
-    fig.colorbar(image, ax=list(axes[0]), label="accuracy")
+    for row, (key, name) in enumerate(scorers):
+        for ax, method in zip(axes[row], methods, strict=True):
+            image = _heatmap(ax, records, method, train_length, key, name if len(scorers) > 1 else "")
+        axes[row][0].set_ylabel(f"needle depth ({name})" if len(scorers) > 1 else "needle depth")
+    fig.colorbar(image, ax=list(axes.ravel()), label="accuracy")
     if title:  # wrapped to the figure's width: one narrow heatmap would clip a long model name
         fig.suptitle("\n".join(textwrap.wrap(title, int(8 * fig.get_figwidth()))))
     fig.savefig(path, dpi=120, bbox_inches="tight")

@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "docs" / "results"
 DOC_FILES = ("README.md", "docs/extension_report.md", "docs/benchmarks.md")
 EXTEND_RUN = RESULTS / "extend_smollm2" / "results.json"
-EXTEND_FIGURES = ("docs/figures/extend_smollm2_ppl_vs_length.png", "docs/figures/extend_smollm2_passkey.png")
+EXTEND_FIGURES = ("docs/figures/extend_smollm2_ppl_vs_length.png",
+                  "docs/figures/extend_smollm2_passkey.png")
 PATTERN_RUNS = ("rope", "longformer", "bigbird", "longnet")
 
 _BLOCK = re.compile(r"(<!-- generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /generated:(?P=name) -->)", re.S)

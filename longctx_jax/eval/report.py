@@ -71,24 +71,60 @@ def per_document_table(records) -> list[str]:
     return lines
 
 
+def _has_lenient(records) -> bool:
+    return any("lenient_accuracy" in r for r in records)
+
+
 def accuracy_table(records) -> list[str]:
-    """Markdown rows: accuracy averaged over depths, per method and length."""
+    """Markdown rows: accuracy averaged over depths, per method and length; with the lenient
+    score beside the strict one ("strict / lenient") and the trials behind each mean."""
     lengths = sorted({r["length"] for r in records})
+    lenient = _has_lenient(records)
     lines = ["| method | " + " | ".join(str(n) for n in lengths) + " |",
              "|---|" + "---|" * len(lengths)]
     for m in _methods(records):
         cells = []
         for n in lengths:
-            accs = [r["accuracy"] for r in records if r["method"] == m and r["length"] == n]
-            cells.append(f"{np.mean(accs):.2f}" if accs else "")
+            rows = [r for r in records if r["method"] == m and r["length"] == n]
+            if not rows:
+                cells.append("")
+                continue
+            cell = f"{np.mean([r['accuracy'] for r in rows]):.2f}"
+            if lenient:
+                cell += f" / {np.mean([r.get('lenient_accuracy', np.nan) for r in rows]):.2f}"
+            if all("trials" in r for r in rows):
+                cell += f" (n={sum(r['trials'] for r in rows)})"
+            cells.append(cell)
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return lines
 
 
+def ruler_table(records) -> list[str]:
+    """Markdown rows: RULER score (mean over trials, n trials) per task and method, by length,
+    and the mean over the tasks each method ran at every length."""
+    lengths = sorted({r["length"] for r in records})
+    tasks = list(dict.fromkeys(r["task"] for r in records))
+    lines = ["| task | method | " + " | ".join(str(n) for n in lengths) + " |",
+             "|---|---|" + "---|" * len(lengths)]
+    for task in tasks:
+        for m in _methods(records):
+            rows = [_lookup(records, method=m, task=task, length=n) for n in lengths]
+            cells = [f"{r['score']:.2f} (n={r['trials']})" if r else "" for r in rows]
+            if any(cells):
+                lines.append(f"| {task} | {m} | " + " | ".join(cells) + " |")
+    for m in _methods(records):
+        cells = []
+        for n in lengths:
+            scores = [r["score"] for r in records if r["method"] == m and r["length"] == n]
+            cells.append(f"{np.mean(scores):.2f} ({len(scores)} tasks)" if scores else "")
+        lines.append(f"| **mean** | {m} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def mean_accuracy(records, method: str, *, within: int | None = None,
-                  beyond: int | None = None) -> float | None:
-    """Mean accuracy of a method over lengths <= within (or > beyond); None if no such cell."""
-    accs = [r["accuracy"] for r in records if r["method"] == method
+                  beyond: int | None = None, key: str = "accuracy") -> float | None:
+    """Mean `key` of a method over lengths <= within (or > beyond); None if no such cell."""
+    accs = [r[key] for r in records if r["method"] == method and key in r
             and (within is None or r["length"] <= within) and (beyond is None or r["length"] > beyond)]
     return float(np.mean(accs)) if accs else None
 
@@ -141,8 +177,20 @@ def reading(results: dict) -> str:
             elif out is not None:
                 parts.append(f"{m} {out:.2f} beyond")
         if parts:
-            sentences.append(f"Mean {name} accuracy (within vs beyond {train} tokens): "
+            scorer = " (strict)" if _has_lenient(recs) else ""
+            sentences.append(f"Mean {name} accuracy{scorer} (within vs beyond {train} tokens): "
                              + "; ".join(parts) + ".")
+        if _has_lenient(recs) and train:
+            lenient = []
+            for m in _methods(recs):
+                key = "lenient_accuracy"
+                vals = [(w, v) for w, v in (("within", mean_accuracy(recs, m, within=train, key=key)),
+                                            ("beyond", mean_accuracy(recs, m, beyond=train, key=key)))
+                        if v is not None]
+                if vals:
+                    lenient.append(f"{m} " + " / ".join(f"{v:.2f} {w}" for w, v in vals))
+            if lenient:
+                sentences.append("Lenient (first integer of the greedy output): " + "; ".join(lenient) + ".")
     return " ".join(sentences) if sentences else "No results yet."
 
 
@@ -151,13 +199,17 @@ def summary_block(results: dict) -> str:
     tables and the computed reading."""
     lines = []
     if results.get("perplexity"):
-        lines += ["Perplexity, mean over documents with its 95 % block-bootstrap interval, and the paired NLL "
-                  "difference to `none` on the same positions:", ""]
+        lines += ["Perplexity, mean over documents with its 95 % block-bootstrap interval, and the paired "
+                  "NLL difference to `none` on the same positions:", ""]
         lines += perplexity_table(results["perplexity"]) + [""]
     for section, name in (("passkey", "Passkey retrieval"), ("niah", "Needle in a haystack")):
         if results.get(section):
-            lines += [f"{name} (accuracy, mean over depths and trials):", ""]
+            scorers = "strict / lenient, " if _has_lenient(results[section]) else ""
+            lines += [f"{name} (accuracy, {scorers}mean over depths and trials; n = trials):", ""]
             lines += accuracy_table(results[section]) + [""]
+    if results.get("ruler"):
+        lines += ["RULER-style suite (string_match_all, mean over trials):", ""]
+        lines += ruler_table(results["ruler"]) + [""]
     lines += [reading(results), ""]
     return "\n".join(lines)
 
@@ -196,7 +248,12 @@ def render_report(results: dict, *, figures: list[str] | None = None, notes: str
         lines.append("")
     for section, name in (("passkey", "Passkey retrieval"), ("niah", "Needle in a haystack")):
         if results.get(section):
-            lines += [f"{h}# {name} (accuracy, mean over depths)", ""] + accuracy_table(results[section]) + [""]
+            scorers = "strict / lenient, " if _has_lenient(results[section]) else ""
+            lines += [f"{h}# {name} (accuracy, {scorers}mean over depths; n = trials)", ""]
+            lines += accuracy_table(results[section]) + [""]
+    if results.get("ruler"):
+        lines += [f"{h}# RULER-style suite (string_match_all, mean over trials)", ""]
+        lines += ruler_table(results["ruler"]) + [""]
     for fig in figures or []:
         lines += [f"![{os.path.basename(fig)}]({fig})", ""]
     return "\n".join(lines)

@@ -1,6 +1,7 @@
 """The whole evaluation for one model: perplexity, passkey and needle sweeps, figures, report.
 
-`evaluate_method(model, tokenizer, store, method=..., spec=...)` runs every sweep `spec` asks for on
+`evaluate_method(model, tokenizer, store, method=..., spec=...)` runs every sweep `spec` asks for
+(perplexity, passkey, needle, the RULER-style suite) on
 one model (skipping cells already in the results file), and `finalize(store, workdir)` writes
 the figures and report.md. `evaluate_checkpoint` does both for a single model, e.g. a
 from-scratch `Decoder` restored by the trainer with its `ByteTokenizer`:
@@ -27,6 +28,7 @@ from longctx_jax.eval.perplexity import perplexity_sweep, strided_perplexity_swe
 from longctx_jax.eval.plots import write_figures
 from longctx_jax.eval.report import write_report
 from longctx_jax.eval.results import ResultStore, file_digest, fingerprint
+from longctx_jax.eval.ruler import TASKS, check_tasks, ruler_sweep
 from longctx_jax.eval.scoring import as_eval_model
 
 
@@ -42,7 +44,9 @@ class SuiteSpec:
       strided_doc_length: document length (targets) of the sliding-window protocol.
       passkey_lengths, passkey_depths, passkey_trials: the passkey grid.
       niah_lengths, niah_depths, niah_trials: the needle-in-a-haystack grid.
-      seed: base seed of the retrieval prompts.
+      ruler_tasks, ruler_lengths, ruler_trials: the RULER-style suite (`eval/ruler.py`): task
+        names from `ruler.TASKS`, lengths (prompt + generation), seeded prompts per cell.
+      seed: base seed of the retrieval and RULER prompts.
       batch_tokens: tokens per forward in the retrieval sweeps (batch = batch_tokens // length).
     """
 
@@ -57,6 +61,9 @@ class SuiteSpec:
     niah_lengths: tuple[int, ...] = ()
     niah_depths: tuple[float, ...] = DEPTHS
     niah_trials: int = 1
+    ruler_tasks: tuple[str, ...] = tuple(TASKS)
+    ruler_lengths: tuple[int, ...] = ()
+    ruler_trials: int = 1
     seed: int = 0
     batch_tokens: int = 16384
 
@@ -67,7 +74,9 @@ class SuiteSpec:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown eval fields {unknown}; valid: {sorted(known)}")
-        return cls(**{k: tuple(v) if isinstance(v, list | tuple) else v for k, v in values.items()})
+        spec = cls(**{k: tuple(v) if isinstance(v, list | tuple) else v for k, v in values.items()})
+        check_tasks(spec.ruler_tasks)
+        return spec
 
 
 def run_inputs(checkpoint: str | os.PathLike, tokenizer, *, train_length: int, target_length: int,
@@ -116,14 +125,19 @@ def evaluate_method(model, tokenizer, store: ResultStore, *, method: str, spec: 
         strided_perplexity_sweep(em, tokenizer, store, method=method, windows=list(spec.strided_windows),
                                  stride=spec.strided_stride, doc_length=spec.strided_doc_length,
                                  num_docs=spec.ppl_num_docs, progress=progress)
+    # retrieval and RULER get the model itself: a `Decoder` scores each trial from one KV-cache prefill
     if spec.passkey_lengths:
-        passkey_sweep(em, tokenizer, store, method=method, lengths=list(spec.passkey_lengths),
+        passkey_sweep(model, tokenizer, store, method=method, lengths=list(spec.passkey_lengths),
                       depths=list(spec.passkey_depths), trials=spec.passkey_trials, seed=spec.seed,
                       batch_tokens=spec.batch_tokens, progress=progress)
     if spec.niah_lengths:
-        needle_sweep(em, tokenizer, store, method=method, lengths=list(spec.niah_lengths),
+        needle_sweep(model, tokenizer, store, method=method, lengths=list(spec.niah_lengths),
                      depths=list(spec.niah_depths), trials=spec.niah_trials, seed=spec.seed,
                      batch_tokens=spec.batch_tokens, progress=progress)
+    if spec.ruler_lengths and spec.ruler_tasks:
+        ruler_sweep(model, tokenizer, store, method=method, tasks=spec.ruler_tasks,
+                    lengths=list(spec.ruler_lengths), trials=spec.ruler_trials, seed=spec.seed,
+                    progress=progress)
 
 
 def finalize(store: ResultStore, workdir: str | os.PathLike, *, notes: str = "") -> list[str]:
