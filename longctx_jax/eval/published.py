@@ -30,7 +30,8 @@ EXTEND_FIGURES = ("docs/figures/extend_smollm2_ppl_vs_length.png",
                   "docs/figures/extend_smollm2_passkey.png")
 PATTERN_RUNS = ("rope", "longformer", "bigbird", "longnet")
 
-_BLOCK = re.compile(r"(<!-- generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /generated:(?P=name) -->)", re.S)
+_BLOCK = re.compile(r"(<!-- generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)"
+                    r"(<!-- /generated:(?P=name) -->)", re.S)
 
 
 def load(path: str | os.PathLike) -> dict:
