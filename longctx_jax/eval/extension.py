@@ -43,19 +43,20 @@ def _check_methods(field: str, methods: Sequence[str]) -> None:
 def evaluated_lengths(config: ml_collections.ConfigDict) -> list[int]:
     """Every length any sweep of `config.eval` runs at."""
     e = config.eval
-    return [*e.ppl_lengths, *e.strided_windows, *e.passkey_lengths, *e.niah_lengths]
+    return [*e.ppl_lengths, *e.strided_windows, *e.passkey_lengths, *e.niah_lengths,
+            *e.get("ruler_lengths", ())]
 
 
 def check_extension_config(config: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming the first bad field of an extension config (before any work).
 
-    Checks: every name in `methods`, `passkey_methods`, `niah_methods` is one of
+    Checks: every name in `methods`, `passkey_methods`, `niah_methods`, `ruler_methods` is one of
     `eval.methods.METHODS`; `train_length` and every evaluated length are positive;
     `target_length` is unset or positive; at least one length is evaluated; the eval block
     has only `SuiteSpec` fields.
     """
-    for field in ("methods", "passkey_methods", "niah_methods"):
-        _check_methods(field, tuple(config[field]))
+    for field in ("methods", "passkey_methods", "niah_methods", "ruler_methods"):
+        _check_methods(field, tuple(config.get(field, ())))
     if not config.methods:
         raise ValueError("config.methods is empty; name at least one of " + ", ".join(METHODS))
     if config.train_length <= 0:
@@ -91,6 +92,8 @@ def spec_for(config: ml_collections.ConfigDict, method: str) -> SuiteSpec:
         values["passkey_lengths"] = ()
     if method not in config.niah_methods:
         values["niah_lengths"] = ()
+    if method not in config.get("ruler_methods", ()):
+        values["ruler_lengths"] = ()
     return SuiteSpec.from_mapping(values)
 
 
