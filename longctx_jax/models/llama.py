@@ -1,7 +1,8 @@
 """Loaders for pretrained Llama-family checkpoints into `longctx_jax.models.decoder.Decoder`.
 
     model, tokenizer = load_gguf(path)          # llama.cpp GGUF (Llama, Mistral, SmolLM, Qwen2)
-    model, tokenizer = load_hf(directory)       # config.json + *.safetensors (+ tokenizer.json)
+    model, tokenizer = load_hf(directory)       # config.json + *.safetensors (+ tokenizer.json):
+                                                # a `hf_architectures` row (Llama, Mistral, Qwen2, Phi-3)
     logits_BTV = model(tokens_BT)               # float32
 
 Both paths first build one dictionary of Hugging Face-named float32 NumPy weights in HF
