@@ -17,6 +17,7 @@ import pytest
 from flax import nnx
 
 from longctx_jax.models import llama
+from longctx_jax.models.decoder import Decoder
 from longctx_jax.models.export import export_hf, hf_config_dict
 from longctx_jax.models.hf_architectures import HF_MODEL_TYPES, hf_config
 
@@ -47,8 +48,9 @@ CASES = {
     "qwen2_full": ("qwen2", dict(use_sliding_window=False, sliding_window=8), 30),
     "phi3_longrope_short": ("phi3", PHI3_LONGROPE, 12),
     "phi3_longrope_long": ("phi3", {**PHI3_LONGROPE, "sliding_window": 24}, 40),
+    "phi3_partial_rotary": ("phi3", dict(partial_rotary_factor=0.5), 20),
 }
-SLOW_CASES = ("llama", "qwen2_full", "phi3_longrope_short")
+SLOW_CASES = ("llama", "qwen2_full", "phi3_longrope_short", "phi3_partial_rotary")
 
 
 def cases(table: dict, slow: tuple[str, ...]) -> list:
@@ -136,6 +138,10 @@ def test_config_errors_before_weights(tmp_path):
         load(attention_bias=True)
     with pytest.raises(ValueError, match="unknown rope_type 'warp'"):
         load(rope_scaling={"rope_type": "warp", "factor": 2.0})
+    with pytest.raises(ValueError, match=r"'llama' cannot take rope_type 'ntk'; valid: \('default', 'lin"):
+        load(rope_scaling={"rope_type": "ntk", "factor": 2.0})
+    with pytest.raises(ValueError, match="'mistral' rotates whole heads; partial_rotary_factor 0.5"):
+        load(model_type="mistral", partial_rotary_factor=0.5)
     assert set(HF_MODEL_TYPES) == {"llama", "mistral", "qwen2", "phi3"}
     # Qwen2 with windows on no layer (max_window_layers >= layers) has no window.
     assert hf_config({**base, "model_type": "qwen2", "use_sliding_window": True, "sliding_window": 8,
@@ -159,6 +165,8 @@ def test_unread_tensor_is_refused(tmp_path):
 ROUND_TRIPS = {
     # name -> (model_type, saved overrides, rope_scaling given to load_hf, export kwargs, length)
     "llama_yarn2": ("llama", {}, {"rope_type": "yarn", "factor": 2.0}, {}, 48),
+    # transformers' dynamic NTK scales from max_position_embeddings: exported as L, run past it.
+    "llama_dynamic2": ("llama", {}, {"rope_type": "dynamic", "factor": 2.0}, {}, 48),
     "llama3_tied": ("llama", dict(rope_scaling=LLAMA3, tie_word_embeddings=True), None, {}, 40),
     "mistral_linear2": ("mistral", dict(sliding_window=8), {"rope_type": "linear", "factor": 2.0},
                         dict(max_position_embeddings=64), 30),
@@ -205,6 +213,13 @@ def test_export_refuses_what_hf_cannot_express(tmp_path):
         export_hf(yarn, None, tmp_path / "out", architecture="phi3")
     with pytest.raises(ValueError, match="unsupported model_type 'gpt2'"):
         export_hf(yarn, None, tmp_path / "out", architecture="gpt2")
+    ntk_cfg = yarn.cfg.replace(rope_scaling={"rope_type": "ntk", "factor": 2.0})
+    ntk = nnx.eval_shape(lambda: Decoder(ntk_cfg, rngs=nnx.Rngs(0)))  # refused before any weight is read
+    with pytest.raises(ValueError, match="'llama' cannot take rope_type 'ntk'"):
+        export_hf(ntk, None, tmp_path / "out", max_position_embeddings=64)
+    dynamic, _ = llama.load_hf(tmp_path / "src", rope_scaling={"rope_type": "dynamic", "factor": 2.0})
+    with pytest.raises(ValueError, match=r"must equal original_max_position_embeddings \(32\)"):
+        export_hf(dynamic, None, tmp_path / "out", max_position_embeddings=64)
     model.extra = nnx.Param(jnp.zeros((3,)))  # e.g. an unmerged adapter
     with pytest.raises(ValueError, match=r"\['extra'\] have no Hugging Face tensor"):
         export_hf(model, None, tmp_path / "out", max_position_embeddings=32)

@@ -10,13 +10,15 @@ The inverse of `llama.decoder_params` then of the architecture row's `split`
 `gate_up_proj`). config.json carries the model's current RoPE in both spellings transformers
 reads (`rope_scaling` for 4.x, `rope_parameters` with `rope_theta` for 5.x) and
 `max_position_embeddings`: the length the scaling extends to (original length x factor) unless
-given. Phi-3 LongRoPE also gets its top-level `original_max_position_embeddings`, from which
-transformers (and `rope_config_from_hf`) take the factor. Weights are written with safetensors
+given, except for `dynamic`, whose pretrained length transformers reads from it. Phi-3 LongRoPE
+also gets its top-level `original_max_position_embeddings`, from which transformers (and
+`rope_config_from_hf`) take the factor. Weights are written with safetensors
 (no pickle); the tokenizer, when given, as its `tokenizers` JSON (the byte-level BPE rebuilt from
 a GGUF included), with a BOS post-processor when the checkpoint adds BOS.
 
 A config the HF schema cannot express (ALiBi or NoPE, interleaved RoPE, attention sinks, a
-logit soft-cap, a sparse attention pattern, a window or RoPE type the architecture lacks) or a
+logit soft-cap, a sparse attention pattern, a window, RoPE type or partial rotary the
+architecture lacks, e.g. the project's static "ntk", which transformers does not implement) or a
 model with parameters beyond the plain decoder's (LoRA adapters not merged) raises ValueError
 naming it before anything is written.
 """
@@ -96,16 +98,22 @@ def _check_expressible(cfg: ModelConfig, arch: HFArchitecture) -> None:
         if value != valid:
             raise ValueError(f"model.{name}={value!r} has no Hugging Face {arch.model_type!r} equivalent; "
                              f"valid: {valid!r}")
-    arch.check_rope_type(cfg.rope_scaling_dict)
+    arch.check_rope(cfg.rope_scaling_dict)
 
 
 def _max_positions(cfg: ModelConfig, given: int | None) -> int:
-    if given is not None:
-        if isinstance(given, bool) or not isinstance(given, int) or given <= 0:
-            raise ValueError(f"max_position_embeddings must be a positive integer, got {given!r}")
-        return given
+    if given is not None and (isinstance(given, bool) or not isinstance(given, int) or given <= 0):
+        raise ValueError(f"max_position_embeddings must be a positive integer, got {given!r}")
     scaling = cfg.rope_scaling_dict or {}
     length, factor = scaling.get("original_max_position_embeddings"), scaling.get("factor")
+    if canonical_rope_type(scaling).name == "dynamic":  # transformers' dynamic NTK reads L from it
+        if given is not None and given != length:
+            raise ValueError(f"rope_type 'dynamic': max_position_embeddings must equal "
+                             f"original_max_position_embeddings ({length}), the length transformers "
+                             f"scales from; got {given}")
+        return length
+    if given is not None:
+        return given
     if length and factor:
         return int(round(length * factor))
     raise ValueError(f"max_position_embeddings cannot be derived from rope_scaling {scaling or None!r} "
@@ -182,7 +190,8 @@ def export_hf(model: Decoder, tokenizer: PretrainedTokenizer | None, directory: 
       directory: created if absent; existing files of the same names are replaced.
       architecture: the `model_type` to write ("llama", "mistral", "qwen2", "phi3").
       max_position_embeddings: the context length to declare; default original length x factor
-        of the model's rope_scaling (required when the scaling has neither).
+        of the model's rope_scaling (required when the scaling has neither). For `dynamic` it is
+        the original length, from which transformers' dynamic NTK scales.
 
     Returns:
       The directory path.

@@ -8,14 +8,17 @@
 All four are the Llama block (RMSNorm, SwiGLU, grouped-query attention, rotate-half RoPE); a row
 says only how each differs:
 
-| model_type | q/k/v bias | sliding window | RoPE types | fused tensors |
-|---|---|---|---|---|
-| llama | `attention_bias` (refused: it also biases o_proj) | none | any | none |
-| mistral | no | `sliding_window`, every layer | any | none |
-| qwen2 | always | `sliding_window` on layers i >= `max_window_layers` (*) | any | none |
-| phi3 | no | `sliding_window`, every layer | default, longrope | `qkv_proj`, `gate_up_proj` (**) |
+| model_type | q/k/v bias | sliding window | RoPE types | partial rotary | fused tensors |
+|---|---|---|---|---|---|
+| llama | `attention_bias` (refused: it also biases o_proj) | none | HF's | no | none |
+| mistral | no | `sliding_window`, every layer | HF's | no | none |
+| qwen2 | always | `sliding_window` on layers i >= `max_window_layers` (*) | HF's | no | none |
+| phi3 | no | `sliding_window`, every layer | default, longrope | yes | `qkv_proj`, `gate_up_proj` (**) |
 
 (*) only when `use_sliding_window`; a saved `layer_types` list wins. (**) rows [q; k; v] and [gate; up].
+"HF's" = the types transformers implements (`HF_ROPE_TYPES`); the project's static "ntk" is not
+one of them. Llama, Mistral and Qwen2 rotate the whole head in transformers (no
+`partial_rotary_factor`).
 
 Phi-3's `rope_scaling` type `longrope` (alias "su") is LongRoPE (Ding et al. 2024): per-band
 `short_factor` up to `original_max_position_embeddings` (top level in Phi-3 configs) and
@@ -145,6 +148,7 @@ class HFArchitecture:
       split: weights under this architecture's names -> Llama names (fused tensors split).
       fuse: the inverse, for export.
       export_fields: ModelConfig -> the architecture's own config.json fields (window, biases).
+      partial_rotary: transformers' class rotates only `partial_rotary_factor` of each head.
     """
 
     model_type: str
@@ -155,24 +159,31 @@ class HFArchitecture:
     split: Callable[[Weights, ModelConfig], Weights] = _identity
     fuse: Callable[[Weights, ModelConfig], Weights] = _identity
     export_fields: Callable[[ModelConfig], dict[str, Any]] = _windowed_fields
+    partial_rotary: bool = False
 
-    def check_rope_type(self, rope_scaling: Mapping[str, Any] | None) -> None:
-        """Raises ValueError when this architecture cannot take `rope_scaling`'s type."""
+    def check_rope(self, rope_scaling: Mapping[str, Any] | None) -> None:
+        """Raises ValueError when this architecture cannot take `rope_scaling` (its type, or a
+        partial rotary factor), naming the value and the valid ones."""
         name = canonical_rope_type(rope_scaling).name
         if name not in self.rope_types:
             raise ValueError(f"architecture {self.model_type!r} cannot take rope_type {name!r}; "
                              f"valid: {self.rope_types}")
+        partial = (rope_scaling or {}).get("partial_rotary_factor")
+        if partial is not None and partial != 1.0 and not self.partial_rotary:
+            raise ValueError(f"architecture {self.model_type!r} rotates whole heads; partial_rotary_factor "
+                             f"{partial} is not supported (valid: 1.0; phi3 takes partial rotary)")
 
 
-_ANY_ROPE = tuple(ROPE_TYPES)
+# The RoPE types of the project's table that transformers implements (its ROPE_INIT_FUNCTIONS).
+HF_ROPE_TYPES = tuple(name for name in ROPE_TYPES if name != "ntk")
 _TABLE = (
-    HFArchitecture("llama", "LlamaForCausalLM", _ANY_ROPE, _llama_qkv_bias, _no_window,
+    HFArchitecture("llama", "LlamaForCausalLM", HF_ROPE_TYPES, _llama_qkv_bias, _no_window,
                    export_fields=_llama_fields),
-    HFArchitecture("mistral", "MistralForCausalLM", _ANY_ROPE, lambda c: False, _global_window),
-    HFArchitecture("qwen2", "Qwen2ForCausalLM", _ANY_ROPE, lambda c: True, _qwen2_window,
+    HFArchitecture("mistral", "MistralForCausalLM", HF_ROPE_TYPES, lambda c: False, _global_window),
+    HFArchitecture("qwen2", "Qwen2ForCausalLM", HF_ROPE_TYPES, lambda c: True, _qwen2_window,
                    export_fields=_qwen2_fields),
     HFArchitecture("phi3", "Phi3ForCausalLM", ("default", "longrope"), lambda c: False, _global_window,
-                   split=_phi3_split, fuse=_phi3_fuse),
+                   split=_phi3_split, fuse=_phi3_fuse, partial_rotary=True),
 )
 HF_ARCHITECTURES: Mapping[str, HFArchitecture] = MappingProxyType({a.model_type: a for a in _TABLE})
 HF_MODEL_TYPES = tuple(HF_ARCHITECTURES)
@@ -223,7 +234,7 @@ def hf_config(config: Mapping[str, Any], *, rope_scaling: Mapping[str, Any] | No
     if rope_scaling is not None:
         trained = config.get("original_max_position_embeddings") or config.get("max_position_embeddings")
         scaling = complete_rope_scaling(rope_scaling, trained)
-    arch.check_rope_type(scaling)
+    arch.check_rope(scaling)
     num_heads = config["num_attention_heads"]
     return ModelConfig(
         vocab_size=config["vocab_size"],
@@ -244,5 +255,5 @@ def hf_config(config: Mapping[str, Any], *, rope_scaling: Mapping[str, Any] | No
     )
 
 
-__all__ = ["HF_ARCHITECTURES", "HF_MODEL_TYPES", "HFArchitecture", "architecture", "complete_rope_scaling",
-           "hf_config"]
+__all__ = ["HF_ARCHITECTURES", "HF_MODEL_TYPES", "HF_ROPE_TYPES", "HFArchitecture", "architecture",
+           "complete_rope_scaling", "hf_config"]
