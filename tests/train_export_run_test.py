@@ -1,0 +1,88 @@
+"""The export job: HF directory, training-run and GGUF sources -> a HF directory transformers runs."""
+
+import json
+
+import chex
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from longctx_jax import config_cli
+from longctx_jax.models import llama
+from longctx_jax.train import export_run
+from tests.models_hf_architectures_test import forward, hf_logits, save_tiny, tokens
+from tests.train_init_from_test import saved_run
+from tests.train_trainer_test import small_config
+
+transformers = pytest.importorskip("transformers")
+
+YARN2 = {"rope_type": "yarn", "factor": 2.0}
+
+
+def export_config(**values):
+    config = config_cli.load_config("configs/export.py")
+    config.update(values)
+    return config
+
+
+def test_hf_source_with_new_rope_scaling(tmp_path):
+    """HF dir -> job with YaRN x2 -> the written directory reads back as load_hf(source, yarn)."""
+    save_tiny(tmp_path / "src", "qwen2", use_sliding_window=True, sliding_window=8, max_window_layers=0)
+    out = export_run.run(export_config(source=str(tmp_path / "src"), out=str(tmp_path / "out"),
+                                       architecture="qwen2", rope_scaling=YARN2))
+    expected, _ = llama.load_hf(tmp_path / "src", rope_scaling=YARN2)
+    written, _ = llama.load_hf(out)
+    assert written.cfg == expected.cfg and written.cfg.window == 8
+    assert written.cfg.rope_scaling_dict["original_max_position_embeddings"] == 32
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["max_position_embeddings"] == 64
+    chex.assert_trees_all_equal(nnx.state(written, nnx.Param), nnx.state(expected, nnx.Param))
+
+
+def test_training_run_source_runs_in_transformers(tmp_path):
+    """A run's checkpoint + config.json -> job (new RoPE base) -> transformers: same logits."""
+    config = small_config()
+    saved_run(tmp_path, config)
+    (tmp_path / "run" / "config.json").write_text(config.to_json_best_effort())
+    out = export_run.run(export_config(source=str(tmp_path / "run" / "checkpoints" / "5"),
+                                       out=str(tmp_path / "out"), rope_theta=40000.0,
+                                       max_position_embeddings=config.data.seq_len))
+    model = export_run.load_checkpoint_model(str(tmp_path / "run"), {"rope_theta": 40000.0})
+    assert model.cfg.rope_theta == 40000.0
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager").float().eval()
+    ids = tokens(24) % model.cfg.vocab_size
+    chex.assert_trees_all_close(np.asarray(forward(model, jnp.asarray(ids))), hf_logits(hf, ids),
+                                atol=1e-4, rtol=0)
+
+
+def test_refusals_before_loading(tmp_path):
+    with pytest.raises(ValueError, match="config.out is empty"):
+        export_run.run(export_config(source=str(tmp_path)))
+    with pytest.raises(ValueError, match=r"unsupported model_type 'gptj'; valid: \('llama'"):
+        export_run.run(export_config(source=str(tmp_path), out=str(tmp_path / "o"), architecture="gptj"))
+    with pytest.raises(ValueError, match="is not a .gguf file, a Hugging Face directory"):
+        export_run.run(export_config(source=str(tmp_path / "nothing"), out=str(tmp_path / "o")))
+    with pytest.raises(ValueError, match="max_position_embeddings must be >= 0"):
+        export_run.run(export_config(source=str(tmp_path), out=str(tmp_path / "o"),
+                                     max_position_embeddings=-1))
+    saved_run(tmp_path, small_config())  # a checkpoint without the run's config.json
+    with pytest.raises(ValueError, match="no run config .*config.json"):
+        export_run.run(export_config(source=str(tmp_path / "run"), out=str(tmp_path / "o")))
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow  # SmolLM2-135M in float32 through transformers: ~1 min on the shared CPU
+def test_smollm2_gguf_export_loads_in_transformers(tmp_path):
+    """Packaged SmolLM2 GGUF -> job (YaRN x2) -> transformers: same logits; the BPE tokenizes alike."""
+    out = export_run.run(export_config(out=str(tmp_path), rope_scaling=YARN2))
+    model, tok = llama.load_gguf(llama.smollm2_path(), rope_scaling=YARN2)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["max_position_embeddings"] == 16384 and config["rope_scaling"]["factor"] == 2.0
+    text = 'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n    return n if n < 2 else 0\n'
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    ids = tok.encode(text)
+    assert hf_tok(text, add_special_tokens=False)["input_ids"] == ids and len(ids) > 16
+    assert hf_tok.decode(ids) == text
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager")
+    theirs = hf_logits(hf_model.float().eval(), np.asarray([ids]))
+    chex.assert_trees_all_close(np.asarray(forward(model, jnp.asarray([ids]))), theirs, atol=1e-4, rtol=0)
