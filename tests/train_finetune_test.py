@@ -13,7 +13,7 @@ from flax import nnx
 
 from configs import finetune_smollm2
 from longctx_jax.models.lora import LoraSpec
-from longctx_jax.train.finetune import build_setup, finetune, load_finetuned
+from longctx_jax.train.finetune import build_setup, finetune, is_run_directory, load_finetuned
 
 
 def tiny_config(steps: int = 3):
@@ -92,6 +92,25 @@ def test_load_finetuned_gives_the_trained_model_merged(uninterrupted):
     assert key == again and key.startswith("finetuned-step3-")
 
 
+def test_extension_report_evaluates_the_finetuned_checkpoint(uninterrupted, tmp_path):
+    from configs import extend_smollm2
+    from longctx_jax.eval.extension import run_extension
+
+    workdir = uninterrupted[0]
+    assert is_run_directory(workdir) and not is_run_directory(str(tmp_path))
+    config = extend_smollm2.get_config()
+    config.workdir, config.checkpoint = str(tmp_path / "extend"), workdir
+    config.train_length, config.attention_impl = 64, "dense"
+    config.methods, config.passkey_methods = ("none", "linear"), ()
+    config.eval.ppl_lengths, config.eval.passkey_lengths, config.eval.batch_tokens = (64, 128), (), 256
+    loaded = load_finetuned(workdir)
+    run_extension(config, loaded=loaded)
+    with open(tmp_path / "extend" / "results.json") as f:
+        results = json.load(f)
+    assert results["inputs"]["model_sha256"] == loaded[2]
+    assert results["rope_scaling"]["none"] == {"rope_type": "linear", "factor": 2.0}  # as fine-tuned
+
+
 def test_checkpoint_of_another_architecture_is_refused_before_a_step(uninterrupted, tmp_path):
     workdir = str(tmp_path / "run")
     shutil.copytree(uninterrupted[0], workdir)
@@ -124,6 +143,7 @@ def test_bad_input_raises_before_any_work(change, match, tmp_path):
 
 def test_s2_attention_trains_and_validates_with_full_attention(tmp_path):
     config = tiny_config(steps=1)
+    config.optim.warmup_steps = 0
     config.s2_group_size = 16
     config.lora.train_embeddings_and_norms = True
     setup, _ = build_setup(config)

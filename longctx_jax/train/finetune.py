@@ -175,12 +175,21 @@ def finetune(config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: i
 
 def _run_dir(path: str) -> str:
     path = os.path.abspath(path)
-    if os.path.basename(path) == "checkpoints":
-        path = os.path.dirname(path)
-    if not (os.path.isfile(os.path.join(path, "config.json"))
-            and os.path.isdir(os.path.join(path, "checkpoints"))):
-        raise ValueError(f"{path!r} is not a fine-tuning run directory (config.json and checkpoints/)")
+    if os.path.basename(path.rstrip(os.sep)) == "checkpoints":
+        path = os.path.dirname(path.rstrip(os.sep))
     return path
+
+
+def is_run_directory(path: str) -> bool:
+    """Whether `path` is a fine-tuning workdir (or its checkpoints/): config.json with a `base`."""
+    if not path or not os.path.isdir(path):
+        return False
+    run_dir = _run_dir(path)
+    config_path = os.path.join(run_dir, "config.json")
+    if not (os.path.isfile(config_path) and os.path.isdir(os.path.join(run_dir, "checkpoints"))):
+        return False
+    with open(config_path) as f:
+        return "base" in json.load(f)
 
 
 def load_finetuned(path: str) -> tuple[Decoder, Tokenizer, str]:
@@ -195,6 +204,9 @@ def load_finetuned(path: str) -> tuple[Decoder, Tokenizer, str]:
     Raises:
       ValueError: not a run directory, or no checkpoint restores into the rebuilt model.
     """
+    if not is_run_directory(path):
+        raise ValueError(f"{path!r} is not a fine-tuning run directory (config.json with a base, "
+                         "and checkpoints/)")
     run_dir = _run_dir(path)
     with open(os.path.join(run_dir, "config.json")) as f:
         config = ml_collections.ConfigDict(json.load(f))
