@@ -120,3 +120,17 @@ def test_s2_is_refused_at_generation_and_evaluation_and_for_bad_lengths():
         model(_tokens()[:, :12])
     with pytest.raises(ValueError, match="even integer"):
         CFG.replace(attention_pattern="s2", attention_options={"group_size": 5})
+
+
+def test_bfloat16_compute_keeps_float32_master_weights_and_gradients():
+    model = add_lora(Decoder(CFG.replace(dtype="bfloat16"), rngs=nnx.Rngs(0)), LoraSpec(2, 4.0, ("attn",)),
+                     rngs=nnx.Rngs(1))
+    _randomize_adapters(model)
+    assert {x.dtype for x in jax.tree.leaves(nnx.state(model))} == {jnp.dtype(jnp.float32)}
+    x = model.embed_tokens(_tokens())
+    assert x.dtype == jnp.bfloat16
+    assert model.layers[0].attn.wq_lora(x.reshape(2, 16, -1)).dtype == jnp.bfloat16
+    grads = nnx.grad(lambda m: jnp.mean(m(_tokens()) ** 2), argnums=nnx.DiffState(0, nnx.LoRAParam))(model)
+    leaves = jax.tree.leaves(grads)
+    assert leaves and all(g.dtype == jnp.float32 for g in leaves)
+    chex.assert_tree_all_finite(grads)
