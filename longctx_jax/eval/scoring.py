@@ -74,6 +74,11 @@ class EvalModel:
     def __init__(self, model: nnx.Module | LogitsFn):
         if isinstance(model, EvalModel):
             raise ValueError("model is already an EvalModel; pass it directly to the evaluators")
+        pattern = getattr(getattr(model, "cfg", None), "pattern", None)
+        if getattr(pattern, "training_only", False):
+            raise ValueError(f"attention pattern {pattern.name!r} is for training only; evaluate the model "
+                             "with full attention (model.cfg.replace(attention_pattern='full', "
+                             "attention_options=None))")
         if isinstance(model, nnx.Module):
             graphdef, state = nnx.split(model)
 

@@ -80,7 +80,7 @@ class SuiteSpec:
 
 
 def run_inputs(checkpoint: str | os.PathLike, tokenizer, *, train_length: int, target_length: int,
-               factor: float, dtype: str) -> dict[str, Any]:
+               factor: float, dtype: str, model_key: str | None = None) -> dict[str, Any]:
     """The run-level inputs of an evaluation that every stored row depends on.
 
     Args:
@@ -91,11 +91,13 @@ def run_inputs(checkpoint: str | os.PathLike, tokenizer, *, train_length: int, t
       target_length: the length the scaling factor extends to.
       factor: the RoPE scaling factor of the scaled methods.
       dtype: activation dtype.
+      model_key: the weights' content key when the caller identified them (a fine-tuned
+        model: base digest + restored weights); None: the digest of `checkpoint`.
 
     Returns:
       A JSON-able mapping for `ResultStore(..., inputs=...)` (the store adds `PROTOCOL_VERSION`).
     """
-    return {"model_sha256": file_digest(checkpoint), "train_length": int(train_length),
+    return {"model_sha256": model_key or file_digest(checkpoint), "train_length": int(train_length),
             "target_length": int(target_length), "factor": float(factor), "dtype": str(dtype),
             "tokenizer": f"{type(tokenizer).__name__}/{getattr(tokenizer, 'vocab_size', None)}",
             "corpus": f"python-{python_version()}-stdlib"}

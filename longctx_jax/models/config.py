@@ -16,6 +16,9 @@ from longctx_jax.positional.rope_types import resolve_rope_scaling
 
 POSITION_SCHEMES = ("rope", "alibi", "none")
 DTYPES = ("float32", "bfloat16", "float16")
+# `jax.checkpoint_policies` that take no arguments: what the remat of each block may keep.
+REMAT_POLICIES = ("nothing_saveable", "everything_saveable", "dots_saveable", "checkpoint_dots",
+                  "dots_with_no_batch_dims_saveable", "checkpoint_dots_with_no_batch_dims")
 
 
 def _freeze(value: Any) -> Any:
@@ -63,6 +66,7 @@ class ModelConfig:
     param_dtype: str = "float32"
     init_std: float = 0.02
     remat: bool = False
+    remat_policy: str = "nothing_saveable"
 
     def __post_init__(self):
         object.__setattr__(self, "rope_scaling", _freeze(self.rope_scaling) if self.rope_scaling else None)
@@ -100,6 +104,8 @@ class ModelConfig:
             raise ValueError(f"attention pattern {self.attention_pattern!r} takes no window, sinks, "
                              "logit_soft_cap or ALiBi")
         AttentionSpec(window=self.window, sinks=self.sinks, logit_soft_cap=self.logit_soft_cap)
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(f"unknown model.remat_policy {self.remat_policy!r}; valid: {REMAT_POLICIES}")
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in DTYPES:
                 raise ValueError(f"unknown model.{name} {getattr(self, name)!r}; valid: {DTYPES}")

@@ -43,6 +43,19 @@ RotaryFn = Callable[[Array, Array], Array]
 AttentionFn = Callable[[Array, Array, Array], Array]
 
 
+def adapter_delta(module: nnx.Module, name: str, x_BTI: Array, out_shape: tuple[int, ...]) -> Array | float:
+    """What a low-rank adapter attached as `module.<name>_lora` adds to the projection `name`.
+
+    The adapter (see `longctx_jax.models.lora`) maps the flattened input `[B, T, prod(in)]` to
+    the flattened output `[B, T, prod(out_shape)]`; without one this is 0.
+    """
+    adapter = getattr(module, f"{name}_lora", None)
+    if adapter is None:
+        return 0.0
+    B, T = x_BTI.shape[:2]
+    return adapter(x_BTI.reshape(B, T, -1)).reshape(B, T, *out_shape).astype(x_BTI.dtype)
+
+
 def _param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str, ...], std: float, dtype) -> nnx.Param:
     init = jax.random.normal(rngs.params(), shape, jnp.float32) * std
     return nnx.Param(init.astype(dtype), logical_axes=axes)
@@ -81,9 +94,13 @@ class Attention(nnx.Module):
     def project_qkv(self, x_BTD: Array) -> tuple[Array, Array, Array]:
         """Queries `[B, T, N, H]`, keys and values `[B, T, K, H]`, before any rotation."""
         dt = x_BTD.dtype
+        N, K, H = self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim
         q = jnp.einsum("BTD,DNH->BTNH", x_BTD, self.wq[...].astype(dt))
         k = jnp.einsum("BTD,DKH->BTKH", x_BTD, self.wk[...].astype(dt))
         v = jnp.einsum("BTD,DKH->BTKH", x_BTD, self.wv[...].astype(dt))
+        q = q + adapter_delta(self, "wq", x_BTD, (N, H))
+        k = k + adapter_delta(self, "wk", x_BTD, (K, H))
+        v = v + adapter_delta(self, "wv", x_BTD, (K, H))
         if self.cfg.qkv_bias:
             q = q + self.bq[...].astype(dt)
             k = k + self.bk[...].astype(dt)
@@ -125,7 +142,8 @@ class Attention(nnx.Module):
             raise ValueError(f"attention pattern {self.cfg.attention_pattern!r} has no KV-cache form")
 
     def output(self, out_BTNH: Array) -> Array:
-        return jnp.einsum("BTNH,NHD->BTD", out_BTNH, self.wo[...].astype(out_BTNH.dtype))
+        out = jnp.einsum("BTNH,NHD->BTD", out_BTNH, self.wo[...].astype(out_BTNH.dtype))
+        return out + adapter_delta(self, "wo", out_BTNH, (self.cfg.d_model,))
 
     def __call__(
         self,
@@ -233,9 +251,14 @@ class SwiGLU(nnx.Module):
 
     def __call__(self, x_BTD: Array) -> Array:
         dt = x_BTD.dtype
+        F, D = self.w_up.shape[1], self.w_up.shape[0]
         gate = jnp.einsum("BTD,DF->BTF", x_BTD, self.w_gate[...].astype(dt))
         up = jnp.einsum("BTD,DF->BTF", x_BTD, self.w_up[...].astype(dt))
-        return jnp.einsum("BTF,FD->BTD", jax.nn.silu(gate) * up, self.w_down[...].astype(dt))
+        gate = gate + adapter_delta(self, "w_gate", x_BTD, (F,))
+        up = up + adapter_delta(self, "w_up", x_BTD, (F,))
+        hidden = jax.nn.silu(gate) * up
+        out = jnp.einsum("BTF,FD->BTD", hidden, self.w_down[...].astype(dt))
+        return out + adapter_delta(self, "w_down", hidden, (D,))
 
 
 class Block(nnx.Module):
@@ -345,7 +368,9 @@ class Decoder(nnx.Module):
                 # A pure (state, x) function rather than nnx.remat: nnx.remat refuses blocks
                 # whose parameters come from an outer trace (a model closed over by lax.map).
                 graphdef, state = nnx.split(block)
-                h_BTD = jax.checkpoint(lambda s, x: run(nnx.merge(graphdef, s), x))(state, h_BTD)
+                policy = getattr(jax.checkpoint_policies, self.cfg.remat_policy)
+                h_BTD = jax.checkpoint(lambda s, x: run(nnx.merge(graphdef, s), x),
+                                       policy=policy)(state, h_BTD)
             else:
                 h_BTD = run(block, h_BTD)
         return h_BTD

@@ -4,11 +4,16 @@ The model is split once (`nnx.split`) into a static graph definition and a param
 the steps are pure functions of `TrainState` that `nnx.merge` inside, so `jax.jit` sees
 plain pytrees and the state buffers are donated.
 
+With a partial set of trainable parameters (LoRA: `nnx.split(model, nnx.LoRAParam, ...)`),
+`TrainState.params` holds only the trainable ones and the rest (`frozen`) is an argument
+of the jitted steps (not donated, not differentiated, not checkpointed).
+
 Batches are dicts of `[batch, length]` arrays: `inputs`, `targets`, `positions`,
 `segment_ids`, `loss_mask` (0 on padding and across document boundaries) and, for
 bits-per-byte, `target_bytes` (UTF-8 bytes each target token stands for).
 """
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -35,46 +40,56 @@ def init_train_state(params: nnx.State, tx: optax.GradientTransformation) -> Tra
 
 
 def batch_nll(
-    graphdef: nnx.GraphDef, params: nnx.State, batch: dict[str, Array], *, use_segment_ids: bool
+    graphdef: nnx.GraphDef, params: nnx.State, batch: dict[str, Array], *, use_segment_ids: bool,
+    frozen: nnx.State | None = None,
 ) -> Array:
-    """Per-token negative log-likelihood `[batch, length]` (float32) of the batch's targets."""
-    model = nnx.merge(graphdef, params)
+    """Per-token negative log-likelihood `[batch, length]` (float32) of the batch's targets.
+
+    `frozen`: the parameters outside `params` when the model was split into trainable and
+    frozen parts (None: `params` is the whole model).
+    """
+    model = nnx.merge(graphdef, params) if frozen is None else nnx.merge(graphdef, params, frozen)
     segment_ids = batch["segment_ids"] if use_segment_ids else None
     return token_nll(model(batch["inputs"], batch["positions"], segment_ids), batch["targets"])
 
 
 def make_train_step(
-    graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *, use_segment_ids: bool
+    graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *, use_segment_ids: bool,
+    frozen: nnx.State | None = None,
 ) -> Callable[[TrainState, dict[str, Array]], tuple[TrainState, dict[str, Array]]]:
-    """A jitted `(state, batch) -> (state, metrics)` with the state donated."""
+    """A jitted `(state, batch) -> (state, metrics)` with the state donated.
 
-    def loss_fn(params, batch):
-        nll = batch_nll(graphdef, params, batch, use_segment_ids=use_segment_ids)
+    `frozen`: parameters that take no gradient (see `batch_nll`), passed to every call.
+    """
+
+    def loss_fn(params, batch, frozen):
+        nll = batch_nll(graphdef, params, batch, use_segment_ids=use_segment_ids, frozen=frozen)
         return masked_mean(nll, batch["loss_mask"])
 
-    def train_step(state: TrainState, batch: dict[str, Array]):
-        loss, grads = jax.value_and_grad(loss_fn)(state.params, batch)
+    def train_step(state: TrainState, batch: dict[str, Array], frozen: nnx.State | None):
+        loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, frozen)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"train_loss": loss, "grad_norm": optax.global_norm(grads)}
         return TrainState(state.step + 1, params, opt_state), metrics
 
-    return jax.jit(train_step, donate_argnums=0)
+    jitted = jax.jit(train_step, donate_argnums=0)
+    return functools.partial(jitted, frozen=frozen)
 
 
 def make_eval_step(
-    graphdef: nnx.GraphDef, *, use_segment_ids: bool
+    graphdef: nnx.GraphDef, *, use_segment_ids: bool, frozen: nnx.State | None = None
 ) -> Callable[[nnx.State, dict[str, Array]], dict[str, Array]]:
     """A jitted `(params, batch) -> sums` of NLL, predicted tokens and their bytes."""
 
-    def eval_step(params: nnx.State, batch: dict[str, Array]):
-        nll = batch_nll(graphdef, params, batch, use_segment_ids=use_segment_ids)
+    def eval_step(params: nnx.State, batch: dict[str, Array], frozen: nnx.State | None):
+        nll = batch_nll(graphdef, params, batch, use_segment_ids=use_segment_ids, frozen=frozen)
         mask = batch["loss_mask"].astype(jnp.float32)
         target_bytes = batch.get("target_bytes", batch["loss_mask"]).astype(jnp.float32)
         return {"nll_sum": jnp.sum(nll * mask), "tokens": jnp.sum(mask),
                 "bytes": jnp.sum(target_bytes * mask)}
 
-    return jax.jit(eval_step)
+    return functools.partial(jax.jit(eval_step), frozen=frozen)
 
 
 def summarize_eval(sums: dict[str, Any]) -> dict[str, float]:

@@ -59,7 +59,7 @@ class TrainingData:
     train: Batches
     validation: dict[str, np.ndarray]
     eval_batch_size: int
-    unigram_bpb: float
+    unigram_bpb: float | None  # the byte-unigram baseline; None for other tokenizers
 
     def train_batch(self, step: int) -> dict[str, np.ndarray]:
         return self.train.batch_at(step)
@@ -70,9 +70,14 @@ class TrainingData:
             yield {k: v[start:start + self.eval_batch_size] for k, v in self.validation.items()}
 
 
-def make_training_data(data_cfg: ml_collections.ConfigDict, *, seed: int) -> TrainingData:
-    """Byte-level batches of `config.data` (stdlib corpus, a text directory or a TFDS dataset)."""
-    tokenizer = ByteTokenizer()
+def make_training_data(data_cfg: ml_collections.ConfigDict, *, seed: int,
+                       tokenizer: Tokenizer | None = None) -> TrainingData:
+    """Batches of `config.data` (stdlib corpus, a text directory or a TFDS dataset).
+
+    `tokenizer`: a pretrained model's own tokenizer; None: bytes (with the byte-unigram baseline).
+    """
+    byte_level = tokenizer is None
+    tokenizer = tokenizer or ByteTokenizer()
     seq_len, batch_size = int(data_cfg.seq_len), int(data_cfg.batch_size)
     train = make_batches(data_cfg, tokenizer, data_cfg.train_split, seq_len, batch_size, seed)
     validation = validation_set(data_cfg, tokenizer, seq_len, int(data_cfg.eval_sequences))
@@ -81,7 +86,8 @@ def make_training_data(data_cfg: ml_collections.ConfigDict, *, seed: int) -> Tra
             f"the validation split holds {len(validation['inputs'])} sequences of length {seq_len}, "
             f"fewer than one batch ({batch_size}); lower data.batch_size or data.seq_len"
         )
-    return TrainingData(tokenizer, train, validation, batch_size, byte_unigram_baseline(data_cfg))
+    baseline = byte_unigram_baseline(data_cfg) if byte_level else None
+    return TrainingData(tokenizer, train, validation, batch_size, baseline)
 
 
 def decoder_from_config(config: ml_collections.ConfigDict, vocab_size: int) -> Decoder:
@@ -94,6 +100,25 @@ def decoder_from_config(config: ml_collections.ConfigDict, vocab_size: int) -> D
             f"model.vocab_size ({model_cfg['vocab_size']}) is smaller than the tokenizer's ({vocab_size})"
         )
     return Decoder(ModelConfig.from_config(model_cfg), rngs=nnx.Rngs(config.seed))
+
+
+@dataclasses.dataclass
+class ModelSetup:
+    """A prepared model to train instead of a fresh `config.model` (e.g. pretrained weights).
+
+    Attributes:
+      model: the decoder to train (with any adapters attached).
+      trainable: NNX filter of the parameters that get gradients and optimizer state; the
+        others stay frozen and are not checkpointed (rebuilt from the same source on resume).
+      eval_model: the same parameters under the configuration validation runs with (e.g.
+        full attention for a model trained with S2-Attn); None: `model`.
+      info: extra summary fields (base checkpoint, trainable parameter count, ...).
+    """
+
+    model: Decoder
+    trainable: Any = nnx.Param
+    eval_model: Decoder | None = None
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def validation_metrics(eval_step, params: nnx.State, data: TrainingData) -> dict[str, float]:
@@ -125,7 +150,8 @@ def _write_summary(workdir: str, summary: dict[str, Any]) -> None:
 
 
 def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int | None = None
+    config: ml_collections.ConfigDict, workdir: str, *, stop_at_step: int | None = None,
+    data: TrainingData | None = None, setup: ModelSetup | None = None,
 ) -> dict[str, Any]:
     """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the summary.
 
@@ -134,6 +160,9 @@ def train_and_evaluate(
       workdir: run directory; holds checkpoints and metrics.
       stop_at_step: end this process after that step (as a preemption would), leaving the
         run resumable; None trains to `config.train.steps`.
+      data: prepared data (e.g. tokenized with a pretrained tokenizer); None: bytes of `config.data`.
+      setup: a prepared model (see `ModelSetup`; `longctx_jax.train.finetune`); None: a
+        fresh `config.model`.
     """
     workdir = os.path.abspath(workdir)
     if os.path.exists(workdir) and not os.path.isdir(workdir):
@@ -142,15 +171,20 @@ def train_and_evaluate(
     # Nothing is written to workdir until the data, model, optimizer and checkpoint are built
     # and restored, so a failed invocation leaves a finished run's records as they were.
     total_steps = int(config.train.steps)
-    data = make_training_data(config.data, seed=int(config.seed))
+    data = data or make_training_data(config.data, seed=int(config.seed))
     data.train = training_batches(config, data.train)  # data.min_doc_tokens, train.curriculum
-    model = decoder_from_config(config, data.tokenizer.vocab_size)
-    graphdef, params = nnx.split(model)
+    setup = setup or ModelSetup(decoder_from_config(config, data.tokenizer.vocab_size))
+    graphdef, params, frozen = nnx.split(setup.model, setup.trainable, ...)
+    frozen = frozen if len(jax.tree.leaves(frozen)) else None
+    eval_graphdef = graphdef
+    if setup.eval_model is not None:
+        eval_graphdef = nnx.split(setup.eval_model, setup.trainable, ...)[0]
     tx = make_optimizer(config.optim, total_steps)
     schedule = learning_rate_schedule(config.optim, total_steps)
     mesh = distributed.mesh_from_config(config)  # None without config.mesh: one device
     state: TrainState = distributed.shard_state(init_train_state(params, tx), mesh)
-    num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+    trainable_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+    num_params = trainable_params + sum(int(np.prod(x.shape)) for x in jax.tree.leaves(frozen))
 
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=int(config.train.keep_checkpoints),
                                 save_every=int(config.train.checkpoint_every))
@@ -165,8 +199,8 @@ def train_and_evaluate(
 
     use_segment_ids = bool(config.data.get("use_segment_ids", True))
     layout = config.mesh.get("layout", "natural") if mesh is not None else "natural"
-    train_step = make_train_step(graphdef, tx, use_segment_ids=use_segment_ids)
-    eval_step = make_eval_step(graphdef, use_segment_ids=use_segment_ids)
+    train_step = make_train_step(graphdef, tx, use_segment_ids=use_segment_ids, frozen=frozen)
+    eval_step = make_eval_step(eval_graphdef, use_segment_ids=use_segment_ids, frozen=frozen)
     train_step, eval_step = (distributed.on_mesh(f, mesh, layout) for f in (train_step, eval_step))
     start_step = int(state.step)
     write_atomically(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
@@ -206,13 +240,15 @@ def train_and_evaluate(
     summary = {
         "steps": int(state.step),
         "num_params": num_params,
+        "trainable_params": trainable_params,
         "tokens_seen": int(state.step) * tokens_per_step,
         "wall_seconds_this_process": time.perf_counter() - run_start,
-        "unigram_bpb": data.unigram_bpb,
+        **({"unigram_bpb": data.unigram_bpb} if data.unigram_bpb is not None else {}),
+        **setup.info,
         **{f"final_{k}": v for k, v in val.items()},
     }
     if int(state.step) == total_steps and not val:
         final = validation_metrics(eval_step, state.params, data)
         summary.update({f"final_{k}": v for k, v in final.items()})
     _write_summary(workdir, summary)
-    return {"state": state, "graphdef": graphdef, **summary}
+    return {"state": state, "graphdef": graphdef, "frozen": frozen, **summary}

@@ -4,6 +4,7 @@
               "longformer"  Longformer local window + global tokens (longformer.py)
               "bigbird"     BigBird-ITC sliding + global + random blocks (bigbird.py)
               "dilated"     LongNet multi-branch dilated attention (dilated.py)
+              "s2"          LongLoRA shifted sparse attention, training only (shifted_sparse.py)
 
 Mask patterns become the spec's `mask` callable (evaluated per tile by blockwise, on full
 position arrays by dense), so they run with every implementation that takes a `mask` and a
@@ -23,19 +24,21 @@ from typing import Any
 from longctx_jax.attention.patterns.bigbird import BigBird
 from longctx_jax.attention.patterns.dilated import dilated_attention
 from longctx_jax.attention.patterns.longformer import Longformer
+from longctx_jax.attention.patterns.shifted_sparse import shifted_sparse_attention
 from longctx_jax.attention.spec import AttentionSpec, MaskFn
 from longctx_jax.typing import Array
 
 # (q_BTNH, k_BSKH, v_BSKH, spec, impl) -> out_BTNH, for patterns that replace the softmax.
 PatternAttention = Callable[[Array, Array, Array, AttentionSpec, str], Array]
 
-PATTERNS = ("full", "longformer", "bigbird", "dilated")
+PATTERNS = ("full", "longformer", "bigbird", "dilated", "s2")
 _OPTIONS = {
     "full": {},
     "longformer": {"window": None, "global_positions": ()},
     "bigbird": {"seq_len": None, "block": 64, "num_window_blocks": 3, "num_global_blocks": 2,
                 "num_random_blocks": 3, "seed": 0, "per_head": False},
     "dilated": {"segment_lengths": None, "dilation_rates": None},
+    "s2": {"group_size": None},
 }
 
 
@@ -47,11 +50,13 @@ class Pattern:
       name: one of `PATTERNS`.
       mask: a mask callable to put in the `AttentionSpec`, or None.
       attention: a function replacing the attention call, or None.
+      training_only: evaluation and generation refuse it (S2-Attn: train sparse, test full).
     """
 
     name: str = "full"
     mask: MaskFn | None = None
     attention: PatternAttention | None = None
+    training_only: bool = False
 
     @property
     def cacheable(self) -> bool:
@@ -106,4 +111,12 @@ def build_pattern(name: str, options: Mapping[str, Any] | None, *, num_heads: in
                              f"got {lengths} and {rates}")
         attention = functools.partial(_dilated, segment_lengths=lengths, dilation_rates=rates)
         return Pattern(name, attention=attention)
+    if name == "s2":
+        group = values["group_size"]
+        if isinstance(group, bool) or not isinstance(group, int) or group < 2 or group % 2:
+            raise ValueError(f"s2 group_size must be an even integer >= 2, got {group!r}")
+        if num_heads < 2:
+            raise ValueError(f"s2 shifts half the heads; it needs num_heads >= 2, got {num_heads}")
+        return Pattern(name, attention=functools.partial(shifted_sparse_attention, group_size=group),
+                       training_only=True)
     return Pattern()
