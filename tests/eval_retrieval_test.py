@@ -95,3 +95,27 @@ def test_sweep_scores_and_resumes(tmp_path):
         recs = needle_sweep(fn, TOK, store, method=str(want), lengths=[512], depths=[0.0, 0.5, 1.0], trials=2,
                             progress=False)
         assert [r["accuracy"] for r in recs] == [want] * 3
+
+
+class _BosBytes(ByteTokenizer):
+    add_bos = True
+
+
+@pytest.mark.parametrize("task", ["passkey", "needle", "niah_single", "vt", "cwe", "fwe"])
+def test_prompts_start_with_bos_when_the_tokenizer_adds_one(task):
+    """The BOS rule of generation (`data.tokenizers.prompt_prefix`) holds for every prompt builder."""
+    from longctx_jax.eval.ruler import ruler_example
+
+    tok, length = _BosBytes(), 4096
+    for t in (tok, ByteTokenizer()):
+        if task == "passkey":
+            ids = passkey_example(t, length, 0.5, example_rng(0, length, 0.5, 0)).tokens
+            assert len(ids) - 1 <= length
+        elif task == "needle":
+            ids = needle_example(t, length, 0.5, example_rng(0, length, 0.5, 0)).tokens
+            assert len(ids) - 1 <= length
+        else:
+            ex = ruler_example(t, task, length)
+            ids = ex.prompt
+            assert len(ids) + ex.max_new_tokens <= length
+        assert (ids[0] == tok.bos_id) == (t is tok)

@@ -12,7 +12,7 @@ greedy exact match of " NNNNNNN" (teacher-forced argmax, see `longctx_jax.eval.s
 
 import numpy as np
 
-from longctx_jax.data.tokenizers import Tokenizer
+from longctx_jax.data.tokenizers import Tokenizer, prompt_prefix
 from longctx_jax.eval.corpus import token_stream
 from longctx_jax.eval.results import ResultStore
 from longctx_jax.eval.retrieval import RetrievalExample, retrieval_sweep
@@ -38,7 +38,7 @@ def needle_example(tokenizer: Tokenizer, length: int, depth: float, rng: np.rand
     if not 0.0 <= depth <= 1.0:
         raise ValueError(f"depth must be in [0, 1], got {depth}")
     number = str(int(rng.integers(1_000_000, 10_000_000)))
-    head = tokenizer.encode(INTRO)
+    head = prompt_prefix(tokenizer) + tokenizer.encode(INTRO)  # BOS as in generation
     needle = tokenizer.encode(NEEDLE.format(number=number))
     question = tokenizer.encode(QUESTION)
     answer = tokenizer.encode(" " + number)

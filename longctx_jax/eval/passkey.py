@@ -16,7 +16,7 @@ exact match of " NNNNN" (teacher-forced argmax, see `longctx_jax.eval.scoring`).
 
 import numpy as np
 
-from longctx_jax.data.tokenizers import Tokenizer
+from longctx_jax.data.tokenizers import Tokenizer, prompt_prefix
 from longctx_jax.eval.results import ResultStore
 from longctx_jax.eval.retrieval import RetrievalExample, retrieval_sweep
 
@@ -44,7 +44,7 @@ def passkey_example(tokenizer: Tokenizer, length: int, depth: float, rng: np.ran
     if not 0.0 <= depth <= 1.0:
         raise ValueError(f"depth must be in [0, 1], got {depth}")
     key = str(int(rng.integers(10_000, 100_000)))
-    head = tokenizer.encode(INSTRUCTION)
+    head = prompt_prefix(tokenizer) + tokenizer.encode(INSTRUCTION)  # BOS as in generation
     filler = tokenizer.encode(" " + FILLER)
     needle = tokenizer.encode(" " + NEEDLE.format(key=key))
     question = tokenizer.encode(" " + QUESTION)

@@ -33,7 +33,7 @@ import string
 
 import numpy as np
 
-from longctx_jax.data.tokenizers import Tokenizer
+from longctx_jax.data.tokenizers import Tokenizer, prompt_prefix
 from longctx_jax.eval.passkey import FILLER as NOISE
 
 
@@ -99,8 +99,13 @@ def _noise_with_inserts(tokenizer: Tokenizer, task: str, length: int, budget: in
     return out + unit * (k - prev)
 
 
+def _head(tokenizer: Tokenizer, head: str) -> list[int]:
+    """A prompt's first ids: BOS where the tokenizer adds one (as generation does), then `head`."""
+    return prompt_prefix(tokenizer) + tokenizer.encode(head)
+
+
 def _assemble(head: str, body: list[int], question: str, tokenizer: Tokenizer) -> np.ndarray:
-    return np.asarray(tokenizer.encode(head) + body + tokenizer.encode(question), np.int32)
+    return np.asarray(_head(tokenizer, head) + body + tokenizer.encode(question), np.int32)
 
 
 NIAH_HEAD = ("Some special magic numbers are hidden within the following text. Make sure to memorize it. "
@@ -125,7 +130,7 @@ def niah(tokenizer: Tokenizer, length: int, rng: np.random.Generator, *, task: s
     pieces = [tokenizer.encode(NIAH_NEEDLE.format(key=needles[i][0], value=needles[i][1])) for i in order]
     queried = keys[:num_queries]
     question = NIAH_QUESTION.format(query=_join(queried))
-    fixed = len(tokenizer.encode(NIAH_HEAD)) + len(tokenizer.encode(question))
+    fixed = len(_head(tokenizer, NIAH_HEAD)) + len(tokenizer.encode(question))
     body = _noise_with_inserts(tokenizer, task, length, length - max_new_tokens, fixed, pieces, rng)
     references = tuple(v for k, v in needles if k in queried)
     return RulerExample(_assemble(NIAH_HEAD, body, question, tokenizer), references, max_new_tokens)
@@ -159,7 +164,7 @@ def variable_tracking(tokenizer: Tokenizer, length: int, rng: np.random.Generato
         ordered.append(tokenizer.encode(statements[c][cursor[c]]))
         cursor[c] += 1
     question = VT_QUESTION.format(value=values[0], count=num_hops + 1)
-    fixed = len(tokenizer.encode(VT_HEAD)) + len(tokenizer.encode(question))
+    fixed = len(_head(tokenizer, VT_HEAD)) + len(tokenizer.encode(question))
     body = _noise_with_inserts(tokenizer, "vt", length, length - max_new_tokens, fixed, ordered, rng)
     return RulerExample(_assemble(VT_HEAD, body, question, tokenizer), tuple(chains[0]), max_new_tokens)
 
@@ -183,7 +188,7 @@ def common_words(tokenizer: Tokenizer, length: int, rng: np.random.Generator, *,
     """RULER common-words extraction (see module doc); references: the common words."""
     freq_cw, freq_ucw = (30, 3) if length >= 4096 else (2, 1)
     question = CWE_QUESTION.format(n=num_cw)
-    budget = length - max_new_tokens - len(tokenizer.encode(CWE_HEAD)) - len(tokenizer.encode(question))
+    budget = length - max_new_tokens - len(_head(tokenizer, CWE_HEAD)) - len(tokenizer.encode(question))
     # an item costs >= 2 tokens (number, word), which bounds the rare words that can fit
     pool = pseudo_words(rng, num_cw + max(budget, 0) // (2 * freq_ucw) + 1)
     common, rare = pool[:num_cw], pool[num_cw:]
@@ -227,7 +232,7 @@ def _zipf_counts(scale: int) -> list[int]:
 def frequent_words(tokenizer: Tokenizer, length: int, rng: np.random.Generator, *,
                    max_new_tokens: int = 50) -> RulerExample:
     """RULER frequent-words extraction (see module doc); references: ranks 2-4's words."""
-    budget = length - max_new_tokens - len(tokenizer.encode(FWE_HEAD)) - len(tokenizer.encode(FWE_QUESTION))
+    budget = length - max_new_tokens - len(_head(tokenizer, FWE_HEAD)) - len(tokenizer.encode(FWE_QUESTION))
     vocab = ["...."] + pseudo_words(rng, int((length + 1) ** 0.5) + 8)
     word_len = [len(tokenizer.encode(" " + w)) for w in vocab]
 
