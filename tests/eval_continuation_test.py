@@ -126,3 +126,25 @@ def test_strict_and_lenient_differ_where_the_key_comes_late(tmp_path):
     assert rec["hits"] == 0 and rec["lenient_hits"] == 2 and rec["trials"] == 2
     assert [m["trial"] for m in rec["misses"]] == [0, 1]
     assert rec["misses"][0]["generated"].startswith(f"\n{ex.answer}") and not rec["misses"][0]["strict"]
+
+
+@pytest.mark.slow  # loads SmolLM2-135M and runs ~10 prompts of 1K tokens
+def test_real_model_single_prefill_matches_full_forward_and_ruler_fits():
+    from longctx_jax.eval.retrieval import EXTRA_TOKENS
+    from longctx_jax.eval.ruler import TASKS, ruler_example
+    from longctx_jax.eval.scoring import bucket_length
+    from longctx_jax.models.llama import load_gguf, smollm2_path
+
+    model, tok = load_gguf(smollm2_path())
+    n = 1024
+    examples = [passkey_example(tok, n - EXTRA_TOKENS, d, example_rng(0, n, d, 0)) for d in (0.0, 1.0)]
+    old = answers_match(model, [e.tokens for e in examples], [e.answer_start for e in examples],
+                        length=bucket_length(n))
+    scorer = ContinuationScorer(model)
+    for e, want in zip(examples, old, strict=True):
+        out = scorer.score(e.tokens[: e.answer_start], e.tokens[e.answer_start :], new_tokens=9, capacity=n)
+        assert out.strict == bool(want)
+    for task in TASKS:
+        e = ruler_example(tok, task, 2048)
+        assert len(e.prompt) + e.max_new_tokens <= 2048
+        assert all(r in tok.decode(e.prompt) for r in e.references)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from longctx_jax.eval.plots import accuracy_grid, cell_label, plot_heatmaps
+from longctx_jax.eval.plots import accuracy_grid, cell_label, plot_heatmaps, write_figures
 from longctx_jax.eval.report import accuracy_table, reading
 
 ROWS = [
@@ -38,3 +38,11 @@ def test_table_and_reading_give_both_scorers_with_counts():
     text = reading({"train_length": 8192, "passkey": ROWS})
     assert "accuracy (strict) (within vs beyond 8192 tokens): none 0.40 within / 0.00 beyond" in text
     assert "Lenient (first integer of the greedy output): none 0.70 within / 0.20 beyond." in text
+
+
+def test_ruler_figure_is_written_with_the_others(tmp_path):
+    ruler = [{"method": m, "task": t, "length": n, "trials": 3, "score": s}
+             for m, s in (("none", 0.2), ("yarn", 0.6)) for t in ("vt", "cwe") for n in (4096, 16384)]
+    paths = write_figures({"train_length": 8192, "model": "m", "passkey": ROWS, "ruler": ruler}, tmp_path)
+    assert [p.rsplit("/", 1)[1] for p in paths] == ["passkey.png", "ruler.png"]
+    assert all((tmp_path / name).stat().st_size > 0 for name in ("passkey.png", "ruler.png"))

@@ -7,7 +7,8 @@ t starting at token t * length, with H chosen so the inputs fill the requested l
 the needle "The special magic number is NNNNNNN." (a seeded 7-digit number, on its own line)
 is inserted at token h = round(depth * H), so its offset is within half a token of `depth` of
 the haystack. Depths 0%, 10%, ..., 100% by default; each (length, depth) cell is scored by
-greedy exact match of " NNNNNNN" (teacher-forced argmax, see `longctx_jax.eval.scoring`).
+greedy exact match of " NNNNNNN" (strict, teacher-forced argmax) and by the first integer of
+the greedy continuation (lenient), both from one prefill (see `longctx_jax.eval.retrieval`).
 """
 
 import numpy as np

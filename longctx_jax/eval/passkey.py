@@ -10,8 +10,9 @@ the filler "The grass is green. The sky is blue. ...", the needle "The pass key 
 Remember it. NNNNN is the pass key." and the question "What is the pass key? The pass key is".
 k is the largest number of filler repeats that keeps the inputs within the requested length and
 k_before = round(depth * k), so the needle's offset in the haystack is within half a filler
-sentence of `depth` of the haystack. NNNNN is a seeded random 5-digit number. Scored by greedy
-exact match of " NNNNN" (teacher-forced argmax, see `longctx_jax.eval.scoring`).
+sentence of `depth` of the haystack. NNNNN is a seeded random 5-digit number. Scored strictly
+by greedy exact match of " NNNNN" (teacher-forced argmax) and leniently by the first integer of
+the greedy continuation, both from one prefill (see `longctx_jax.eval.retrieval`).
 """
 
 import numpy as np

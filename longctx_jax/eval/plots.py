@@ -9,6 +9,7 @@ module leaves the caller's matplotlib backend alone (inline plots in a notebook 
   passkey.png         accuracy heatmaps (depth x length) per method, a row per scorer
                       (strict, lenient); each cell reads hits/trials.
   niah_<method>.png   the needle-in-a-haystack heatmaps of one method (both scorers).
+  ruler.png           RULER score against length per task and averaged, a line per method.
   rope_wavelengths.png  the wavelength of every RoPE band under each scaling (no results file:
                       `plot_rope_wavelengths`, run by `experiments/plot_rope_wavelengths.py`).
 """
@@ -128,6 +129,41 @@ def plot_heatmaps(records: Sequence[dict], path: str | os.PathLike, *, train_len
     fig.savefig(path, dpi=120, bbox_inches="tight")
 
 
+def plot_ruler(records: Sequence[dict], path: str | os.PathLike, *, train_length: int | None = None,
+               title: str = "") -> None:
+    """Writes RULER score against length: one panel per task and one for the mean over tasks,
+    a line per method; each panel's title gives the trials per point."""
+    tasks = list(dict.fromkeys(r["task"] for r in records))
+    if not tasks:
+        raise ValueError("no RULER records to plot")
+    panels = [*tasks, "mean over tasks"]
+    cols = min(4, len(panels))
+    rows = -(-len(panels) // cols)
+    fig = Figure(figsize=(3.3 * cols, 2.8 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, panel in zip(axes, panels, strict=False):
+        in_panel = [r for r in records if panel == panels[-1] or r["task"] == panel]
+        for method in _methods(records):
+            mine = [r for r in in_panel if r["method"] == method]
+            lengths = sorted({r["length"] for r in mine})
+            scores = [np.mean([r["score"] for r in mine if r["length"] == n]) for n in lengths]
+            ax.plot(lengths, scores, marker="o", label=method)
+        if train_length:
+            ax.axvline(train_length, color="grey", linestyle="--")
+        trials = sorted({r["trials"] for r in in_panel})
+        ax.set_title(f"{panel} (n={'/'.join(map(str, trials))})", fontsize=9)
+        ax.set_xscale("log", base=2)
+        ax.set_ylim(-0.05, 1.05)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    axes[0].set_ylabel("score (string_match_all)")
+    axes[len(panels) - 1].legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.savefig(path, dpi=120)
+
+
 def write_figures(results: dict, workdir: str | os.PathLike) -> list[str]:
     """All figures of a results dict into `workdir`; returns the written paths."""
     train_length = results.get("train_length")
@@ -145,6 +181,10 @@ def write_figures(results: dict, workdir: str | os.PathLike) -> list[str]:
         path = os.path.join(workdir, f"niah_{method}.png")
         plot_heatmaps(results["niah"], path, train_length=train_length, title=f"{model} needle in a haystack",
                       methods=[method])
+        written.append(path)
+    if results.get("ruler"):
+        path = os.path.join(workdir, "ruler.png")
+        plot_ruler(results["ruler"], path, train_length=train_length, title=f"{model} RULER-style suite")
         written.append(path)
     return written
 

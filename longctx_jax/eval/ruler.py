@@ -117,6 +117,15 @@ def ruler_example(tokenizer: Tokenizer, task: str, length: int, *, seed: int = 0
     return TASKS[task].build(tokenizer, int(length), task_rng(seed, task, int(length), trial))
 
 
+def check_cells(tokenizer: Tokenizer, tasks: Sequence[str], lengths: Sequence[int], *, seed: int = 0
+                ) -> None:
+    """Builds trial 0 of every (task, length) cell: raises the ValueError of an unknown task or a
+    length too short for its task before any model work (a suite calls it first)."""
+    for task in check_tasks(tasks):
+        for n in lengths:
+            ruler_example(tokenizer, task, n, seed=seed, trial=0)
+
+
 def score_output(task: str, output: str, references: Sequence[str]) -> float:
     """The task's RULER metric of one decoded output."""
     return METRICS[TASKS[check_tasks([task])[0]].metric](output, references)

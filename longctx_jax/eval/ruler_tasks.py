@@ -4,7 +4,8 @@ Each generator is `build(tokenizer, length, rng) -> RulerExample`: a prompt whos
 plus the task's generation budget is at most `length`, and the reference strings a correct
 answer contains. Prompts are assembled from separately encoded pieces (instruction, units of
 context, question, answer prefix), so their token counts are exact for any tokenizer, and the
-context is the largest number of units that fits. Templates follow RULER's `constants.py`:
+context is the largest number of units that fits (for niah and vt, noise cut to fill the
+length exactly). Templates follow RULER's `constants.py`:
 
   niah_*   "Some special magic numbers are hidden within the following text. Make sure to
            memorize it. I will quiz you about the numbers afterwards." + noise ("The grass is
@@ -84,7 +85,8 @@ def _too_short(task: str, length: int, minimum: int) -> TooShort:
 def _noise_with_inserts(tokenizer: Tokenizer, task: str, length: int, budget: int, fixed: int,
                         inserts: list[list[int]], rng: np.random.Generator) -> list[int]:
     """Noise units with `inserts` (kept in order) at seeded random unit boundaries, filling
-    `budget` tokens minus `fixed` (the rest of the prompt)."""
+    exactly `budget` tokens minus `fixed` (the rest of the prompt): the last unit is cut to fit,
+    so every trial of a (task, length) cell has the same prompt length (one compilation)."""
     unit = tokenizer.encode(" " + NOISE)
     room = budget - fixed - sum(len(x) for x in inserts)
     k = room // len(unit)
@@ -96,7 +98,7 @@ def _noise_with_inserts(tokenizer: Tokenizer, task: str, length: int, budget: in
     for slot, piece in zip(slots, inserts, strict=True):
         out += unit * int(slot - prev) + piece
         prev = int(slot)
-    return out + unit * (k - prev)
+    return out + unit * (k - prev) + unit[: room - k * len(unit)]
 
 
 def _head(tokenizer: Tokenizer, head: str) -> list[int]:

@@ -28,7 +28,7 @@ from longctx_jax.eval.perplexity import perplexity_sweep, strided_perplexity_swe
 from longctx_jax.eval.plots import write_figures
 from longctx_jax.eval.report import write_report
 from longctx_jax.eval.results import ResultStore, file_digest, fingerprint
-from longctx_jax.eval.ruler import TASKS, check_tasks, ruler_sweep
+from longctx_jax.eval.ruler import TASKS, check_cells, check_tasks, ruler_sweep
 from longctx_jax.eval.scoring import as_eval_model
 
 
@@ -117,6 +117,8 @@ def evaluate_method(model, tokenizer, store: ResultStore, *, method: str, spec: 
         stored under other inputs are discarded and recomputed (`ResultStore.bind_method`).
       progress: show progress bars.
     """
+    if spec.ruler_lengths and spec.ruler_tasks:  # a bad task or too short a length fails before any work
+        check_cells(tokenizer, spec.ruler_tasks, spec.ruler_lengths, seed=spec.seed)
     if inputs is not None:
         store.bind_method(method, inputs)
     em = as_eval_model(model)
