@@ -194,6 +194,16 @@ def reading(results: dict) -> str:
     return " ".join(sentences) if sentences else "No results yet."
 
 
+def choice_table(records) -> list[str]:
+    """Markdown rows: accuracy and length-normalized accuracy per method and task."""
+    lines = ["| method | task | n | acc | acc_norm |", "|---|---|---|---|---|"]
+    for r in records:
+        lines.append(f"| {r['method']} | {r['task']} | {r['num_examples']} | {r['acc']:.3f} "
+                     f"[{r['acc_lo']:.3f}, {r['acc_hi']:.3f}] | {r['acc_norm']:.3f} "
+                     f"[{r['acc_norm_lo']:.3f}, {r['acc_norm_hi']:.3f}] |")
+    return lines
+
+
 def summary_block(results: dict) -> str:
     """The short summary the README quotes: the perplexity table with intervals, the retrieval
     tables and the computed reading."""
@@ -254,6 +264,9 @@ def render_report(results: dict, *, figures: list[str] | None = None, notes: str
     if results.get("ruler"):
         lines += [f"{h}# RULER-style suite (string_match_all, mean over trials)", ""]
         lines += ruler_table(results["ruler"]) + [""]
+    if results.get("choice"):
+        lines += [f"{h}# Multiple-choice tasks (accuracy / length-normalized, 95 % bootstrap interval)", ""]
+        lines += choice_table(results["choice"]) + [""]
     for fig in figures or []:
         lines += [f"![{os.path.basename(fig)}]({fig})", ""]
     return "\n".join(lines)

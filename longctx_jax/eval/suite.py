@@ -21,6 +21,8 @@ import jax
 import numpy as np
 from flax import nnx
 
+from longctx_jax.eval.choice import check_tasks as check_choice_tasks
+from longctx_jax.eval.choice import choice_sweep
 from longctx_jax.eval.corpus import python_version
 from longctx_jax.eval.needle import DEPTHS, needle_sweep
 from longctx_jax.eval.passkey import passkey_sweep
@@ -46,6 +48,8 @@ class SuiteSpec:
       niah_lengths, niah_depths, niah_trials: the needle-in-a-haystack grid.
       ruler_tasks, ruler_lengths, ruler_trials: the RULER-style suite (`eval/ruler.py`): task
         names from `ruler.TASKS`, lengths (prompt + generation), seeded prompts per cell.
+      choice_tasks, choice_examples, choice_data_dir: multiple-choice tasks read from a prepared
+        TFDS dataset (`eval/choice.py`, e.g. "hellaswag"), records scored, TFDS data directory.
       seed: base seed of the retrieval and RULER prompts.
       batch_tokens: tokens per forward in the retrieval sweeps (batch = batch_tokens // length).
     """
@@ -64,6 +68,9 @@ class SuiteSpec:
     ruler_tasks: tuple[str, ...] = tuple(TASKS)
     ruler_lengths: tuple[int, ...] = ()
     ruler_trials: int = 1
+    choice_tasks: tuple[str, ...] = ()
+    choice_examples: int = 200
+    choice_data_dir: str = ""
     seed: int = 0
     batch_tokens: int = 16384
 
@@ -76,6 +83,7 @@ class SuiteSpec:
             raise ValueError(f"unknown eval fields {unknown}; valid: {sorted(known)}")
         spec = cls(**{k: tuple(v) if isinstance(v, list | tuple) else v for k, v in values.items()})
         check_tasks(spec.ruler_tasks)
+        check_choice_tasks(spec.choice_tasks)
         return spec
 
 
@@ -142,6 +150,9 @@ def evaluate_method(model, tokenizer, store: ResultStore, *, method: str, spec: 
         ruler_sweep(model, tokenizer, store, method=method, tasks=spec.ruler_tasks,
                     lengths=list(spec.ruler_lengths), trials=spec.ruler_trials, seed=spec.seed,
                     progress=progress)
+    for task in spec.choice_tasks:
+        choice_sweep(em, tokenizer, store, method=method, task=task, num_examples=spec.choice_examples,
+                     data_dir=spec.choice_data_dir or None, progress=progress)
 
 
 def finalize(store: ResultStore, workdir: str | os.PathLike, *, notes: str = "") -> list[str]:
