@@ -81,6 +81,11 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     config.ruler_methods = METHODS if full else ()
     config.eval.ruler_lengths = FULL_LENGTHS if full else ()
     config.eval.ruler_trials = 3
+    # Retention on a task, for users with a prepared TFDS dataset (no download at run time):
+    # --config.eval.choice_tasks="('hellaswag',)" --config.eval.choice_data_dir=DIR
+    config.eval.choice_tasks = ()
+    config.eval.choice_examples = 200
+    config.eval.choice_data_dir = ""
     config.eval.seed = 0
     config.eval.batch_tokens = 16384
     # Per-method changes to `eval` (`--config.method_eval.dynamic.ppl_lengths="(12288,16384)"`). Dynamic
