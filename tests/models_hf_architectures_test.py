@@ -172,7 +172,8 @@ ROUND_TRIPS = {
                         dict(max_position_embeddings=64), 30),
     "qwen2_yarn2_window": ("qwen2", dict(use_sliding_window=True, sliding_window=8, max_window_layers=0),
                            {"rope_type": "yarn", "factor": 2.0, "beta_fast": 16.0}, {}, 30),
-    "phi3_longrope": ("phi3", PHI3_LONGROPE, None, {}, 40),
+    # ~230 KB of float32 weights written as 100 KB shards + index.
+    "phi3_longrope_sharded": ("phi3", PHI3_LONGROPE, None, dict(max_shard_bytes=100_000), 40),
 }
 
 
@@ -183,7 +184,13 @@ def test_export_round_trip_through_transformers(tmp_path, case):
     save_tiny(tmp_path / "src", model_type, **overrides)
     model, _ = llama.load_hf(tmp_path / "src", rope_scaling=rope_scaling)
     export_hf(model, None, tmp_path / "out", architecture=model_type, **kwargs)
-    assert sorted(os.listdir(tmp_path / "out")) == ["config.json", "model.safetensors"]
+    files = sorted(os.listdir(tmp_path / "out"))
+    if "max_shard_bytes" in kwargs:
+        shards = [f for f in files if f.endswith(".safetensors")]
+        assert len(shards) > 1 and files == ["config.json", *shards, "model.safetensors.index.json"]
+        assert all(os.path.getsize(tmp_path / "out" / f) < 2 * kwargs["max_shard_bytes"] for f in shards)
+    else:
+        assert files == ["config.json", "model.safetensors"]
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     if rope_scaling is not None:
         assert config["rope_scaling"]["rope_type"] == rope_scaling["rope_type"]
@@ -195,6 +202,9 @@ def test_export_round_trip_through_transformers(tmp_path, case):
     assert again.cfg == model.cfg
     reloaded = np.asarray(forward(again, jnp.asarray(tokens(length))))
     chex.assert_trees_all_close(reloaded, ours, atol=1e-5, rtol=0)
+    if "max_shard_bytes" in kwargs:  # re-exported unsharded, the earlier shards and index go
+        export_hf(model, None, tmp_path / "out", architecture=model_type)
+        assert sorted(os.listdir(tmp_path / "out")) == ["config.json", "model.safetensors"]
 
 
 def test_export_refuses_what_hf_cannot_express(tmp_path):

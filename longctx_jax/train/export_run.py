@@ -126,13 +126,16 @@ def run(config: ml_collections.ConfigDict) -> str:
         raise ValueError("config.out is empty; give the output directory, e.g. --config.out=runs/export_hf")
     hf_architectures.architecture(config.architecture)
     source_kind(config.source)
+    if config.max_shard_bytes <= 0:
+        raise ValueError(f"config.max_shard_bytes must be positive, got {config.max_shard_bytes}")
     if config.max_position_embeddings < 0:
         raise ValueError(f"config.max_position_embeddings must be >= 0 (0: derived), "
                          f"got {config.max_position_embeddings}")
     model, tokenizer = load_source(config.source, rope_scaling=config.rope_scaling,
                                    rope_theta=config.rope_theta or None, tokenizer=config.tokenizer)
     return export_hf(model, tokenizer, config.out, architecture=config.architecture,
-                     max_position_embeddings=config.max_position_embeddings or None)
+                     max_position_embeddings=config.max_position_embeddings or None,
+                     max_shard_bytes=config.max_shard_bytes)
 
 
 __all__ = ["SOURCE_KINDS", "load_checkpoint_model", "load_source", "run", "source_kind"]
