@@ -5,12 +5,15 @@ import json
 import chex
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
 from longctx_jax import config_cli
 from longctx_jax.models import llama
+from longctx_jax.models.export import export_hf
 from longctx_jax.train import export_run
+from longctx_jax.train.step import init_train_state, make_train_step
 from tests.models_hf_architectures_test import forward, hf_logits, save_tiny, tokens
 from tests.train_init_from_test import saved_run
 from tests.train_trainer_test import small_config
@@ -37,6 +40,30 @@ def test_hf_source_with_new_rope_scaling(tmp_path):
     assert written.cfg.rope_scaling_dict["original_max_position_embeddings"] == 32
     assert json.loads((tmp_path / "out" / "config.json").read_text())["max_position_embeddings"] == 64
     chex.assert_trees_all_equal(nnx.state(written, nnx.Param), nnx.state(expected, nnx.Param))
+
+
+def test_fine_tuned_two_steps_then_exported_runs_in_transformers(tmp_path):
+    """HF dir -> load_hf (YaRN x2) -> 2 Adam steps at 64 tokens -> export_hf -> transformers: same logits."""
+    save_tiny(tmp_path / "src", "llama")
+    model, _ = llama.load_hf(tmp_path / "src", rope_scaling=YARN2)
+    graphdef, params = nnx.split(model)
+    tx = optax.adam(1e-2)
+    step = make_train_step(graphdef, tx, use_segment_ids=False)
+    ids = tokens(65, batch=2, seed=1)
+    batch = {"inputs": jnp.asarray(ids[:, :-1]), "targets": jnp.asarray(ids[:, 1:]),
+             "positions": jnp.broadcast_to(jnp.arange(64), (2, 64)), "loss_mask": jnp.ones((2, 64))}
+    before = np.asarray(forward(model, batch["inputs"]))
+    state = init_train_state(params, tx)
+    losses = []
+    for _ in range(2):
+        state, metrics = step(state, batch)
+        losses.append(float(metrics["train_loss"]))
+    tuned = nnx.merge(graphdef, state.params)
+    ours = np.asarray(forward(tuned, batch["inputs"]))
+    assert np.abs(ours - before).max() > 1e-2 and np.isfinite(losses).all()
+    export_hf(tuned, None, tmp_path / "out")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out", attn_implementation="eager")
+    chex.assert_trees_all_close(ours, hf_logits(hf.float().eval(), ids[:, :-1]), atol=1e-4, rtol=0)
 
 
 def test_training_run_source_runs_in_transformers(tmp_path):
