@@ -8,6 +8,7 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from tokenizers import Tokenizer, models, pre_tokenizers
 
 from longctx_jax import config_cli
 from longctx_jax.models import llama
@@ -29,17 +30,38 @@ def export_config(**values):
     return config
 
 
+def save_word_tokenizer(directory) -> None:
+    """A word-level tokenizer over the tiny vocabulary, with a chat template and a generation config."""
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, 128)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
+         "model_max_length": 32, "chat_template": "{% for m in messages %}{{ m['content'] }}{% endfor %}"}))
+    (directory / "generation_config.json").write_text(json.dumps({"do_sample": False, "max_new_tokens": 7}))
+
+
 def test_hf_source_with_new_rope_scaling(tmp_path):
-    """HF dir -> job with YaRN x2 -> the written directory reads back as load_hf(source, yarn)."""
+    """HF dir -> job with YaRN x2 -> the written directory reads back as load_hf(source, yarn); the
+    source's tokenizer (chat template included) and generation config come along."""
     save_tiny(tmp_path / "src", "qwen2", use_sliding_window=True, sliding_window=8, max_window_layers=0)
+    save_word_tokenizer(tmp_path / "src")
     out = export_run.run(export_config(source=str(tmp_path / "src"), out=str(tmp_path / "out"),
                                        architecture="qwen2", rope_scaling=YARN2))
     expected, _ = llama.load_hf(tmp_path / "src", rope_scaling=YARN2)
-    written, _ = llama.load_hf(out)
+    written, written_tok = llama.load_hf(out)
     assert written.cfg == expected.cfg and written.cfg.window == 8
     assert written.cfg.rope_scaling_dict["original_max_position_embeddings"] == 32
     assert json.loads((tmp_path / "out" / "config.json").read_text())["max_position_embeddings"] == 64
     chex.assert_trees_all_equal(nnx.state(written, nnx.Param), nnx.state(expected, nnx.Param))
+    tok_config = json.loads((tmp_path / "out" / "tokenizer_config.json").read_text())
+    assert tok_config["model_max_length"] == 64 and "messages" in tok_config["chat_template"]
+    assert (tmp_path / "out" / "generation_config.json").read_text() == (
+        tmp_path / "src" / "generation_config.json").read_text()
+    # (transformers 5's AutoTokenizer maps model_type qwen2 to its own BPE class whatever the
+    # files say, so the written tokenizer is read back with the project's reader.)
+    assert written_tok.encode("w3 w77 w5") == [3, 77, 5] and written_tok.eos_id == 2
 
 
 def test_fine_tuned_two_steps_then_exported_runs_in_transformers(tmp_path):
