@@ -132,6 +132,8 @@ def test_smollm2_gguf_export_loads_in_transformers(tmp_path):
     ids = tok.encode(text)
     assert hf_tok(text, add_special_tokens=False)["input_ids"] == ids and len(ids) > 16
     assert hf_tok.decode(ids) == text
+    chat = hf_tok.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False)
+    assert chat.startswith("<|im_start|>system\n") and "<|im_start|>user\nHi<|im_end|>" in chat
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager")
     theirs = hf_logits(hf_model.float().eval(), np.asarray([ids]))
     chex.assert_trees_all_close(np.asarray(forward(model, jnp.asarray([ids]))), theirs, atol=1e-4, rtol=0)

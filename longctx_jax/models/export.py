@@ -167,7 +167,8 @@ def hf_config_dict(cfg: ModelConfig, *, architecture_name: str, max_position_emb
     return config
 
 
-def _write_tokenizer(tokenizer: PretrainedTokenizer, directory: str, max_positions: int) -> None:
+def _write_tokenizer(tokenizer: PretrainedTokenizer, directory: str, max_positions: int,
+                     chat_template: str | None) -> None:
     tok = tokenizer.tokenizer.from_str(tokenizer.tokenizer.to_str())  # a copy to add the BOS rule to
     if tokenizer.add_bos and tokenizer.bos_id is not None:
         bos = tokenizer.token(tokenizer.bos_id)
@@ -181,6 +182,8 @@ def _write_tokenizer(tokenizer: PretrainedTokenizer, directory: str, max_positio
         value = getattr(tokenizer, f"{name}_id")
         if value is not None:
             tok_config[f"{name}_token"] = tokenizer.token(value)
+    if chat_template:
+        tok_config["chat_template"] = chat_template
     write_atomically(os.path.join(directory, "tokenizer_config.json"), json.dumps(tok_config, indent=2))
 
 
@@ -217,7 +220,7 @@ def _write_weights(weights: dict[str, np.ndarray], directory: str, max_shard_byt
 
 def export_hf(model: Decoder, tokenizer: PretrainedTokenizer | None, directory: str | os.PathLike, *,
               architecture: str = "llama", max_position_embeddings: int | None = None,
-              max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> str:
+              max_shard_bytes: int = DEFAULT_SHARD_BYTES, chat_template: str | None = None) -> str:
     """Writes `model` (and `tokenizer`) as a Hugging Face model directory.
 
     Args:
@@ -231,6 +234,8 @@ def export_hf(model: Decoder, tokenizer: PretrainedTokenizer | None, directory: 
       max_shard_bytes: above this many bytes of float32 weights the safetensors are sharded
         (`model-0000i-of-0000n.safetensors` + `model.safetensors.index.json`), which bounds the
         memory of writing a large model to one shard.
+      chat_template: a Jinja chat template for tokenizer_config.json (e.g. a GGUF's
+        `tokenizer.chat_template`); written only with a tokenizer.
 
     Returns:
       The directory path.
@@ -250,6 +255,6 @@ def export_hf(model: Decoder, tokenizer: PretrainedTokenizer | None, directory: 
     _write_weights(weights, directory, max_shard_bytes)
     write_atomically(os.path.join(directory, "config.json"), json.dumps(config, indent=2))
     if tokenizer is not None:
-        _write_tokenizer(tokenizer, directory, config["max_position_embeddings"])
+        _write_tokenizer(tokenizer, directory, config["max_position_embeddings"], chat_template)
     return directory
 

@@ -13,7 +13,8 @@
 For a HF source the files `PretrainedTokenizer` does not hold are carried over: the source's
 `tokenizer_config.json` (chat template, added-token table; its `model_max_length` set to the new
 `max_position_embeddings`) replaces the generated one, and `special_tokens_map.json` and
-`generation_config.json` are copied.
+`generation_config.json` are copied. For a GGUF source its `tokenizer.chat_template` is written
+to tokenizer_config.json.
 `config.rope_scaling` / `config.rope_theta` replace the model's position scheme before it is
 written (a scaling's `original_max_position_embeddings` defaults to the source's trained
 length: the checkpoint's context, or a run's `data.seq_len`). Every setting is checked before
@@ -139,10 +140,15 @@ def run(config: ml_collections.ConfigDict) -> str:
                          f"got {config.max_position_embeddings}")
     model, tokenizer = load_source(config.source, rope_scaling=config.rope_scaling,
                                    rope_theta=config.rope_theta or None, tokenizer=config.tokenizer)
+    kind = source_kind(config.source)
+    chat_template = None
+    if kind == "gguf":
+        metadata, _ = gguf_file.read(config.source or llama.smollm2_path())
+        chat_template = metadata.get("tokenizer.chat_template")
     out = export_hf(model, tokenizer, config.out, architecture=config.architecture,
                     max_position_embeddings=config.max_position_embeddings or None,
-                    max_shard_bytes=config.max_shard_bytes)
-    if source_kind(config.source) == "hf" and tokenizer is not None:
+                    max_shard_bytes=config.max_shard_bytes, chat_template=chat_template)
+    if kind == "hf" and tokenizer is not None:
         carry_tokenizer_files(config.source, out)
     return out
 
