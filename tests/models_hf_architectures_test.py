@@ -233,6 +233,10 @@ def test_export_refuses_what_hf_cannot_express(tmp_path):
     ntk = nnx.eval_shape(lambda: Decoder(ntk_cfg, rngs=nnx.Rngs(0)))  # refused before any weight is read
     with pytest.raises(ValueError, match="'llama' cannot take rope_type 'ntk'"):
         export_hf(ntk, None, tmp_path / "out", max_position_embeddings=64)
+    longrope = dict(PHI3_LONGROPE["rope_scaling"], original_max_position_embeddings=16)
+    phi3 = nnx.eval_shape(lambda: Decoder(yarn.cfg.replace(rope_scaling=longrope), rngs=nnx.Rngs(0)))
+    with pytest.raises(ValueError, match=r"original_max_position_embeddings x factor = 16 .*; got 64"):
+        export_hf(phi3, None, tmp_path / "out", architecture="phi3", max_position_embeddings=64)
     dynamic, _ = llama.load_hf(tmp_path / "src", rope_scaling={"rope_type": "dynamic", "factor": 2.0})
     with pytest.raises(ValueError, match=r"must equal original_max_position_embeddings \(32\)"):
         export_hf(dynamic, None, tmp_path / "out", max_position_embeddings=64)

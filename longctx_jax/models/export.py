@@ -10,7 +10,8 @@ The inverse of `llama.decoder_params` then of the architecture row's `split`
 `gate_up_proj`). config.json carries the model's current RoPE in both spellings transformers
 reads (`rope_scaling` for 4.x, `rope_parameters` with `rope_theta` for 5.x) and
 `max_position_embeddings`: the length the scaling extends to (original length x factor) unless
-given, except for `dynamic`, whose pretrained length transformers reads from it. Phi-3 LongRoPE
+given, except for `dynamic`, whose pretrained length transformers reads from it, and `longrope`,
+where it must be that product (transformers may derive the factor from it). Phi-3 LongRoPE
 also gets its top-level `original_max_position_embeddings`, from which transformers (and
 `rope_config_from_hf`) take the factor. Weights are written with safetensors
 (no pickle); the tokenizer, when given, as its `tokenizers` JSON (the byte-level BPE rebuilt from
@@ -116,6 +117,13 @@ def _max_positions(cfg: ModelConfig, given: int | None) -> int:
                              f"original_max_position_embeddings ({length}), the length transformers "
                              f"scales from; got {given}")
         return length
+    if canonical_rope_type(scaling).name == "longrope":  # transformers may take s = max_positions / L
+        derived = int(round(length * (factor or 1.0)))
+        if given is not None and given != derived:
+            raise ValueError(f"rope_type 'longrope': max_position_embeddings must be "
+                             f"original_max_position_embeddings x factor = {derived} (transformers derives "
+                             f"the attention factor from it); got {given}")
+        return derived
     if given is not None:
         return given
     if length and factor:
