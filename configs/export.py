@@ -28,4 +28,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.rope_theta = 0.0  # 0: keep the model's base; else a new base (ABF)
     config.max_position_embeddings = 0  # 0: original_max_position_embeddings x factor of the scaling
     config.tokenizer = ""  # run sources: the .gguf file or HF directory of the tokenizer
+    config.max_shard_bytes = 4 << 30  # larger float32 weights are written as shards + index
     return config

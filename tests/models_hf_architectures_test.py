@@ -19,7 +19,7 @@ from flax import nnx
 from longctx_jax.models import llama
 from longctx_jax.models.decoder import Decoder
 from longctx_jax.models.export import export_hf, hf_config_dict
-from longctx_jax.models.hf_architectures import HF_MODEL_TYPES, hf_config
+from longctx_jax.models.hf_architectures import HF_MODEL_TYPES, hf_config, markdown_table
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -148,6 +148,12 @@ def test_config_errors_before_weights(tmp_path):
                       "max_window_layers": LAYERS}).window is None
 
 
+def test_docs_quote_the_architecture_table():
+    docs = os.path.join(os.path.dirname(__file__), "..", "docs", "huggingface.md")
+    with open(docs, encoding="utf-8") as f:
+        assert markdown_table() in f.read()
+
+
 def test_unread_tensor_is_refused(tmp_path):
     """A Llama checkpoint with o_proj biases the config hides is refused, not silently half-read."""
     from safetensors.numpy import load_file, save_file
@@ -172,7 +178,8 @@ ROUND_TRIPS = {
                         dict(max_position_embeddings=64), 30),
     "qwen2_yarn2_window": ("qwen2", dict(use_sliding_window=True, sliding_window=8, max_window_layers=0),
                            {"rope_type": "yarn", "factor": 2.0, "beta_fast": 16.0}, {}, 30),
-    "phi3_longrope": ("phi3", PHI3_LONGROPE, None, {}, 40),
+    # ~230 KB of float32 weights written as 100 KB shards + index.
+    "phi3_longrope_sharded": ("phi3", PHI3_LONGROPE, None, dict(max_shard_bytes=100_000), 40),
 }
 
 
@@ -183,7 +190,13 @@ def test_export_round_trip_through_transformers(tmp_path, case):
     save_tiny(tmp_path / "src", model_type, **overrides)
     model, _ = llama.load_hf(tmp_path / "src", rope_scaling=rope_scaling)
     export_hf(model, None, tmp_path / "out", architecture=model_type, **kwargs)
-    assert sorted(os.listdir(tmp_path / "out")) == ["config.json", "model.safetensors"]
+    files = sorted(os.listdir(tmp_path / "out"))
+    if "max_shard_bytes" in kwargs:
+        shards = [f for f in files if f.endswith(".safetensors")]
+        assert len(shards) > 1 and files == ["config.json", *shards, "model.safetensors.index.json"]
+        assert all(os.path.getsize(tmp_path / "out" / f) < 2 * kwargs["max_shard_bytes"] for f in shards)
+    else:
+        assert files == ["config.json", "model.safetensors"]
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     if rope_scaling is not None:
         assert config["rope_scaling"]["rope_type"] == rope_scaling["rope_type"]
@@ -195,6 +208,9 @@ def test_export_round_trip_through_transformers(tmp_path, case):
     assert again.cfg == model.cfg
     reloaded = np.asarray(forward(again, jnp.asarray(tokens(length))))
     chex.assert_trees_all_close(reloaded, ours, atol=1e-5, rtol=0)
+    if "max_shard_bytes" in kwargs:  # re-exported unsharded, the earlier shards and index go
+        export_hf(model, None, tmp_path / "out", architecture=model_type)
+        assert sorted(os.listdir(tmp_path / "out")) == ["config.json", "model.safetensors"]
 
 
 def test_export_refuses_what_hf_cannot_express(tmp_path):
@@ -217,6 +233,10 @@ def test_export_refuses_what_hf_cannot_express(tmp_path):
     ntk = nnx.eval_shape(lambda: Decoder(ntk_cfg, rngs=nnx.Rngs(0)))  # refused before any weight is read
     with pytest.raises(ValueError, match="'llama' cannot take rope_type 'ntk'"):
         export_hf(ntk, None, tmp_path / "out", max_position_embeddings=64)
+    longrope = dict(PHI3_LONGROPE["rope_scaling"], original_max_position_embeddings=16)
+    phi3 = nnx.eval_shape(lambda: Decoder(yarn.cfg.replace(rope_scaling=longrope), rngs=nnx.Rngs(0)))
+    with pytest.raises(ValueError, match=r"original_max_position_embeddings x factor = 16 .*; got 64"):
+        export_hf(phi3, None, tmp_path / "out", architecture="phi3", max_position_embeddings=64)
     dynamic, _ = llama.load_hf(tmp_path / "src", rope_scaling={"rope_type": "dynamic", "factor": 2.0})
     with pytest.raises(ValueError, match=r"must equal original_max_position_embeddings \(32\)"):
         export_hf(dynamic, None, tmp_path / "out", max_position_embeddings=64)

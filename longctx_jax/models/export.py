@@ -10,7 +10,8 @@ The inverse of `llama.decoder_params` then of the architecture row's `split`
 `gate_up_proj`). config.json carries the model's current RoPE in both spellings transformers
 reads (`rope_scaling` for 4.x, `rope_parameters` with `rope_theta` for 5.x) and
 `max_position_embeddings`: the length the scaling extends to (original length x factor) unless
-given, except for `dynamic`, whose pretrained length transformers reads from it. Phi-3 LongRoPE
+given, except for `dynamic`, whose pretrained length transformers reads from it, and `longrope`,
+where it must be that product (transformers may derive the factor from it). Phi-3 LongRoPE
 also gets its top-level `original_max_position_embeddings`, from which transformers (and
 `rope_config_from_hf`) take the factor. Weights are written with safetensors
 (no pickle); the tokenizer, when given, as its `tokenizers` JSON (the byte-level BPE rebuilt from
@@ -23,6 +24,7 @@ model with parameters beyond the plain decoder's (LoRA adapters not merged) rais
 naming it before anything is written.
 """
 
+import glob
 import json
 import os
 from typing import Any
@@ -40,7 +42,10 @@ from longctx_jax.models.hf_architectures import HFArchitecture
 from longctx_jax.models.tokenizer import PretrainedTokenizer
 from longctx_jax.positional.rope_types import canonical_rope_type
 
-__all__ = ["export_hf", "hf_config_dict", "hf_named_weights"]
+__all__ = ["DEFAULT_SHARD_BYTES", "export_hf", "hf_config_dict", "hf_named_weights"]
+
+DEFAULT_SHARD_BYTES = 4 << 30  # transformers' own default max_shard_size is 5 GB
+_INDEX = "model.safetensors.index.json"
 
 
 def _path_name(path: tuple) -> str:
@@ -112,6 +117,13 @@ def _max_positions(cfg: ModelConfig, given: int | None) -> int:
                              f"original_max_position_embeddings ({length}), the length transformers "
                              f"scales from; got {given}")
         return length
+    if canonical_rope_type(scaling).name == "longrope":  # transformers may take s = max_positions / L
+        derived = int(round(length * (factor or 1.0)))
+        if given is not None and given != derived:
+            raise ValueError(f"rope_type 'longrope': max_position_embeddings must be "
+                             f"original_max_position_embeddings x factor = {derived} (transformers derives "
+                             f"the attention factor from it); got {given}")
+        return derived
     if given is not None:
         return given
     if length and factor:
@@ -163,7 +175,8 @@ def hf_config_dict(cfg: ModelConfig, *, architecture_name: str, max_position_emb
     return config
 
 
-def _write_tokenizer(tokenizer: PretrainedTokenizer, directory: str, max_positions: int) -> None:
+def _write_tokenizer(tokenizer: PretrainedTokenizer, directory: str, max_positions: int,
+                     chat_template: str | None) -> None:
     tok = tokenizer.tokenizer.from_str(tokenizer.tokenizer.to_str())  # a copy to add the BOS rule to
     if tokenizer.add_bos and tokenizer.bos_id is not None:
         bos = tokenizer.token(tokenizer.bos_id)
@@ -177,11 +190,45 @@ def _write_tokenizer(tokenizer: PretrainedTokenizer, directory: str, max_positio
         value = getattr(tokenizer, f"{name}_id")
         if value is not None:
             tok_config[f"{name}_token"] = tokenizer.token(value)
+    if chat_template:
+        tok_config["chat_template"] = chat_template
     write_atomically(os.path.join(directory, "tokenizer_config.json"), json.dumps(tok_config, indent=2))
 
 
+def _write_weights(weights: dict[str, np.ndarray], directory: str, max_shard_bytes: int) -> list[str]:
+    """`model.safetensors`, or shards of at most `max_shard_bytes` (a tensor larger than that
+    alone) with transformers' index file; removes weight files of an earlier export there."""
+    shards: list[dict[str, np.ndarray]] = [{}]
+    size = 0
+    for name, value in weights.items():
+        if shards[-1] and size + value.nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = value
+        size += value.nbytes
+    if len(shards) == 1:
+        files = ["model.safetensors"]
+    else:
+        files = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    for fname, shard in zip(files, shards, strict=True):
+        write_atomically(os.path.join(directory, fname), safetensors_bytes(shard, metadata={"format": "pt"}))
+    written = set(files)
+    if len(shards) > 1:
+        weight_map = {name: fname for fname, shard in zip(files, shards, strict=True) for name in shard}
+        index = {"metadata": {"total_size": int(sum(v.nbytes for v in weights.values()))},
+                 "weight_map": weight_map}
+        write_atomically(os.path.join(directory, _INDEX), json.dumps(index, indent=2))
+        written.add(_INDEX)
+    earlier = glob.glob(os.path.join(directory, "model*.safetensors")) + [os.path.join(directory, _INDEX)]
+    for path in filter(os.path.exists, earlier):
+        if os.path.basename(path) not in written:
+            os.remove(path)
+    return sorted(written)
+
+
 def export_hf(model: Decoder, tokenizer: PretrainedTokenizer | None, directory: str | os.PathLike, *,
-              architecture: str = "llama", max_position_embeddings: int | None = None) -> str:
+              architecture: str = "llama", max_position_embeddings: int | None = None,
+              max_shard_bytes: int = DEFAULT_SHARD_BYTES, chat_template: str | None = None) -> str:
     """Writes `model` (and `tokenizer`) as a Hugging Face model directory.
 
     Args:
@@ -192,6 +239,11 @@ def export_hf(model: Decoder, tokenizer: PretrainedTokenizer | None, directory: 
       max_position_embeddings: the context length to declare; default original length x factor
         of the model's rope_scaling (required when the scaling has neither). For `dynamic` it is
         the original length, from which transformers' dynamic NTK scales.
+      max_shard_bytes: above this many bytes of float32 weights the safetensors are sharded
+        (`model-0000i-of-0000n.safetensors` + `model.safetensors.index.json`), which bounds the
+        memory of writing a large model to one shard.
+      chat_template: a Jinja chat template for tokenizer_config.json (e.g. a GGUF's
+        `tokenizer.chat_template`); written only with a tokenizer.
 
     Returns:
       The directory path.
@@ -200,16 +252,17 @@ def export_hf(model: Decoder, tokenizer: PretrainedTokenizer | None, directory: 
       ValueError: anything the architecture cannot express (module docstring), before writing.
     """
     arch = hf_architectures.architecture(architecture)
+    if isinstance(max_shard_bytes, bool) or not isinstance(max_shard_bytes, int) or max_shard_bytes <= 0:
+        raise ValueError(f"max_shard_bytes must be a positive integer, got {max_shard_bytes!r}")
     cfg = model.cfg
     config = hf_config_dict(cfg, architecture_name=arch.model_type,
                             max_position_embeddings=max_position_embeddings, tokenizer=tokenizer)
     weights = arch.fuse(hf_named_weights(model), cfg)
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
-    write_atomically(os.path.join(directory, "model.safetensors"),
-                     safetensors_bytes(weights, metadata={"format": "pt"}))
+    _write_weights(weights, directory, max_shard_bytes)
     write_atomically(os.path.join(directory, "config.json"), json.dumps(config, indent=2))
     if tokenizer is not None:
-        _write_tokenizer(tokenizer, directory, config["max_position_embeddings"])
+        _write_tokenizer(tokenizer, directory, config["max_position_embeddings"], chat_template)
     return directory
 

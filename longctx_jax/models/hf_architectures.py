@@ -6,19 +6,11 @@
     weights = arch.fuse(weights, cfg)             # Llama names -> this architecture's (export)
 
 All four are the Llama block (RMSNorm, SwiGLU, grouped-query attention, rotate-half RoPE); a row
-says only how each differs:
-
-| model_type | q/k/v bias | sliding window | RoPE types | partial rotary | fused tensors |
-|---|---|---|---|---|---|
-| llama | `attention_bias` (refused: it also biases o_proj) | none | HF's | no | none |
-| mistral | no | `sliding_window`, every layer | HF's | no | none |
-| qwen2 | always | `sliding_window` on layers i >= `max_window_layers` (*) | HF's | no | none |
-| phi3 | no | `sliding_window`, every layer | default, longrope | yes | `qkv_proj`, `gate_up_proj` (**) |
-
-(*) only when `use_sliding_window`; a saved `layer_types` list wins. (**) rows [q; k; v] and [gate; up].
-"HF's" = the types transformers implements (`HF_ROPE_TYPES`); the project's static "ntk" is not
-one of them. Llama, Mistral and Qwen2 rotate the whole head in transformers (no
-`partial_rotary_factor`).
+says only how each differs (`markdown_table()`, quoted in docs/huggingface.md): q/k/v biases,
+the sliding window (Qwen2: on layers i >= `max_window_layers` when `use_sliding_window`; a saved
+`layer_types` list wins), the RoPE types transformers' class takes (`HF_ROPE_TYPES` for all but
+Phi-3; the project's static "ntk" is not one of them), partial rotary (Phi-3 only), fused tensors
+(Phi-3: `qkv_proj` rows [q; k; v], `gate_up_proj` rows [gate; up]).
 
 Phi-3's `rope_scaling` type `longrope` (alias "su") is LongRoPE (Ding et al. 2024): per-band
 `short_factor` up to `original_max_position_embeddings` (top level in Phi-3 configs) and
@@ -149,6 +141,7 @@ class HFArchitecture:
       fuse: the inverse, for export.
       export_fields: ModelConfig -> the architecture's own config.json fields (window, biases).
       partial_rotary: transformers' class rotates only `partial_rotary_factor` of each head.
+      notes: (q/k/v bias, sliding window, fused tensors) in words, for `markdown_table`.
     """
 
     model_type: str
@@ -160,6 +153,7 @@ class HFArchitecture:
     fuse: Callable[[Weights, ModelConfig], Weights] = _identity
     export_fields: Callable[[ModelConfig], dict[str, Any]] = _windowed_fields
     partial_rotary: bool = False
+    notes: tuple[str, str, str] = ("no", "none", "none")
 
     def check_rope(self, rope_scaling: Mapping[str, Any] | None) -> None:
         """Raises ValueError when this architecture cannot take `rope_scaling` (its type, or a
@@ -178,15 +172,32 @@ class HFArchitecture:
 HF_ROPE_TYPES = tuple(name for name in ROPE_TYPES if name != "ntk")
 _TABLE = (
     HFArchitecture("llama", "LlamaForCausalLM", HF_ROPE_TYPES, _llama_qkv_bias, _no_window,
-                   export_fields=_llama_fields),
-    HFArchitecture("mistral", "MistralForCausalLM", HF_ROPE_TYPES, lambda c: False, _global_window),
+                   export_fields=_llama_fields,
+                   notes=("no (`attention_bias` / `mlp_bias` refused)", "none", "none")),
+    HFArchitecture("mistral", "MistralForCausalLM", HF_ROPE_TYPES, lambda c: False, _global_window,
+                   notes=("no", "`sliding_window`, every layer", "none")),
     HFArchitecture("qwen2", "Qwen2ForCausalLM", HF_ROPE_TYPES, lambda c: True, _qwen2_window,
-                   export_fields=_qwen2_fields),
+                   export_fields=_qwen2_fields,
+                   notes=("always", "`sliding_window` on layers i >= `max_window_layers` when "
+                          "`use_sliding_window` (all or none)", "none")),
     HFArchitecture("phi3", "Phi3ForCausalLM", ("default", "longrope"), lambda c: False, _global_window,
-                   split=_phi3_split, fuse=_phi3_fuse, partial_rotary=True),
+                   split=_phi3_split, fuse=_phi3_fuse, partial_rotary=True,
+                   notes=("no", "`sliding_window`, every layer",
+                          "`qkv_proj` = [q; k; v], `gate_up_proj` = [gate; up]")),
 )
 HF_ARCHITECTURES: Mapping[str, HFArchitecture] = MappingProxyType({a.model_type: a for a in _TABLE})
 HF_MODEL_TYPES = tuple(HF_ARCHITECTURES)
+
+
+def markdown_table() -> str:
+    """The table as Markdown, one row per architecture (docs/huggingface.md quotes it; a test compares)."""
+    rows = ["| model_type | q/k/v bias | sliding window | RoPE types | partial rotary | fused tensors |",
+            "|---|---|---|---|---|---|"]
+    for a in HF_ARCHITECTURES.values():
+        bias, window, fused = a.notes
+        rope, partial = ", ".join(a.rope_types), "yes" if a.partial_rotary else "no"
+        rows.append(f"| `{a.model_type}` | {bias} | {window} | {rope} | {partial} | {fused} |")
+    return "\n".join(rows)
 
 
 def architecture(model_type: Any) -> HFArchitecture:
@@ -256,4 +267,4 @@ def hf_config(config: Mapping[str, Any], *, rope_scaling: Mapping[str, Any] | No
 
 
 __all__ = ["HF_ARCHITECTURES", "HF_MODEL_TYPES", "HF_ROPE_TYPES", "HFArchitecture", "architecture",
-           "complete_rope_scaling", "hf_config"]
+           "complete_rope_scaling", "hf_config", "markdown_table"]

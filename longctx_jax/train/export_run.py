@@ -10,6 +10,11 @@
     trainer, gives `config.model`; its `checkpoints/` the parameters through `train.init_from`),
     its `checkpoints/` directory or one step directory inside it. Its tokenizer is taken from
     `config.tokenizer` (a GGUF file or HF directory; "" writes none, e.g. for byte-level runs).
+For a HF source the files `PretrainedTokenizer` does not hold are carried over: the source's
+`tokenizer_config.json` (chat template, added-token table; its `model_max_length` set to the new
+`max_position_embeddings`) replaces the generated one, and `special_tokens_map.json` and
+`generation_config.json` are copied. For a GGUF source its `tokenizer.chat_template` is written
+to tokenizer_config.json.
 `config.rope_scaling` / `config.rope_theta` replace the model's position scheme before it is
 written (a scaling's `original_max_position_embeddings` defaults to the source's trained
 length: the checkpoint's context, or a run's `data.seq_len`). Every setting is checked before
@@ -24,6 +29,7 @@ from typing import Any
 import ml_collections
 from flax import nnx
 
+from longctx_jax.atomic import write_atomically
 from longctx_jax.data import ByteTokenizer
 from longctx_jax.models import gguf_file, hf_architectures, llama
 from longctx_jax.models.config import ModelConfig
@@ -33,6 +39,7 @@ from longctx_jax.models.tokenizer import PretrainedTokenizer
 from longctx_jax.train.init_from import init_params_from, resolve_checkpoint
 
 SOURCE_KINDS = ("gguf", "hf", "checkpoint")
+_COPIED_FILES = ("special_tokens_map.json", "generation_config.json")
 
 
 def source_kind(source: str) -> str:
@@ -126,13 +133,45 @@ def run(config: ml_collections.ConfigDict) -> str:
         raise ValueError("config.out is empty; give the output directory, e.g. --config.out=runs/export_hf")
     hf_architectures.architecture(config.architecture)
     source_kind(config.source)
+    if config.max_shard_bytes <= 0:
+        raise ValueError(f"config.max_shard_bytes must be positive, got {config.max_shard_bytes}")
     if config.max_position_embeddings < 0:
         raise ValueError(f"config.max_position_embeddings must be >= 0 (0: derived), "
                          f"got {config.max_position_embeddings}")
     model, tokenizer = load_source(config.source, rope_scaling=config.rope_scaling,
                                    rope_theta=config.rope_theta or None, tokenizer=config.tokenizer)
-    return export_hf(model, tokenizer, config.out, architecture=config.architecture,
-                     max_position_embeddings=config.max_position_embeddings or None)
+    kind = source_kind(config.source)
+    chat_template = None
+    if kind == "gguf":
+        metadata, _ = gguf_file.read(config.source or llama.smollm2_path())
+        chat_template = metadata.get("tokenizer.chat_template")
+    out = export_hf(model, tokenizer, config.out, architecture=config.architecture,
+                    max_position_embeddings=config.max_position_embeddings or None,
+                    max_shard_bytes=config.max_shard_bytes, chat_template=chat_template)
+    if kind == "hf" and tokenizer is not None:
+        carry_tokenizer_files(config.source, out)
+    return out
 
 
-__all__ = ["SOURCE_KINDS", "load_checkpoint_model", "load_source", "run", "source_kind"]
+def carry_tokenizer_files(source: str, out: str) -> list[str]:
+    """Copies the HF source's tokenizer_config.json (model_max_length updated to out's
+    max_position_embeddings), special_tokens_map.json and generation_config.json; returns the names."""
+    carried = []
+    path = os.path.join(source, "tokenizer_config.json")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            tok_config = json.load(f)
+        with open(os.path.join(out, "config.json"), encoding="utf-8") as f:
+            tok_config["model_max_length"] = json.load(f)["max_position_embeddings"]
+        write_atomically(os.path.join(out, "tokenizer_config.json"), json.dumps(tok_config, indent=2))
+        carried.append("tokenizer_config.json")
+    for name in _COPIED_FILES:
+        if os.path.isfile(os.path.join(source, name)):
+            with open(os.path.join(source, name), "rb") as f:
+                write_atomically(os.path.join(out, name), f.read())
+            carried.append(name)
+    return carried
+
+
+__all__ = ["SOURCE_KINDS", "carry_tokenizer_files", "load_checkpoint_model", "load_source", "run",
+           "source_kind"]
