@@ -13,7 +13,13 @@ from flax import nnx
 
 from configs import finetune_smollm2
 from longctx_jax.models.lora import LoraSpec
-from longctx_jax.train.finetune import build_setup, finetune, is_run_directory, load_finetuned
+from longctx_jax.train.finetune import (
+    build_setup,
+    check_finetune_config,
+    finetune,
+    is_run_directory,
+    load_finetuned,
+)
 
 
 def tiny_config(steps: int = 3):
@@ -59,6 +65,15 @@ def test_lora_trains_only_the_adapters(uninterrupted):
     chex.assert_trees_all_equal(jax.device_get(frozen), jax.device_get(base_frozen))  # bit-equal
     records = _metrics(workdir)
     assert sorted(records) == [1, 2, 3] and np.isfinite(records[3]["val_loss"])
+
+
+def test_lora_step_on_a_data_mesh_equals_the_single_device_step(uninterrupted, tmp_path):
+    config = tiny_config()
+    config.mesh = {"data": 2, "sequence": 1, "tensor": 1}
+    finetune(config, str(tmp_path / "run"), stop_at_step=1)
+    got, want = _metrics(str(tmp_path / "run"))[1], _metrics(uninterrupted[0])[1]
+    np.testing.assert_allclose(got["train_loss"], want["train_loss"], rtol=1e-5)
+    np.testing.assert_allclose(got["grad_norm"], want["grad_norm"], rtol=1e-4)
 
 
 def test_longlora_trains_adapters_embeddings_and_norms():
@@ -151,6 +166,24 @@ def test_s2_attention_trains_and_validates_with_full_attention(tmp_path):
     assert setup.model.cfg.attention_pattern == "s2" and setup.eval_model.cfg.attention_pattern == "full"
     summary = finetune(config, str(tmp_path / "run"))
     assert np.isfinite(summary["final_val_loss"])
+
+
+@pytest.mark.parametrize("variant", finetune_smollm2.VARIANTS)
+def test_every_variant_validates_and_takes_command_line_overrides(variant):
+    from absl import flags
+    from ml_collections import config_flags
+
+    from longctx_jax import config_cli
+
+    argv = ["prog", "--config", f"configs/finetune_smollm2.py:{variant}",
+            "--config.position.rope_scaling={'rope_type': 'yarn', 'factor': 4.0}", "--config.lora.rank=4"]
+    fv = flags.FlagValues()
+    holder = config_flags.DEFINE_config_file("config", "configs/finetune_smollm2.py", flag_values=fv,
+                                             sys_argv=argv)
+    config_cli.parse_flags(argv, fv)
+    config = holder.value
+    assert config.position.rope_scaling == {"rope_type": "yarn", "factor": 4.0} and config.lora.rank == 4
+    check_finetune_config(finetune_smollm2.get_config(variant))
 
 
 def test_lora_spec_names_bad_rank():

@@ -20,7 +20,8 @@ tokens) or with every layer's rotation or attention replaced through `rotary=` /
 `attention_fn=` (LongRoPE's searched frequencies, landmark attention), never a copied block.
 
 Parameters carry logical axis names (`logical_axes` metadata) that `longctx_jax.sharding`
-maps to mesh axes.
+maps to mesh axes. Low-rank adapters (`longctx_jax.models.lora`) attach to a projection as
+`<module>.<name>_lora` and add their output through `adapter_delta`.
 """
 
 from collections.abc import Callable

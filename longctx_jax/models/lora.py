@@ -106,7 +106,7 @@ def add_lora(model: Decoder, spec: LoraSpec, *, rngs: nnx.Rngs) -> Decoder:
     for name in spec.projections:
         for owner in _owners(model, name):
             weight = getattr(owner, name)
-            split = 1 if name in ("wq", "wk", "wv", "w_gate", "w_up", "w_down") else 2  # input axes
+            split = 2 if name == "wo" else 1  # input axes: wo is [N, H, D], the others [D, ...]
             in_features, out_features = math.prod(weight.shape[:split]), math.prod(weight.shape[split:])
             setattr(owner, f"{name}_lora", Adapter(in_features, out_features, spec.rank, spec.scale,
                                                    dtype=model.cfg.dtype, rngs=rngs))
@@ -115,8 +115,9 @@ def add_lora(model: Decoder, spec: LoraSpec, *, rngs: nnx.Rngs) -> Decoder:
 
 
 def trainable_filter(*, lora: bool, train_embeddings_and_norms: bool = False) -> nnx.filterlib.Filter:
-    """What gets gradients: everything (full fine-tuning) or the adapters, plus LongLoRA's
-    embeddings (`embed`, and an untied `lm_head` is not included) and RMSNorm scales."""
+    """What gets gradients: every parameter (full fine-tuning), or the adapters, plus with
+    `train_embeddings_and_norms` LongLoRA's extras: the `embed` table and every RMSNorm scale
+    (an untied `lm_head` stays frozen, as in LongLoRA)."""
     if not lora:
         if train_embeddings_and_norms:
             raise ValueError("lora.train_embeddings_and_norms needs LoRA (full fine-tuning trains them)")

@@ -25,6 +25,7 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
+from longctx_jax import sharding
 from longctx_jax.atomic import write_atomically
 from longctx_jax.data import (
     Batches,
@@ -183,6 +184,8 @@ def train_and_evaluate(
     schedule = learning_rate_schedule(config.optim, total_steps)
     mesh = distributed.mesh_from_config(config)  # None without config.mesh: one device
     state: TrainState = distributed.shard_state(init_train_state(params, tx), mesh)
+    if mesh is not None and frozen is not None:  # the frozen base, placed by its logical axes
+        frozen = jax.device_put(frozen, sharding.state_shardings(frozen, mesh))
     trainable_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
     num_params = trainable_params + sum(int(np.prod(x.shape)) for x in jax.tree.leaves(frozen))
 
