@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from longctx_jax.attention import dense, ring
+from longctx_jax.attention import dense, dispatch, ring
+from longctx_jax.attention.ring_inner import ring_inner
 from longctx_jax.attention.spec import AttentionSpec
 from longctx_jax.positional.alibi import alibi_slopes
 
@@ -108,13 +109,13 @@ def test_rows_without_keys_in_some_shards_merge_to_the_oracle():
 )
 def test_ring_inner_per_platform(platform, fields, own_shard, want):
     spec = AttentionSpec(**fields)
-    if want == "cpu_flash" and not ring.dispatch._importable("cpu_flash"):
+    if want == "cpu_flash" and not dispatch._importable("cpu_flash"):
         want = "blockwise"  # no C++ compiler on this machine
-    assert ring.ring_inner(platform, spec, own_shard=own_shard) == want
+    assert ring_inner(platform, spec, own_shard=own_shard) == want
 
 
 def test_default_cpu_ring_runs_cpu_flash_on_the_own_shard():
-    if not ring.dispatch._importable("cpu_flash"):
+    if not dispatch._importable("cpu_flash"):
         pytest.skip("cpu_flash needs a C++ compiler")
     q, k, v = _inputs()
     mesh = jax.make_mesh((8,), ("sequence",))

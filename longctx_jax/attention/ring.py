@@ -49,15 +49,11 @@ from longctx_jax.attention import dispatch
 from longctx_jax.attention.dense import MASKED_LOGIT
 from longctx_jax.attention.masks import AttentionMask, allowed_BTS
 from longctx_jax.attention.online_softmax import SoftmaxState, finalize, merge
+from longctx_jax.attention.ring_inner import GPU_PLATFORMS, check_inner, platform_of, ring_inner
 from longctx_jax.attention.spec import AttentionSpec, implementation
 from longctx_jax.typing import Array
 
 CONTEXT_PARALLEL = ("ring", "all_gather")
-_GPU_PLATFORMS = ("gpu", "cuda")
-# Inner kernels per platform, first that takes the block's spec wins.
-_INNER_CANDIDATES = {"gpu": ("flash", "blockwise"), "cuda": ("flash", "blockwise"), "tpu": ("blockwise",)}
-_CPU_CANDIDATES = ("cpu_flash", "blockwise")
-_POSITIONS = frozenset({"q_positions", "k_positions"})
 _HAS_KEY_CHUNK = 512  # keys per step of the scan that finds rows with an allowed key
 
 
@@ -89,55 +85,6 @@ class _Plan:
     own_inner: str | None  # for the device's own shard at default positions; None: not contiguous
     options: tuple[tuple[str, Any], ...]  # the inner kernel's options (block sizes, interpret)
     has_key_chunk: int
-
-
-# ----------------------------------------------------------------------------------------
-# Choosing the inner kernel.
-
-
-def ring_inner(platform: str, spec: AttentionSpec, *, own_shard: bool = False) -> str:
-    """The registry implementation the ring runs per K/V shard on `platform`.
-
-    Args:
-      platform: "cpu", "gpu" / "cuda" or "tpu" (a mesh's device platform).
-      spec: the ring call's spec.
-      own_shard: the device's own shard under a contiguous layout, attended at default
-        positions (otherwise the inner call gets explicit positions).
-
-    Returns:
-      The first of the platform's candidates (GPU: flash, blockwise; CPU: cpu_flash,
-      blockwise; TPU: blockwise) that has an lse variant and a backward from (out, lse),
-      can be imported and takes the block's spec fields.
-    """
-    fields = spec.given() | (frozenset() if own_shard else _POSITIONS)
-    for name in _INNER_CANDIDATES.get(platform, _CPU_CANDIDATES):
-        entry = dispatch.entry(name)
-        if entry.lse_target is None or entry.backward_target is None:
-            continue
-        try:
-            if not fields & entry.unsupported:
-                return name
-        except ImportError:
-            continue
-    return "blockwise"
-
-
-def _check_inner(name: str, spec: AttentionSpec) -> None:
-    entry = dispatch.entry(name)
-    usable = sorted(n for n, e in dispatch.REGISTRY.items()
-                    if e.lse_target is not None and e.backward_target is not None)
-    if name not in usable:
-        raise ValueError(f"inner={name!r} has no lse variant and backward from (out, lse); valid: {usable}")
-    refused = sorted((spec.given() | _POSITIONS) & entry.unsupported)
-    if refused:
-        raise ValueError(f"inner={name!r} cannot take {refused} (shards attend at explicit positions)")
-
-
-def _platform(mesh) -> str:
-    """The mesh's device platform ("cpu", "gpu", "cuda", "tpu"); the default backend if unknown."""
-    abstract = mesh if isinstance(mesh, jax.sharding.AbstractMesh) else mesh.abstract_mesh
-    device = getattr(abstract, "abstract_device", None)
-    return getattr(device, "platform", None) or jax.default_backend()
 
 
 # ----------------------------------------------------------------------------------------
@@ -478,7 +425,7 @@ def ring_attention(
     if axis_name not in mesh.axis_names:
         raise ValueError(f"axis_name {axis_name!r} is not a mesh axis; mesh axes: {tuple(mesh.axis_names)}")
     if inner is not None:
-        _check_inner(inner, spec)
+        check_inner(inner, spec)
     ring_size = dict(mesh.shape)[axis_name]
     B, T, N, H = q.shape
     S = k.shape[1]
@@ -496,7 +443,7 @@ def ring_attention(
         kv_seg = q_seg if spec.kv_segment_ids is None else jnp.broadcast_to(spec.kv_segment_ids, (B, S))
     slopes = None if spec.alibi_slopes is None else jnp.asarray(spec.alibi_slopes, jnp.float32)
     shard_len = S // ring_size
-    platform = _platform(mesh)
+    platform = platform_of(mesh)
     all_gather = context_parallel == "all_gather"
     # The own shard at default positions is the same problem only if the mask is
     # translation invariant: causal / window / ALiBi are, sinks (key position < s) are not.
@@ -505,7 +452,7 @@ def ring_attention(
     chosen = inner or ring_inner(platform, spec)
     own_inner = (inner or ring_inner(platform, spec, own_shard=True)) if own else None
     if "flash" in (chosen, own_inner):
-        options["interpret"] = platform not in _GPU_PLATFORMS
+        options["interpret"] = platform not in GPU_PLATFORMS
     plan = _Plan(
         axis_name=axis_name,
         ring_size=ring_size,
