@@ -133,3 +133,27 @@ def test_bad_inner_raises(inner, match):
     q, k, v = _inputs()
     with pytest.raises(ValueError, match=match):
         ring.ring_attention(q, k, v, mesh=jax.make_mesh((8,), ("sequence",)), inner=inner)
+
+
+@pytest.mark.parametrize("platform, kind", [("cuda", "NVIDIA H100 80GB HBM3"), ("tpu", "TPU v5 lite")])
+def test_ring_lowers_with_the_platforms_kernel_inside(platform, kind):
+    """On an abstract GPU mesh the ring's forward and backward are the Triton flash kernels."""
+    device = jax.sharding.AbstractDevice(device_kind=kind, num_cores=None, platform=platform)
+    mesh = jax.sharding.AbstractMesh((8,), ("sequence",), axis_types=(jax.sharding.AxisType.Auto,),
+                                     abstract_device=device)
+    q = jax.ShapeDtypeStruct((1, 1024, 8, 64), jnp.bfloat16)
+    kv = jax.ShapeDtypeStruct((1, 1024, 2, 64), jnp.bfloat16)
+
+    def loss(q, k, v):
+        return jnp.sum(ring.ring_attention(q, k, v, mesh=mesh, window=300).astype(jnp.float32))
+
+    with jax.sharding.use_abstract_mesh(mesh):
+        traced = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(q, kv, kv)
+        lowered = traced.lower(lowering_platforms=(platform,))
+    text = lowered.as_text()
+    assert "collective_permute" in text
+    kernels = {name: text.count(name) for name in ("flash_forward", "flash_dq", "flash_dkv")}
+    if platform == "cuda":
+        assert all(kernels.values()), kernels
+    else:
+        assert not any(kernels.values()), kernels
