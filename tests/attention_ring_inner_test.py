@@ -68,6 +68,7 @@ def test_ring_with_flash_inside_matches_dense(kwargs, kv_heads):
     chex.assert_tree_all_finite(got)
 
 
+@pytest.mark.slow
 def test_all_gather_with_flash_inside_matches_dense():
     q, k, v = _inputs()
     mesh = jax.make_mesh((4,), ("sequence",), devices=jax.devices()[:4])
