@@ -170,4 +170,6 @@ def test_decoder_train_step_with_ring_attention_lowers_for_a_mesh(platform, devi
         lowered = step.trace(state, batch).lower(lowering_platforms=(platform,))
     text = lowered.as_text()
     assert "collective_permute" in text  # the ring's K/V hops
+    # The ring's per-shard kernel: Triton flash (forward, dQ, dK/dV) on a GPU mesh, jnp on TPU.
+    assert all((name in text) == (platform == "cuda") for name in _KERNELS), platform
     chex.assert_equal(lowered.out_info[1]["train_loss"].shape, ())

@@ -138,3 +138,69 @@ def test_attend_with_lse_refuses_an_implementation_without_one():
     q, k, v = _qkv()
     with pytest.raises(ValueError, match="log-sum-exp"):
         dispatch.attend_with_lse(q, k, v, impl="xla")
+
+
+H100, A100 = "NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB"
+
+
+@pytest.mark.parametrize(
+    "fields, dtype, head_dim, device, want",
+    [
+        ({}, "bfloat16", 128, dict(device_kind=H100), "cudnn"),
+        ({"window": 4096}, "bfloat16", 128, dict(device_kind=H100), "cudnn"),  # local_window_size
+        ({"causal": False}, "float16", 64, dict(device_kind="NVIDIA H200"), "cudnn"),
+        ({}, "bfloat16", 256, dict(capability="9.0"), "cudnn"),
+        ({}, "bfloat16", 128, dict(device_kind="NVIDIA B200"), "cudnn"),
+        ({}, "bfloat16", 128, dict(capability="10.0"), "cudnn"),
+        # What cuDNN does not express natively stays on the Triton flash kernel.
+        ({"causal": False, "window": 64}, "bfloat16", 128, dict(device_kind=H100), "flash"),
+        ({"window": 64, "sinks": 4}, "bfloat16", 128, dict(device_kind=H100), "flash"),
+        ({"segment_ids": np.zeros((1, 8), int)}, "bfloat16", 128, dict(device_kind=H100), "flash"),
+        ({"alibi_slopes": alibi_slopes(4)}, "bfloat16", 128, dict(device_kind=H100), "flash"),
+        ({"logit_soft_cap": 30.0}, "bfloat16", 128, dict(device_kind=H100), "flash"),
+        ({"q_positions": np.arange(8)}, "bfloat16", 128, dict(device_kind=H100), "flash"),
+        ({}, "float32", 128, dict(device_kind=H100), "flash"),
+        ({}, "bfloat16", 100, dict(device_kind=H100), "flash"),
+        ({}, "bfloat16", 512, dict(device_kind=H100), "flash"),
+        # Before Hopper: Triton flash for everything.
+        ({}, "bfloat16", 128, dict(device_kind=A100), "flash"),
+        ({}, "bfloat16", 128, dict(capability="8.9"), "flash"),
+        ({}, "bfloat16", 128, dict(device_kind="some future accelerator"), "flash"),
+        # A bias goes to the fallback whatever the GPU (neither flash nor cudnn natively).
+        ({"bias": np.zeros((1, 1, 8, 8))}, "bfloat16", 128, dict(device_kind=H100), "blockwise"),
+    ],
+)
+def test_auto_routes_hopper_to_cudnn_for_what_it_expresses(fields, dtype, head_dim, device, want):
+    got = dispatch.choose(8192, 8192, fields, backend="cuda", dtype=jax.numpy.dtype(dtype), head_dim=head_dim,
+                          **device)
+    assert got == want
+
+
+def test_auto_hopper_choice_follows_the_policy():
+    triton_everywhere = dispatch.AutoPolicy(gpu_hopper="flash")
+    assert dispatch.choose(8192, 8192, backend="gpu", device_kind=H100, policy=triton_everywhere) == "flash"
+    assert dispatch.choose(8192, 8192, backend="rocm", capability="9.4") == "flash"  # no cuDNN on ROCm
+    assert dispatch.cudnn_expresses(AttentionSpec(window=8)) and not dispatch.cudnn_expresses(
+        AttentionSpec(causal=False, window=8))
+    with pytest.raises(ValueError, match="compute capability.*'nine'"):
+        dispatch.choose(8192, 8192, backend="gpu", capability="nine")
+
+
+@pytest.mark.parametrize("kind, capability, want", [
+    ("NVIDIA H100 80GB HBM3", None, (9, 0)), ("NVIDIA GH200 480GB", None, (9, 0)),
+    ("NVIDIA H800", None, (9, 0)), ("NVIDIA B200", None, (10, 0)), ("NVIDIA A100-SXM4-40GB", None, None),
+    ("Tesla V100-SXM2-16GB", None, None), (None, "8.6", (8, 6)), ("NVIDIA H100 PCIe", "9.0", (9, 0)),
+])
+def test_compute_capability_from_device_descriptions(kind, capability, want):
+    assert dispatch.compute_capability(kind, capability) == want
+
+
+def test_flash_has_lse_and_backward_entries():
+    q, k, v = _qkv(4)
+    spec = AttentionSpec(window=5, segment_ids=np.array([[0] * 6 + [1] * 5] * B))
+    got = dispatch.attend_with_lse(q, k, v, spec, impl="flash", block_q=16, block_k=16)
+    chex.assert_trees_all_close(got, dense.attention_with_lse(q, k, v, spec), atol=1e-5, rtol=1e-5)
+    assert dispatch.entry("flash").backward().__name__ == "flash_attention_backward"
+    assert dispatch.entry("cpu_flash").backward().__name__ == "blockwise_attention_backward"
+    with pytest.raises(ValueError, match="no backward.*blockwise"):
+        dispatch.entry("dense").backward()

@@ -92,7 +92,7 @@ def _run_case(case, context_parallel, layout_name, seq_devices, use_jit=True, kv
 
     def ring_fn(q, k, v):
         return ring.ring_attention(
-            q, k, v, mesh=mesh, context_parallel=context_parallel, block_size=4, **positioned
+            q, k, v, mesh=mesh, context_parallel=context_parallel, block_size=16, **positioned
         )
 
     _check(ring_fn, q, k, v, perm=perm, use_jit=use_jit, **kwargs)

@@ -14,14 +14,17 @@ Registry: "dense" (the oracle), "blockwise" (memory-efficient jnp), "xla" and "c
 (`jax.nn.dot_product_attention`; fields it cannot express raise `ValueError`), "flash"
 (Pallas), "cpu_flash" (the fused C++ CPU kernel: causal / window masks under default
 positions), "ring" (context parallel over a mesh axis) and whatever `register` adds.
-"auto" picks by backend with an `AutoPolicy`: GPU -> flash (cudnn if flash is missing),
-TPU -> flash (splash), CPU -> cpu_flash (where it cannot be built: dense for short
+"auto" picks by backend with an `AutoPolicy`: GPU -> flash (cudnn if flash is missing);
+Hopper and newer (compute capability >= 9.0, where JAX deprecates Pallas' Triton lowering
+from 0.11) -> cudnn for every spec it expresses natively (`cudnn_expresses`), flash for the
+rest; TPU -> flash (splash), CPU -> cpu_flash (where it cannot be built: dense for short
 sequences, blockwise for long ones); a spec the pick cannot take goes to dense when its
 logits are small (a decoded token) and to blockwise otherwise.
 """
 
 import dataclasses
 import importlib
+import re
 from collections.abc import Callable
 
 import jax
@@ -43,11 +46,15 @@ class Implementation:
       name: the `impl` string.
       target: "module:function" imported on first use, or the function itself.
       lse_target: same for the variant returning (out, lse `[B, T, N]` float32), or None.
+      backward_target: same for `fn(q, k, v, out, lse, d_out, d_lse, spec, **options) ->
+        (dq, dk, dv)`, the gradient from a saved output and lse (which may be those of a
+        larger softmax, as in ring attention), or None.
     """
 
     name: str
     target: str | AttentionFn
     lse_target: str | AttentionFn | None = None
+    backward_target: str | AttentionFn | None = None
 
     @staticmethod
     def _load(target: str | AttentionFn) -> AttentionFn:
@@ -66,6 +73,13 @@ class Implementation:
             with_lse = sorted(n for n, e in REGISTRY.items() if e.lse_target is not None)
             raise ValueError(f"impl {self.name!r} returns no log-sum-exp; those that do: {with_lse}")
         return self._load(self.lse_target)
+
+    def backward(self) -> AttentionFn:
+        """The gradient-from-(out, lse) function; ValueError when the implementation has none."""
+        if self.backward_target is None:
+            names = sorted(n for n, e in REGISTRY.items() if e.backward_target is not None)
+            raise ValueError(f"impl {self.name!r} has no backward from (out, lse); those that do: {names}")
+        return self._load(self.backward_target)
 
     @property
     def unsupported(self) -> frozenset[str]:
@@ -140,24 +154,30 @@ REGISTRY: dict[str, Implementation] = {
         Implementation("dense", "longctx_jax.attention.dense:attention",
                        "longctx_jax.attention.dense:attention_with_lse"),
         Implementation("blockwise", "longctx_jax.attention.blockwise:blockwise_attention",
-                       "longctx_jax.attention.blockwise:blockwise_attention_with_lse"),
+                       "longctx_jax.attention.blockwise:blockwise_attention_with_lse",
+                       "longctx_jax.attention.blockwise:blockwise_attention_backward"),
         Implementation("xla", xla_attention),
         Implementation("cudnn", cudnn_attention),
-        Implementation("flash", "longctx_jax.attention.flash:flash_attention"),
+        Implementation("flash", "longctx_jax.attention.flash:flash_attention",
+                       "longctx_jax.attention.flash:flash_attention_with_lse",
+                       "longctx_jax.attention.flash:flash_attention_backward"),
+        # cpu_flash's own gradient is blockwise's tile recomputation from its out and lse.
         Implementation("cpu_flash", "longctx_jax.attention.cpu_flash:cpu_flash_attention",
-                       "longctx_jax.attention.cpu_flash:cpu_flash_attention_with_lse"),
+                       "longctx_jax.attention.cpu_flash:cpu_flash_attention_with_lse",
+                       "longctx_jax.attention.blockwise:blockwise_attention_backward"),
         Implementation("ring", "longctx_jax.attention.ring:ring_attention"),
     )
 }
 
 
-def register(name: str, fn: AttentionFn, *, lse_fn: AttentionFn | None = None) -> None:
+def register(name: str, fn: AttentionFn, *, lse_fn: AttentionFn | None = None,
+             backward_fn: AttentionFn | None = None) -> None:
     """Adds (or replaces) implementation `name`.
 
     `fn` should be an `@implementation(...)` function, whose `unsupported` declaration the
     registry reads; a plain function is taken as supporting every field.
     """
-    REGISTRY[name] = Implementation(name, fn, lse_fn)
+    REGISTRY[name] = Implementation(name, fn, lse_fn, backward_fn)
 
 
 def available() -> list[str]:
@@ -189,7 +209,9 @@ def _importable(name: str) -> bool:
 class AutoPolicy:
     """What "auto" picks per backend. Override from config (`config.model.attention.auto`).
 
-    `cpu`: the CPU choice at any length when it can be imported (cpu_flash is several times
+    `gpu_hopper`: the choice on compute capability >= 9.0 (H100, H200, B200) for the specs
+    cuDNN expresses natively (`cudnn_expresses`); other specs take `gpu`. `cpu`: the CPU
+    choice at any length when it can be imported (cpu_flash is several times
     faster than dense even at 256 tokens). Where it cannot (no C++ compiler), `cpu_short`
     when max(T, S) <= `cpu_dense_max_len` (its `[B, N, T, S]` float32 logits fit
     comfortably) and `cpu_long` above. A spec the pick cannot take goes to dense when its
@@ -199,6 +221,7 @@ class AutoPolicy:
 
     gpu: str = "flash"
     gpu_fallback: str = "cudnn"
+    gpu_hopper: str = "cudnn"
     tpu: str = "flash"
     cpu: str = "cpu_flash"
     cpu_short: str = "dense"
@@ -208,9 +231,70 @@ class AutoPolicy:
     fallback: str = "blockwise"
 
 
+# Device kinds (`jax.Device.device_kind`) of the compute capabilities "auto" cares about, for
+# descriptions without one (an `AbstractDevice`, a config): Hopper 9.0, Blackwell 10.0.
+_KIND_CAPABILITY = (
+    (re.compile(r"\bG?H(100|200|800|20)\b"), (9, 0)),
+    (re.compile(r"\bG?B(100|200|300)\b"), (10, 0)),
+)
+_CUDNN_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+
+def compute_capability(
+    device_kind: str | None = None, capability: str | None = None
+) -> tuple[int, int] | None:
+    """(major, minor) from a compute capability such as "9.0", else from a device kind.
+
+    Args:
+      device_kind: e.g. "NVIDIA H100 80GB HBM3" (Hopper and Blackwell names are known).
+      capability: e.g. "9.0" (`jax.Device.compute_capability` on CUDA); wins when given.
+
+    Returns:
+      (major, minor), or None when neither says (treated as pre-Hopper).
+
+    Raises:
+      ValueError: `capability` is not "major.minor".
+    """
+    if capability is not None:
+        parts = str(capability).split(".")
+        if len(parts) != 2 or not all(p.isdigit() for p in parts):
+            raise ValueError(f"compute capability must look like '9.0', got {capability!r}")
+        return int(parts[0]), int(parts[1])
+    for pattern, value in _KIND_CAPABILITY:
+        if device_kind and pattern.search(device_kind):
+            return value
+    return None
+
+
+def cudnn_expresses(spec: AttentionSpec, dtype=None, head_dim: int | None = None) -> bool:
+    """Whether cuDNN's fused attention computes `spec` natively.
+
+    `jax.nn.dot_product_attention(implementation="cudnn")` takes causal or no mask, a causal
+    sliding window (`local_window_size`, left side only), GQA, bfloat16 / float16 and a head
+    dim that is a multiple of 8 up to 256 (Hopper's limit). Not: sinks, explicit positions,
+    segments, soft-cap, a mask, and a bias or ALiBi (which it would take only as a
+    materialised `[B, N, T, S]` array). `dtype` / `head_dim` None: not checked.
+    """
+    if not entry("cudnn").takes(spec) or spec.bias is not None or spec.alibi_slopes is not None:
+        return False
+    if spec.window is not None and not spec.causal:
+        return False  # cuDNN's window has no right side
+    if dtype is not None and jnp.dtype(dtype) not in _CUDNN_DTYPES:
+        return False
+    return head_dim is None or (head_dim % 8 == 0 and head_dim <= 256)
+
+
+def _device_capability(device_kind: str | None, capability: str | None) -> tuple[int, int] | None:
+    if device_kind is None and capability is None:
+        device = jax.devices()[0]
+        device_kind, capability = device.device_kind, getattr(device, "compute_capability", None)
+    return compute_capability(device_kind, capability)
+
+
 def choose(
     q_len: int, k_len: int, spec: AttentionSpec | dict | None = None, *, backend: str | None = None,
-    policy: AutoPolicy | None = None,
+    policy: AutoPolicy | None = None, dtype=None, head_dim: int | None = None,
+    device_kind: str | None = None, capability: str | None = None,
 ) -> str:
     """The implementation name "auto" resolves to for these lengths, spec and backend.
 
@@ -219,11 +303,21 @@ def choose(
       spec: the call's `AttentionSpec` (or a dict of its fields).
       backend: "cpu", "gpu"/"cuda"/"rocm" or "tpu"; default `jax.default_backend()`.
       policy: the `AutoPolicy`.
+      dtype, head_dim: q's dtype and H (they decide whether cuDNN takes the call; None:
+        not checked).
+      device_kind, capability: the GPU as `jax.Device.device_kind` ("NVIDIA H100 80GB
+        HBM3") or compute capability ("9.0"); both None on a GPU backend: the first
+        device's. Compute capability >= 9.0 sends what cuDNN expresses to `policy.gpu_hopper`.
     """
     policy = policy or AutoPolicy()
     spec = make_spec(None, **spec) if isinstance(spec, dict) else (spec or AttentionSpec())
     backend = backend or jax.default_backend()
     if backend in ("gpu", "cuda", "rocm"):
+        hopper = backend != "rocm" and (_device_capability(device_kind, capability) or (0, 0)) >= (9, 0)
+        expresses = entry(policy.gpu_hopper).takes(spec) and (
+            policy.gpu_hopper != "cudnn" or cudnn_expresses(spec, dtype, head_dim))
+        if hopper and expresses:
+            return policy.gpu_hopper
         name = policy.gpu if _importable(policy.gpu) else policy.gpu_fallback
     elif backend == "tpu":
         name = policy.tpu
@@ -240,7 +334,7 @@ def _resolve(q: Array, k: Array, spec: AttentionSpec, impl: str, auto: AutoPolic
     if impl != "auto":
         return impl
     policy = AutoPolicy(**auto) if isinstance(auto, dict) else auto
-    return choose(q.shape[1], k.shape[1], spec, policy=policy)
+    return choose(q.shape[1], k.shape[1], spec, policy=policy, dtype=q.dtype, head_dim=q.shape[3])
 
 
 def attend(
@@ -275,6 +369,8 @@ def attend_with_lse(
     fields, options = split_fields(kwargs)
     spec = make_spec(spec, **fields)
     name = _resolve(q, k, spec, impl, auto)
-    if impl == "auto" and entry(name).lse_target is None:
+    # flash on TPU is splash, which returns no lse here
+    no_lse = entry(name).lse_target is None or (name == "flash" and jax.default_backend() == "tpu")
+    if impl == "auto" and no_lse:
         name = (AutoPolicy(**auto) if isinstance(auto, dict) else auto or AutoPolicy()).fallback
     return entry(name).with_lse()(q, k, v, spec, **options)

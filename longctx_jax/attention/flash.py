@@ -22,6 +22,10 @@ them through Triton (each kernel with the tiles, warps and pipeline depth that
 mask to JAX's splash attention (`kernels/splash.py`, causal / window / segments / soft-cap
 only). A materialised additive `bias` is not taken:
 pass `alibi_slopes` (evaluated per tile) or use the dense / blockwise implementations.
+
+`flash_attention_with_lse` also returns the log-sum-exp (differentiable), and
+`flash_attention_backward` runs the dQ and dK/dV kernels from a saved output and lse, which
+may be those of a larger softmax: ring attention calls it per K/V shard with the global ones.
 """
 
 import dataclasses
@@ -114,11 +118,14 @@ def _forward(cfg: fk.KernelConfig, q, k, v, aux):
     )(*meta, q, k, v, *aux_args)
 
 
-def _backward(cfg: fk.KernelConfig, q, k, v, aux, out, lse, d_out):
+def _backward(cfg: fk.KernelConfig, q, k, v, aux, out, lse, d_out, d_lse):
+    """(dq, dk, dv) from the saved out `[B, Tp, N, H]`, lse `[B, N, Tp]` and their cotangents."""
     B, Tp, N, H = q.shape
     Sp, K = k.shape[1], k.shape[2]
     G = cfg.groups
+    # d lse / d s = p, so an lse cotangent enters exactly like -delta.
     delta = jnp.einsum("BTNH,BTNH->BNT", out.astype(jnp.float32), d_out.astype(jnp.float32))
+    delta = delta - d_lse.astype(jnp.float32)
     d_out = d_out.astype(q.dtype)
     slope_spec = _full_spec((N,))
 
@@ -181,17 +188,18 @@ def _backward(cfg: fk.KernelConfig, q, k, v, aux, out, lse, d_out):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _flash(cfg: fk.KernelConfig, q, k, v, aux):
-    return _forward(cfg, q, k, v, aux)[0]
+    return tuple(_forward(cfg, q, k, v, aux))
 
 
 def _flash_fwd(cfg: fk.KernelConfig, q, k, v, aux):
     out, lse = _forward(cfg, q, k, v, aux)
-    return out, (q, k, v, aux, out, lse)
+    return (out, lse), (q, k, v, aux, out, lse)
 
 
-def _flash_bwd(cfg: fk.KernelConfig, residuals, d_out):
+def _flash_bwd(cfg: fk.KernelConfig, residuals, cotangents):
     q, k, v, aux, out, lse = residuals
-    dq, dk, dv = _backward(cfg, q, k, v, aux, out, lse, d_out)
+    d_out, d_lse = cotangents
+    dq, dk, dv = _backward(cfg, q, k, v, aux, out, lse, d_out, d_lse)
     return dq, dk, dv, None
 
 
@@ -202,6 +210,139 @@ def _resolve_block(block: int, length: int, name: str) -> int:
     if block < 1 or block & (block - 1):
         raise ValueError(f"{name} must be a positive power of two, got {block}")
     return min(block, max(16, _next_pow2(length)))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Call:
+    """One call's kernel config and its inputs padded to whole blocks (and, on GPU, head dims)."""
+
+    cfg: fk.KernelConfig
+    q: Array
+    k: Array
+    v: Array
+    aux: dict
+
+
+def _prepare(q: Array, k: Array, v: Array, spec: AttentionSpec, block_q: int, block_k: int,
+             interpret: bool) -> _Call:
+    B, T, N, H = q.shape
+    S = k.shape[1]
+    bq = _resolve_block(block_q, T, "block_q")
+    bk = _resolve_block(block_k, S, "block_k")
+    Tp, Sp = -(-T // bq) * bq, -(-S // bk) * bk
+    Hp = H if interpret else max(16, _next_pow2(H))
+    segment_ids, kv_segment_ids = spec.segment_ids, spec.kv_segment_ids
+    q_positions, k_positions = spec.q_positions, spec.k_positions
+
+    aux = {}
+    has_positions = q_positions is not None or k_positions is not None
+    if has_positions:
+        q_pos = jnp.arange(T) if q_positions is None else q_positions
+        k_pos = jnp.arange(S) if k_positions is None else k_positions
+        aux["q_pos"] = _pad_axis(jnp.broadcast_to(jnp.asarray(q_pos, jnp.int32), (B, T)), 1, Tp)
+        aux["k_pos"] = _pad_axis(jnp.broadcast_to(jnp.asarray(k_pos, jnp.int32), (B, S)), 1, Sp)
+    if segment_ids is not None:
+        kv_ids = segment_ids if kv_segment_ids is None else kv_segment_ids
+        aux["q_seg"] = _pad_axis(jnp.broadcast_to(jnp.asarray(segment_ids, jnp.int32), (B, T)), 1, Tp)
+        aux["kv_seg"] = _pad_axis(jnp.broadcast_to(jnp.asarray(kv_ids, jnp.int32), (B, S)), 1, Sp)
+    if spec.alibi_slopes is not None:
+        aux["slopes"] = jax.lax.stop_gradient(jnp.asarray(spec.alibi_slopes, jnp.float32))
+
+    cfg = fk.KernelConfig(
+        mask=spec.pattern, q_len=T, kv_len=S, block_q=bq, block_k=bk, groups=N // k.shape[2],
+        scale=spec.scale_for(H),
+        logit_soft_cap=None if spec.logit_soft_cap is None else float(spec.logit_soft_cap),
+        has_positions=has_positions, has_segments=segment_ids is not None,
+        has_alibi=spec.alibi_slopes is not None, interpret=bool(interpret),
+        plan=gpu_plan.plan(bq, bk, Hp, jnp.dtype(q.dtype).itemsize),
+    )
+
+    def pad(x, length):
+        return _pad_axis(_pad_axis(x, 1, length), 3, Hp)
+
+    return _Call(cfg, pad(q, Tp), pad(k, Sp), pad(v, Sp), aux)
+
+
+def _triton_or_interpreter(interpret: bool | None, caller: str) -> bool:
+    """`interpret` resolved off TPU; on TPU (which has no Triton) only an explicit choice passes."""
+    if interpret is not None:
+        return interpret
+    backend = jax.default_backend()
+    if backend == "tpu":
+        raise ValueError(f"{caller} has no TPU kernel (flash_attention uses splash there); pass "
+                         "interpret=True or use impl='blockwise'")
+    return backend != "gpu"
+
+
+@implementation(name="flash", unsupported={"bias", "mask"},
+                alternatives="alibi_slopes for ALiBi, or 'dense' / 'blockwise' for an arbitrary bias or mask")
+def flash_attention_with_lse(
+    q: Array, k: Array, v: Array, spec: AttentionSpec, *, block_q: int = 64, block_k: int = 64,
+    interpret: bool | None = None,
+) -> tuple[Array, Array]:
+    """`flash_attention` that also returns lse `[B, T, N]` float32 (differentiable).
+
+    Rows with no allowed key have output 0 and lse 0. `interpret=None` is the interpreter on
+    CPU and Triton on GPU; on TPU (splash returns no lse here) it raises ValueError.
+    """
+    H, T = q.shape[3], q.shape[1]
+    interpret = _triton_or_interpreter(interpret, "flash_attention_with_lse")
+    call = _prepare(q, k, v, spec, block_q, block_k, interpret)
+    out, lse_BNT = _flash(call.cfg, call.q, call.k, call.v, call.aux)
+    return out[:, :T, :, :H], lse_BNT[:, :, :T].transpose(0, 2, 1)
+
+
+def flash_attention_backward(
+    q: Array,
+    k: Array,
+    v: Array,
+    out: Array,
+    lse: Array,
+    d_out: Array,
+    d_lse: Array | None = None,
+    spec: AttentionSpec | None = None,
+    *,
+    block_q: int = 64,
+    block_k: int = 64,
+    interpret: bool | None = None,
+) -> tuple[Array, Array, Array]:
+    """(dq, dk, dv) of attention from a saved output and lse, by the flash dQ and dK/dV kernels.
+
+    The FlashAttention-2 backward needs only the output and the log-sum-exp, so `out`
+    `[B, T, N, H]` and `lse` `[B, T, N]` may come from any forward with the same `spec` over
+    a superset of these keys: ring attention passes the GLOBAL output and lse with one K/V
+    shard, and gets that shard's exact contribution to dq and its dk, dv.
+
+    Args:
+      q, k, v: `[B, T, N, H]`, `[B, S, K, H]`, `[B, S, K, H]`.
+      out, lse: the forward's output `[B, T, N, H]` and log-sum-exp `[B, T, N]`.
+      d_out, d_lse: their cotangents (`d_lse` None: zero).
+      spec: the forward's `AttentionSpec` (no `bias` / `mask`).
+      block_q, block_k, interpret: as `flash_attention`.
+
+    Returns:
+      (dq, dk, dv) in the dtypes of q, k, v.
+    """
+    spec = spec or AttentionSpec()
+    refused = sorted(spec.given() & flash_attention.unsupported)
+    if refused:
+        raise ValueError(f"flash_attention_backward cannot take {refused}; use blockwise_attention_backward")
+    spec.check(q, k, v)
+    B, T, N, H = q.shape
+    S = k.shape[1]
+    interpret = _triton_or_interpreter(interpret, "flash_attention_backward")
+    call = _prepare(q, k, v, spec, block_q, block_k, interpret)
+    Tp, Hp = call.q.shape[1], call.q.shape[3]
+
+    def pad_rows(x_BTN):  # [B, T, N] -> [B, N, Tp]
+        return _pad_axis(jnp.asarray(x_BTN, jnp.float32).transpose(0, 2, 1), 2, Tp)
+
+    d_lse = jnp.zeros((B, T, N), jnp.float32) if d_lse is None else d_lse
+    out_p = _pad_axis(_pad_axis(out, 1, Tp), 3, Hp)
+    d_out_p = _pad_axis(_pad_axis(d_out, 1, Tp), 3, Hp)
+    dq, dk, dv = _backward(call.cfg, call.q, call.k, call.v, call.aux, out_p, pad_rows(lse), d_out_p,
+                           pad_rows(d_lse))
+    return dq[:, :T, :, :H], dk[:, :S, :, :H], dv[:, :S, :, :H]
 
 
 @implementation(name="flash", unsupported={"bias", "mask"},
@@ -235,54 +376,12 @@ def flash_attention(
     Returns:
       `[B, T, N, H]` in q's dtype. Rows with no allowed key are zero, with zero gradients.
     """
-    G = q.shape[2] // k.shape[2]
-    B, T, N, H = q.shape
-    S = k.shape[1]
-    mask = spec.pattern
-    scale = spec.scale_for(H)
-    logit_soft_cap, alibi_slopes = spec.logit_soft_cap, spec.alibi_slopes
-    segment_ids, kv_segment_ids = spec.segment_ids, spec.kv_segment_ids
-    q_positions, k_positions = spec.q_positions, spec.k_positions
-    backend = jax.default_backend()
-    if interpret is None:
-        if backend == "tpu":
-            if alibi_slopes is not None or q_positions is not None or k_positions is not None:
-                raise ValueError(
-                    "flash_attention on TPU (splash) takes no alibi_slopes or explicit positions"
-                )
-            return splash_attention(
-                q, k, v, mask, scale=scale, segment_ids=segment_ids, kv_segment_ids=kv_segment_ids,
-                logit_soft_cap=logit_soft_cap, block_q=max(block_q, 128), block_k=max(block_k, 128),
-            )
-        interpret = backend != "gpu"
-    bq = _resolve_block(block_q, T, "block_q")
-    bk = _resolve_block(block_k, S, "block_k")
-    Tp, Sp = -(-T // bq) * bq, -(-S // bk) * bk
-    Hp = H if interpret else max(16, _next_pow2(H))
-
-    aux = {}
-    has_positions = q_positions is not None or k_positions is not None
-    if has_positions:
-        q_pos = jnp.arange(T) if q_positions is None else q_positions
-        k_pos = jnp.arange(S) if k_positions is None else k_positions
-        aux["q_pos"] = _pad_axis(jnp.broadcast_to(jnp.asarray(q_pos, jnp.int32), (B, T)), 1, Tp)
-        aux["k_pos"] = _pad_axis(jnp.broadcast_to(jnp.asarray(k_pos, jnp.int32), (B, S)), 1, Sp)
-    if segment_ids is not None:
-        kv_ids = segment_ids if kv_segment_ids is None else kv_segment_ids
-        aux["q_seg"] = _pad_axis(jnp.broadcast_to(jnp.asarray(segment_ids, jnp.int32), (B, T)), 1, Tp)
-        aux["kv_seg"] = _pad_axis(jnp.broadcast_to(jnp.asarray(kv_ids, jnp.int32), (B, S)), 1, Sp)
-    if alibi_slopes is not None:
-        aux["slopes"] = jax.lax.stop_gradient(jnp.asarray(alibi_slopes, jnp.float32))
-
-    cfg = fk.KernelConfig(
-        mask=mask, q_len=T, kv_len=S, block_q=bq, block_k=bk, groups=G, scale=scale,
-        logit_soft_cap=None if logit_soft_cap is None else float(logit_soft_cap),
-        has_positions=has_positions, has_segments=segment_ids is not None,
-        has_alibi=alibi_slopes is not None, interpret=bool(interpret),
-        plan=gpu_plan.plan(bq, bk, Hp, jnp.dtype(q.dtype).itemsize),
-    )
-    q_p = _pad_axis(_pad_axis(q, 1, Tp), 3, Hp)
-    k_p = _pad_axis(_pad_axis(k, 1, Sp), 3, Hp)
-    v_p = _pad_axis(_pad_axis(v, 1, Sp), 3, Hp)
-    out = _flash(cfg, q_p, k_p, v_p, aux)
-    return out[:, :T, :, :H]
+    if interpret is None and jax.default_backend() == "tpu":
+        if spec.alibi_slopes is not None or not spec.default_positions:
+            raise ValueError("flash_attention on TPU (splash) takes no alibi_slopes or explicit positions")
+        return splash_attention(
+            q, k, v, spec.pattern, scale=spec.scale_for(q.shape[3]), segment_ids=spec.segment_ids,
+            kv_segment_ids=spec.kv_segment_ids, logit_soft_cap=spec.logit_soft_cap,
+            block_q=max(block_q, 128), block_k=max(block_k, 128),
+        )
+    return flash_attention_with_lse(q, k, v, spec, block_q=block_q, block_k=block_k, interpret=interpret)[0]
