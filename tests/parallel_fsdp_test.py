@@ -67,8 +67,10 @@ def _one_step(impl: str, mesh, batch):
     return state, jax.device_get(metrics)
 
 
-@pytest.mark.parametrize("sizes,impl", [({"fsdp": 4, "sequence": 2}, "ring"),
-                                        pytest.param({"data": 2, "fsdp": 4}, "dense", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("sizes,impl", [
+    ({"fsdp": 4, "sequence": 2}, "ring"),
+    pytest.param({"data": 2, "fsdp": 4}, "dense", marks=pytest.mark.slow),
+])
 def test_fsdp_step_equals_single_device_step(sizes, impl):
     batch = _batch(8)
     want_state, want_metrics = _one_step("dense", None, batch)

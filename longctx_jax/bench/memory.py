@@ -183,6 +183,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     out = {"num_devices": num_devices, "jax_version": jax.__version__, "backend": jax.default_backend(),
            "models": config.models.to_dict(), "optim": config.optim.to_dict(),
            "dtype": "bfloat16 compute, float32 parameters and AdamW moments", "remat": True,
+           "xla_flags": os.environ.get("XLA_FLAGS", ""),
            "layers_compiled": list(config.get("layers_compiled") or []), "rows": rows}
     os.makedirs(config.workdir, exist_ok=True)
     with open(os.path.join(config.workdir, f"devices_{num_devices}.json"), "w", encoding="utf-8") as f:
