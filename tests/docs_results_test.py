@@ -3,6 +3,8 @@
 import json
 import pathlib
 
+from longctx_jax.bench import memory
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PATTERN_RUNS = ("rope", "longformer", "bigbird", "longnet")
 
@@ -24,3 +26,13 @@ def pattern_table() -> str:
 def test_pattern_table_in_benchmarks_equals_its_json():
     doc = (ROOT / "docs/benchmarks.md").read_text()
     assert pattern_table() in doc, "regenerate the table with tests/docs_results_test.py:pattern_table()"
+
+
+def test_memory_table_in_finetuning_equals_its_json():
+    results = memory.load_results(str(ROOT / "docs/results/memory"))
+    assert [r["num_devices"] for r in results] == [8, 64, 256]
+    assert len({(row["model"], row["seq_len"]) for r in results for row in r["rows"]}) == 4
+    doc = (ROOT / "docs/finetuning.md").read_text()
+    table = memory.memory_table(results)
+    assert f"{memory.TABLE_START}\n{table}\n{memory.TABLE_END}" in doc, (
+        "regenerate: python -m experiments.bench_memory --config configs/bench_memory.py:table")

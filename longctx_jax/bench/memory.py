@@ -147,6 +147,7 @@ def _linear_in_layers(full_layers: int, small: dict[str, Any], large: dict[str, 
             out[key] = int(round(value + per_layer * (full_layers - l2)))
     out["compile_s"] = small["compile_s"] + large["compile_s"]
     out["num_layers_compiled"] = [l1, l2]
+    out["compiled_temp_bytes"] = [small["temp_bytes"], large["temp_bytes"]]  # at L1, L2
     return out
 
 
@@ -218,20 +219,31 @@ def load_results(results_dir: str) -> list[dict[str, Any]]:
 
 
 def memory_table(results: Sequence[Mapping[str, Any]]) -> str:
-    """Markdown table (GiB per device) of the rows of `run`'s results."""
+    """Markdown table (GiB per device) of the rows of `run`'s results.
+
+    Rows compiled at two depths show the compiled temp at both; where temp fell from the
+    smaller depth to the larger one the linear extrapolation is meaningless and its cells
+    read "n/a".
+    """
     lines = ["| model | tokens / seq | devices | mesh data x fsdp x sequence | tokens / device | "
-             "params (shardings) | AdamW state (shardings) | XLA arguments | XLA outputs | XLA temp | "
-             "XLA peak (args + outs + temp - aliased) |",
-             "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "params (shardings) | AdamW state (shardings) | XLA arguments | XLA temp, compiled depths | "
+             "XLA temp, full depth | XLA peak (args + outs + temp - aliased) |",
+             "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |"]
     rows = [(r["num_devices"], row) for r in results for row in r["rows"]]
     for devices, row in sorted(rows, key=lambda x: (x[1]["model"], x[1]["seq_len"], x[0])):
         mesh = row["mesh"]
-        peak = row["argument_bytes"] + row["output_bytes"] + row["temp_bytes"] - row["alias_bytes"]
         cells = [row["model"], f"{row['seq_len'] // 1024}K", str(devices),
                  f"{mesh['data']} x {mesh['fsdp']} x {mesh['sequence']}", f"{row['tokens_per_device']:,}"]
-        cells += [f"{row[k] / GIB:.2f}" for k in ("param_bytes", "opt_state_bytes", "argument_bytes",
-                                                  "output_bytes", "temp_bytes")]
-        cells.append(f"{peak / GIB:.2f}")
+        cells += [f"{row[k] / GIB:.2f}" for k in ("param_bytes", "opt_state_bytes", "argument_bytes")]
+        depths, temps = row["num_layers_compiled"], row.get("compiled_temp_bytes")
+        if isinstance(depths, list) and temps:
+            cells.append(", ".join(f"{t / GIB:.2f} ({d} L)" for d, t in zip(depths, temps, strict=True)))
+            valid = temps[1] >= temps[0]
+        else:
+            cells.append(f"{row['temp_bytes'] / GIB:.2f} ({depths} L)")
+            valid = True
+        peak = row["argument_bytes"] + row["output_bytes"] + row["temp_bytes"] - row["alias_bytes"]
+        cells += [f"{row['temp_bytes'] / GIB:.2f}", f"{peak / GIB:.2f}"] if valid else ["n/a", "n/a"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
