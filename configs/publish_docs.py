@@ -4,7 +4,7 @@
   python -m experiments.publish_docs --config configs/publish_docs.py --config.check=True  # list stale ones
 
 Each table sits between `<!-- generated:NAME -->` and `<!-- /generated:NAME -->`; the renderers are
-`longctx_jax.eval.published.BLOCKS`. `tests/docs_results_test.py` fails while any block is stale.
+`longctx_jax.bench.published.BLOCKS`. `tests/docs_results_test.py` fails while any block is stale.
 """
 
 import ml_collections

@@ -6,7 +6,7 @@
 import sys
 
 from longctx_jax import config_cli
-from longctx_jax.eval.published import publish, stale_blocks
+from longctx_jax.bench.published import publish, stale_blocks
 
 _CONFIG = config_cli.define_config("configs/publish_docs.py")
 

@@ -145,7 +145,7 @@ def test_decoder_train_step_with_ring_attention_lowers_for_a_mesh(platform, devi
     tx = make_optimizer(config.optim, int(config.train.steps))
     state = jax.eval_shape(lambda p: init_train_state(p, tx), params)
     device = jax.sharding.AbstractDevice(device_kind=device_kind, num_cores=None, platform=platform)
-    mesh = AbstractMesh((2, 4, 1), sharding.MESH_AXES, axis_types=(AxisType.Auto,) * 3,
+    mesh = AbstractMesh((2, 1, 4, 1), sharding.MESH_AXES, axis_types=(AxisType.Auto,) * 4,
                         abstract_device=device)
     param_shardings = sharding.state_shardings(params, mesh)
     replicated = NamedSharding(mesh, PartitionSpec())

@@ -2,7 +2,7 @@
 
 import pytest
 
-from longctx_jax.eval import published
+from longctx_jax.bench import memory, published
 
 
 def test_every_generated_block_equals_its_json():
@@ -24,3 +24,9 @@ def test_a_changed_number_is_caught_and_an_unknown_block_refused():
     assert tampered != text and published.render(tampered) == text
     with pytest.raises(ValueError, match="no renderer"):
         published.render("<!-- generated:nope -->\nx\n<!-- /generated:nope -->")
+
+
+def test_memory_results_cover_the_grid():
+    results = memory.load_results(str(published.RESULTS / "memory"))
+    assert [r["num_devices"] for r in results] == [8, 64, 256]
+    assert len({(row["model"], row["seq_len"]) for r in results for row in r["rows"]}) == 4

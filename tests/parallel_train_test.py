@@ -92,7 +92,7 @@ def test_state_is_sharded_by_logical_axes():
     for moment in moments:
         assert [x.sharding.spec for x in jax.tree.leaves(moment)] == param_specs
     batch = distributed.shard_batch(_batch(), mesh)
-    assert batch["inputs"].sharding.spec == jax.P("data", "sequence")
+    assert batch["inputs"].sharding.spec == jax.P(("data", "fsdp"), "sequence")
 
 
 def test_bad_mesh_config_raises():

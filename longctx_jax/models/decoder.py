@@ -36,6 +36,7 @@ from longctx_jax.models import kv_cache
 from longctx_jax.models.config import ModelConfig
 from longctx_jax.positional.alibi import alibi_slopes
 from longctx_jax.positional.rope import apply_rope, rope_frequencies
+from longctx_jax.sharding import ACTIVATION_BTD, ACTIVATION_BTV, constrain
 from longctx_jax.typing import Array
 
 # (x_BTNH, positions_BT) -> x rotated; replaces the configured RoPE of every layer.
@@ -307,15 +308,20 @@ class Decoder(nnx.Module):
                                   cfg.d_model**-0.5, pdt)
 
     def embed_tokens(self, tokens_BT: Array) -> Array:
-        return jnp.take(self.embed[...], tokens_BT, axis=0).astype(jnp.dtype(self.cfg.dtype))
+        # The table whole along the width before the lookup (on a mesh), so the looked-up
+        # rows come out split over batch and sequence rather than over the fsdp-split width.
+        table_VD = constrain(self.embed[...].astype(jnp.dtype(self.cfg.dtype)), ("vocab", None))
+        return jnp.take(table_VD, tokens_BT, axis=0)
 
     def logits(self, h_BTD: Array) -> Array:
         h_BTD = self.final_norm(h_BTD)
         if self.cfg.tie_embeddings:
-            return jnp.einsum("BTD,VD->BTV", h_BTD, self.embed[...].astype(h_BTD.dtype),
-                              preferred_element_type=jnp.float32)
-        return jnp.einsum("BTD,DV->BTV", h_BTD, self.lm_head[...].astype(h_BTD.dtype),
-                          preferred_element_type=jnp.float32)
+            logits = jnp.einsum("BTD,VD->BTV", h_BTD, self.embed[...].astype(h_BTD.dtype),
+                                preferred_element_type=jnp.float32)
+        else:
+            logits = jnp.einsum("BTD,DV->BTV", h_BTD, self.lm_head[...].astype(h_BTD.dtype),
+                                preferred_element_type=jnp.float32)
+        return constrain(logits, ACTIVATION_BTV)
 
     def __call__(
         self,
@@ -364,6 +370,7 @@ class Decoder(nnx.Module):
         def run(block: Block, x_BTD: Array) -> Array:
             return block(x_BTD, positions_BT, segment_ids_BT, rotary=rotary, attention_fn=attention_fn)
 
+        h_BTD = constrain(h_BTD, ACTIVATION_BTD)  # split over batch and sequence, never width
         for block in list(self.layers)[:num_layers]:
             if self.cfg.remat:
                 # A pure (state, x) function rather than nnx.remat: nnx.remat refuses blocks
@@ -374,6 +381,7 @@ class Decoder(nnx.Module):
                                        policy=policy)(state, h_BTD)
             else:
                 h_BTD = run(block, h_BTD)
+            h_BTD = constrain(h_BTD, ACTIVATION_BTD)
         return h_BTD
 
     def decode(self, tokens_BT: Array, cache: kv_cache.KVCache, *, last_only: bool = False

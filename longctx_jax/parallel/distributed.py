@@ -1,18 +1,19 @@
-"""Training on a `data x sequence (x tensor)` mesh: config -> mesh, sharded state and batches.
+"""Training on a `data x fsdp x sequence (x tensor)` mesh: config -> mesh, sharded state and batches.
 
-The trainer calls four things from here:
+The trainer calls five things from here:
   `initialize(config)`        `jax.distributed.initialize()` when `config.mesh.distributed`
                               (one process per host on a TPU pod slice / multi-GPU node);
   `mesh_from_config(config)`  the mesh of `config.mesh` (None when the config has no mesh);
+  `check_batch_shape(config, mesh)`  batch and sequence length divisible by their mesh axes;
   `shard_state(state, mesh)`  params and optimizer state placed by their logical axes
                               (`longctx_jax.sharding.LOGICAL_AXIS_RULES`);
-  `shard_batch(batch, mesh, layout)`  `[batch, length]` arrays split over (data, sequence),
+  `shard_batch(batch, mesh, layout)`  `[batch, length]` arrays split over (data x fsdp, sequence),
                               optionally permuted into a load-balanced causal layout
                               (zig-zag / striped; `parallel.layout`) with global positions;
 and wraps its jitted steps with `on_mesh`, which shards each batch and keeps `jax.set_mesh`
 in effect at every call (ring attention finds its mesh there).
 
-    config.mesh.data, .sequence, .tensor   axis sizes (product <= device count)
+    config.mesh.data, .fsdp, .sequence, .tensor   axis sizes (product = device count)
     config.mesh.layout                     "natural" | "zigzag" | "striped"
     config.mesh.distributed                call jax.distributed.initialize()
 See docs/distributed.md.
@@ -36,6 +37,7 @@ def default_mesh_config() -> ml_collections.ConfigDict:
     """`config.mesh` defaults: one device, natural layout, single process."""
     cfg = ml_collections.ConfigDict()
     cfg.data = 1
+    cfg.fsdp = 1
     cfg.sequence = 1
     cfg.tensor = 1
     cfg.layout = "natural"
@@ -64,16 +66,55 @@ def initialize(config: ml_collections.ConfigDict) -> None:
 
 
 def mesh_from_config(config: ml_collections.ConfigDict) -> jax.sharding.Mesh | None:
-    """The training mesh (Auto axes: XLA propagates shardings through the model), or None."""
+    """The training mesh (Auto axes: XLA propagates shardings through the model), or None.
+
+    Raises:
+      ValueError: an unknown layout, an axis size below 1, or axis sizes whose product is not
+        the device count (every device trains).
+    """
     mesh_cfg = config.get("mesh")
     if mesh_cfg is None:
         return None
     if mesh_cfg.get("layout", "natural") not in layouts.LAYOUTS:
         raise ValueError(f"config.mesh.layout must be one of {layouts.LAYOUTS}, got {mesh_cfg.layout!r}")
-    return sharding.make_mesh(
-        int(mesh_cfg.get("data", 1)), int(mesh_cfg.get("sequence", 1)), int(mesh_cfg.get("tensor", 1)),
-        axis_type=AxisType.Auto,
-    )
+    sizes = {axis: mesh_cfg.get(axis, 1) for axis in sharding.MESH_AXES}
+    for axis, size in sizes.items():
+        if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 1:
+            raise ValueError(f"config.mesh.{axis} must be a positive integer, got {size!r}")
+    product = int(np.prod(list(sizes.values())))
+    if product != jax.device_count():
+        described = " x ".join(f"{axis}={size}" for axis, size in sizes.items())
+        raise ValueError(
+            f"config.mesh {described} = {product} devices, but {jax.device_count()} devices are "
+            f"available; the mesh axes' product must equal the device count"
+        )
+    return sharding.make_mesh(sizes["data"], sizes["sequence"], sizes["tensor"], fsdp=sizes["fsdp"],
+                              axis_type=AxisType.Auto)
+
+
+def check_batch_shape(batch_size: int, seq_len: int, mesh: jax.sharding.Mesh | None,
+                      layout: str = "natural") -> None:
+    """Raises ValueError unless `[batch_size, seq_len]` batches split evenly over `mesh`.
+
+    The batch is split over `data x fsdp`, the sequence over `sequence` (over
+    `2 x sequence` chunks for the zig-zag layout).
+    """
+    if mesh is None:
+        return
+    batch_ways = int(np.prod([mesh.shape[a] for a in sharding.mesh_axes_of("batch", mesh)]))
+    if batch_size % batch_ways:
+        raise ValueError(
+            f"data.batch_size {batch_size} is not divisible by mesh data x fsdp = {batch_ways}"
+        )
+    sequence = int(np.prod([mesh.shape[a] for a in sharding.mesh_axes_of("length", mesh)]))
+    multiple = 2 if layout == "zigzag" else 1
+    if seq_len % (multiple * sequence):
+        what = (f"2 x sequence = {2 * sequence} (zig-zag layout)" if multiple == 2
+                else f"sequence = {sequence}")
+        raise ValueError(
+            f"sequence length {seq_len} is not divisible by the mesh's {what}; "
+            f"choose data.seq_len as a multiple of {multiple * sequence}"
+        )
 
 
 def shard_state(state: PyTree, mesh: jax.sharding.Mesh | None) -> PyTree:
@@ -102,7 +143,7 @@ def shard_state(state: PyTree, mesh: jax.sharding.Mesh | None) -> PyTree:
 def shard_batch(
     batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh | None, layout: str = "natural"
 ) -> dict[str, jax.Array] | dict[str, np.ndarray]:
-    """Splits `[batch, length]` arrays over (data, sequence) after an optional layout permutation.
+    """Splits `[batch, length]` arrays over (data x fsdp, sequence) after an optional layout permutation.
 
     Batches without `positions` get the global positions 0 .. length - 1 first, so a
     permuted layout still masks and rotates by true positions. The loss is a mean over

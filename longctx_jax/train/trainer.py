@@ -169,6 +169,9 @@ def train_and_evaluate(
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ValueError(f"workdir {workdir} is a file, not a directory")
     check_train_config(config.train)
+    mesh = distributed.mesh_from_config(config)  # None without config.mesh: one device
+    layout = config.mesh.get("layout", "natural") if mesh is not None else "natural"
+    distributed.check_batch_shape(int(config.data.batch_size), int(config.data.seq_len), mesh, layout)
     # Nothing is written to workdir until the data, model, optimizer and checkpoint are built
     # and restored, so a failed invocation leaves a finished run's records as they were.
     total_steps = int(config.train.steps)
@@ -182,7 +185,6 @@ def train_and_evaluate(
         eval_graphdef = nnx.split(setup.eval_model, setup.trainable, ...)[0]
     tx = make_optimizer(config.optim, total_steps)
     schedule = learning_rate_schedule(config.optim, total_steps)
-    mesh = distributed.mesh_from_config(config)  # None without config.mesh: one device
     state: TrainState = distributed.shard_state(init_train_state(params, tx), mesh)
     if mesh is not None and frozen is not None:  # the frozen base, placed by its logical axes
         frozen = jax.device_put(frozen, sharding.state_shardings(frozen, mesh))
@@ -201,7 +203,6 @@ def train_and_evaluate(
         print(f"initialised from {config.train.init_from} (step {source_step}); fresh optimizer")
 
     use_segment_ids = bool(config.data.get("use_segment_ids", True))
-    layout = config.mesh.get("layout", "natural") if mesh is not None else "natural"
     train_step = make_train_step(graphdef, tx, use_segment_ids=use_segment_ids, frozen=frozen)
     eval_step = make_eval_step(eval_graphdef, use_segment_ids=use_segment_ids, frozen=frozen)
     train_step, eval_step = (distributed.on_mesh(f, mesh, layout) for f in (train_step, eval_step))

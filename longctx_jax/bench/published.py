@@ -1,4 +1,4 @@
-"""Docs tables generated from committed results: one renderer per block, one check for all.
+"""Docs tables generated from committed results (and code tables): one renderer per block, one check.
 
 A Markdown file quotes a result only inside a generated block,
 
@@ -20,11 +20,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from longctx_jax.atomic import write_atomically
+from longctx_jax.bench import memory
 from longctx_jax.eval.report import render_report, summary_block
+from longctx_jax.models.hf_architectures import markdown_table
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "docs" / "results"
-DOC_FILES = ("README.md", "docs/extension_report.md", "docs/benchmarks.md")
+DOC_FILES = ("README.md", "docs/extension_report.md", "docs/benchmarks.md", "docs/finetuning.md",
+             "docs/huggingface.md")
 EXTEND_RUN = RESULTS / "extend_smollm2" / "results.json"
 EXTEND_FIGURES = ("docs/figures/extend_smollm2_ppl_vs_length.png",
                   "docs/figures/extend_smollm2_passkey.png")
@@ -68,10 +71,22 @@ def pattern_table() -> str:
     return "\n".join(lines) + "\n"
 
 
+def memory_table() -> str:
+    """docs/finetuning.md: compiled per-device memory of the FSDP x ring train step."""
+    return memory.memory_table(memory.load_results(str(RESULTS / "memory"))) + "\n"
+
+
+def hf_architectures() -> str:
+    """docs/huggingface.md: the HF architecture table, from the code's table (no results file)."""
+    return markdown_table().rstrip("\n") + "\n"
+
+
 BLOCKS: dict[str, Callable[[], str]] = {
     "extend-summary": extend_summary,
     "extend-report": extend_report,
     "pattern-table": pattern_table,
+    "memory-table": memory_table,
+    "hf-architectures": hf_architectures,
 }
 
 
