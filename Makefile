@@ -29,7 +29,7 @@ lint: $(STAMP)
 	$(BIN)/python -m ruff check longctx_jax experiments configs tests
 
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) -m "not slow and not accelerator"
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) -m "not slow and not accelerator" --durations=15
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) -m slow

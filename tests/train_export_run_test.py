@@ -137,3 +137,24 @@ def test_smollm2_gguf_export_loads_in_transformers(tmp_path):
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager")
     theirs = hf_logits(hf_model.float().eval(), np.asarray([ids]))
     chex.assert_trees_all_close(np.asarray(forward(model, jnp.asarray([ids]))), theirs, atol=1e-4, rtol=0)
+
+
+def test_finetune_run_exports_with_lora_merged(tmp_path):
+    """A LoRA fine-tuning run (adapters + frozen base) -> the export job -> transformers runs the merged
+    model to the same logits; position overrides on such a source are refused."""
+    from longctx_jax.train.finetune import finetune, load_finetuned
+    from tests.train_finetune_test import tiny_config
+
+    workdir = str(tmp_path / "ft")
+    config = tiny_config(steps=1)
+    config.optim.warmup_steps = 0
+    finetune(config, workdir)
+    out = export_run.run(export_config(source=workdir, out=str(tmp_path / "out"),
+                                       max_position_embeddings=128))
+    merged, _, _ = load_finetuned(workdir)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out).float().eval()
+    ids = tokens(24) % merged.cfg.vocab_size
+    chex.assert_trees_all_close(hf_logits(hf, ids), np.asarray(forward(merged, jnp.asarray(ids))),
+                                atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="fine-tuning run.*rope_scaling"):
+        export_run.run(export_config(source=workdir, out=str(tmp_path / "out2"), rope_scaling=YARN2))

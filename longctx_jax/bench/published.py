@@ -29,6 +29,7 @@ RESULTS = ROOT / "docs" / "results"
 DOC_FILES = ("README.md", "docs/extension_report.md", "docs/benchmarks.md", "docs/finetuning.md",
              "docs/huggingface.md")
 EXTEND_RUN = RESULTS / "extend_smollm2" / "results.json"
+EXTEND_DYNAMIC_RUN = RESULTS / "extend_smollm2_dynamic" / "results.json"  # the default + "dynamic"
 EXTEND_FIGURES = ("docs/figures/extend_smollm2_ppl_vs_length.png",
                   "docs/figures/extend_smollm2_passkey.png")
 PATTERN_RUNS = ("rope", "longformer", "bigbird", "longnet")
@@ -55,6 +56,11 @@ def extend_report() -> str:
     notes = results.get("notes", "")
     return render_report(results, figures=[os.path.relpath(ROOT / f, ROOT / "docs") for f in figures],
                          notes=notes, title_level=2)
+
+
+def extend_dynamic() -> str:
+    """docs/extension_report.md: the run of the default with Dynamic NTK added (tables + reading)."""
+    return summary_block(load(EXTEND_DYNAMIC_RUN))
 
 
 def pattern_table() -> str:
@@ -84,6 +90,7 @@ def hf_architectures() -> str:
 BLOCKS: dict[str, Callable[[], str]] = {
     "extend-summary": extend_summary,
     "extend-report": extend_report,
+    "extend-dynamic": extend_dynamic,
     "pattern-table": pattern_table,
     "memory-table": memory_table,
     "hf-architectures": hf_architectures,

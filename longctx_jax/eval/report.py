@@ -221,6 +221,12 @@ def summary_block(results: dict) -> str:
         lines += ["RULER-style suite (string_match_all, mean over trials):", ""]
         lines += ruler_table(results["ruler"]) + [""]
     lines += [reading(results), ""]
+    timing, machine = results.get("timing_s") or {}, results.get("machine") or {}
+    if "total_this_run" in timing and machine:
+        methods = ", ".join(f"{m} {t:.0f} s" for m, t in timing.items() if m != "total_this_run")
+        lines += [f"Measured: {timing['total_this_run']:.0f} s for the whole job ({methods}) on "
+                  f"{machine['cpu']}, {machine['cores']} cores, {machine['platform']}, "
+                  f"JAX {machine['jax']}.", ""]
     return "\n".join(lines)
 
 

@@ -36,6 +36,7 @@ from longctx_jax.models.config import ModelConfig
 from longctx_jax.models.decoder import Decoder
 from longctx_jax.models.export import export_hf
 from longctx_jax.models.tokenizer import PretrainedTokenizer
+from longctx_jax.train import finetune
 from longctx_jax.train.init_from import init_params_from, resolve_checkpoint
 
 SOURCE_KINDS = ("gguf", "hf", "checkpoint")
@@ -119,6 +120,12 @@ def load_source(source: str, *, rope_scaling: Mapping[str, Any] | None = None,
     if kind == "hf":
         return llama.load_hf(source, rope_scaling=rope_scaling, **overrides)
     changes = dict(overrides, **({} if rope_scaling is None else {"rope_scaling": dict(rope_scaling)}))
+    if finetune.is_run_directory(source):  # adapters + frozen base: rebuilt, LoRA merged
+        if changes:
+            raise ValueError(f"export source {source!r} is a fine-tuning run: it exports with the position "
+                             f"scheme it was trained with; drop the overrides {sorted(changes)}")
+        model, tok, _ = finetune.load_finetuned(source)
+        return model, tok if isinstance(tok, PretrainedTokenizer) else None
     model = load_checkpoint_model(source, changes)
     return model, _tokenizer_of(tokenizer, model.cfg.vocab_size)
 
