@@ -25,7 +25,7 @@ in the README and in the run's results.json ("timing_s").
 
 Full variant (`:full`): every method of `longctx_jax.eval.methods.METHODS`; perplexity at 4K..32K on
 three documents; the strided protocol (stride 256) at windows 4K..32K over 32K documents; passkey at
-4K..32K, depths 0..100% step 10, 5 trials; needle grid 4K..32K x 0..100%, 3 trials; the RULER-style
+4K..32K, depths 0..100% step 10, 5 trials; needle grid 4K..32K x 0..100%, 5 trials; the RULER-style
 suite (every task of `longctx_jax.eval.ruler.TASKS`) at 4K..32K, 3 trials. Sized for one GPU.
 
 Every field can be overridden (`--config.methods="('none','linear')"`,
@@ -78,7 +78,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     config.eval.passkey_trials = 5 if full else 3
     config.eval.niah_lengths = FULL_LENGTHS if full else ()
     config.eval.niah_depths = DEPTHS
-    config.eval.niah_trials = 3 if full else 1
+    config.eval.niah_trials = 5 if full else 1
     config.ruler_methods = METHODS if full else ()
     config.eval.ruler_lengths = FULL_LENGTHS if full else ()
     config.eval.ruler_trials = 3

@@ -30,3 +30,16 @@ def test_memory_results_cover_the_grid():
     results = memory.load_results(str(published.RESULTS / "memory"))
     assert [r["num_devices"] for r in results] == [8, 64, 256]
     assert len({(row["model"], row["seq_len"]) for r in results for row in r["rows"]}) == 4
+
+
+def test_committed_intervals_are_the_summary_of_the_committed_rows():
+    from longctx_jax.eval.perplexity import summarize
+
+    for path in (published.EXTEND_RUN, published.EXTEND_DYNAMIC_RUN):
+        results = published.load(path)
+        stored = results["perplexity_intervals"]
+        fresh = {f"{s['method']}@{s['length']}": s for s in summarize(results["perplexity"])}
+        assert fresh.keys() == stored.keys()
+        for key, s in fresh.items():
+            for field in ("nll", "nll_lo", "nll_hi", "ppl", "ppl_lo", "ppl_hi"):
+                assert s[field] == pytest.approx(stored[key][field], rel=1e-12), (path, key, field)

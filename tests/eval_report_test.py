@@ -59,6 +59,8 @@ def test_suite_on_tiny_decoder_writes_everything(tmp_path):
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved == store.data and saved["model"] == "tiny" and saved["train_length"] == 256
     assert [(r["method"], r["length"]) for r in saved["perplexity"]] == [("none", 256), ("none", 512)]
+    ci = saved["perplexity_intervals"]["none@512"]  # the interval the report shows, in results.json
+    assert ci["nll_lo"] <= ci["nll"] <= ci["nll_hi"] and ci["docs"] == [saved["perplexity"][1]["doc"]]
     assert len(saved["passkey"]) == 2 and len(saved["niah"]) == 1 and len(saved["perplexity_strided"]) == 1
     assert "| none |" in (tmp_path / "report.md").read_text()
     with pytest.raises(ValueError, match="unknown eval fields"):

@@ -26,7 +26,7 @@ from longctx_jax.eval.choice import choice_sweep
 from longctx_jax.eval.corpus import python_version
 from longctx_jax.eval.needle import DEPTHS, needle_sweep
 from longctx_jax.eval.passkey import passkey_sweep
-from longctx_jax.eval.perplexity import perplexity_sweep, strided_perplexity_sweep
+from longctx_jax.eval.perplexity import perplexity_sweep, strided_perplexity_sweep, summarize
 from longctx_jax.eval.plots import write_figures
 from longctx_jax.eval.report import write_report
 from longctx_jax.eval.results import ResultStore, file_digest, fingerprint
@@ -156,8 +156,13 @@ def evaluate_method(model, tokenizer, store: ResultStore, *, method: str, spec: 
 
 
 def finalize(store: ResultStore, workdir: str | os.PathLike, *, notes: str = "") -> list[str]:
-    """Writes the figures and report.md of a results file into `workdir`; returns their paths."""
+    """Writes the perplexity intervals into the results file (`perplexity_intervals`, keyed
+    "method@length": `perplexity.summarize` of the stored rows), then the figures and report.md
+    into `workdir`; returns their paths."""
     os.makedirs(workdir, exist_ok=True)
+    if store.records("perplexity"):
+        store.update_meta({"perplexity_intervals": {f"{s['method']}@{s['length']}": s
+                                                    for s in summarize(store.records("perplexity"))}})
     figures = write_figures(store.data, workdir)
     report = os.path.join(workdir, "report.md")
     write_report(store.data, report, figures=figures, notes=notes)
