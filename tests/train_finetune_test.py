@@ -67,9 +67,9 @@ def test_lora_trains_only_the_adapters(uninterrupted):
     assert sorted(records) == [1, 2, 3] and np.isfinite(records[3]["val_loss"])
 
 
-def test_lora_step_on_a_data_mesh_equals_the_single_device_step(uninterrupted, tmp_path):
+def test_lora_step_on_a_data_x_sequence_mesh_equals_the_single_device_step(uninterrupted, tmp_path):
     config = tiny_config()
-    config.mesh = {"data": 2, "sequence": 1, "tensor": 1}
+    config.mesh = {"data": 2, "sequence": 4, "tensor": 1}  # all 8 test devices: data x ring attention
     finetune(config, str(tmp_path / "run"), stop_at_step=1)
     got, want = _metrics(str(tmp_path / "run"))[1], _metrics(uninterrupted[0])[1]
     np.testing.assert_allclose(got["train_loss"], want["train_loss"], rtol=1e-5)

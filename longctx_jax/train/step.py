@@ -73,8 +73,9 @@ def make_train_step(
         metrics = {"train_loss": loss, "grad_norm": optax.global_norm(grads)}
         return TrainState(state.step + 1, params, opt_state), metrics
 
-    jitted = jax.jit(train_step, donate_argnums=0)
-    return functools.partial(jitted, frozen=frozen)
+    if frozen is None:  # a jitted function itself, so it lowers (`bench.memory` compiles it abstractly)
+        return jax.jit(functools.partial(train_step, frozen=None), donate_argnums=0)
+    return functools.partial(jax.jit(train_step, donate_argnums=0), frozen=frozen)
 
 
 def make_eval_step(
@@ -89,6 +90,8 @@ def make_eval_step(
         return {"nll_sum": jnp.sum(nll * mask), "tokens": jnp.sum(mask),
                 "bytes": jnp.sum(target_bytes * mask)}
 
+    if frozen is None:
+        return jax.jit(functools.partial(eval_step, frozen=None))
     return functools.partial(jax.jit(eval_step), frozen=frozen)
 
 
