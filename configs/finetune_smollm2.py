@@ -16,6 +16,9 @@ Variants (`configs/finetune_smollm2.py:VARIANT`):
             remat of every block (`dots_with_no_batch_dims_saveable`).
   pod       a pod slice: full fine-tuning at 32768 tokens on a data x sequence mesh (4 x 8),
             bfloat16, remat.
+  cpu_pi    the measured CPU run of docs/finetuning.md: PI x2, LoRA r=8 on wq/wk/wv/wo, 1 x 8192
+            tokens of long training-split documents, 20 steps (about 40 min on 2 cores).
+  cpu_yarn  the same with YaRN x2: the two differ only in `position.rope_scaling`.
   tiny      a random 2-layer byte-level decoder (no download): the tests' and a smoke run's base.
 
 Any field can be overridden: `--config.position.rope_scaling="{'rope_type': 'yarn', 'factor': 4.0}"`,
@@ -30,7 +33,7 @@ from ml_collections.config_dict import placeholder
 
 from longctx_jax.data import default_data_config
 
-VARIANTS = ("default", "pi", "abf", "longlora", "gpu", "pod", "tiny")
+VARIANTS = ("default", "pi", "abf", "longlora", "gpu", "pod", "tiny", "cpu_pi", "cpu_yarn")
 
 
 def get_config(variant: str = "default") -> ml_collections.ConfigDict:
@@ -119,6 +122,15 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
         config.data.batch_size = 4
         config.position.rope_scaling = {"rope_type": "yarn", "factor": 4.0}
         config.mesh = ml_collections.ConfigDict({"data": 4, "sequence": 8, "tensor": 1})
+    if variant in ("cpu_pi", "cpu_yarn"):
+        kind = "linear" if variant == "cpu_pi" else "yarn"
+        config.position.rope_scaling = {"rope_type": kind, "factor": 2.0}
+        config.data.seq_len = 8192
+        config.data.min_doc_tokens = 8192
+        config.optim.learning_rate = 4e-4
+        config.train.steps = 20
+        config.train.eval_every = 20
+        config.train.checkpoint_every = 5
     if variant == "tiny":
         config.base.kind = "random"
         config.base.original_length = 128
