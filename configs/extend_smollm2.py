@@ -28,6 +28,12 @@ three documents; the strided protocol (stride 256) at windows 4K..32K over 32K d
 4K..32K, depths 0..100% step 10, 5 trials; needle grid 4K..32K x 0..100%, 5 trials; the RULER-style
 suite (every task of `longctx_jax.eval.ruler.TASKS`) at 4K..32K, 3 trials. Sized for one GPU.
 
+Fine-tuned variant (`:finetuned`, docs/finetuning.md): the base under none / PI x2 ("linear") /
+YaRN x2 and the two fine-tuning runs `configs/finetune_smollm2.py:cpu_pi` and `:cpu_yarn`
+(`config.finetuned`, each under its own scaling) in one report; perplexity at 2K..16K on two
+whole documents of the stdlib corpus's validation split (`eval.ppl_split`), which the fine-tunes
+never trained on; no retrieval.
+
 Every field can be overridden (`--config.methods="('none','linear')"`,
 `--config.eval.ppl_lengths="(8192,16384)"`, `--config.target_length=32768`); overrides apply
 on top of the variant's values. A searched LongRoPE result is used with
@@ -43,7 +49,7 @@ from longctx_jax.eval.methods import METHODS
 from longctx_jax.eval.needle import DEPTHS
 
 FULL_LENGTHS = (4096, 8192, 16384, 24576, 32768)
-VARIANTS = ("default", "full")
+VARIANTS = ("default", "full", "finetuned")
 
 
 def get_config(variant: str = "default") -> ml_collections.ConfigDict:
@@ -59,6 +65,8 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     config.target_length = placeholder(int)  # None: the longest evaluated length
     config.attention_impl = "auto"  # CPU: the fused cpu_flash kernel (blockwise for StreamingLLM sinks)
     config.dtype = "float32"
+
+    config.finetuned = placeholder(dict)  # {label: fine-tuning run directory}, compared in the same report
 
     config.methods = METHODS if full else ("none", "yarn")
     config.passkey_methods = METHODS if full else ("none", "yarn")
@@ -94,4 +102,16 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     # lengths <= train_length it IS the unscaled model: the default measures it where it differs.
     config.method_eval = ml_collections.ConfigDict(
         {} if full else {"dynamic": {"ppl_lengths": (16384,)}})
+    if variant == "finetuned":  # docs/finetuning.md: PI / YaRN x2 before and after fine-tuning
+        config.workdir = "runs/extend_finetuned"
+        config.methods = ("none", "linear", "yarn")
+        config.finetuned = {"pi_ft": "runs/ft_cpu_pi", "yarn_ft": "runs/ft_cpu_yarn"}
+        config.passkey_methods = ()
+        config.eval.passkey_lengths = ()
+        config.eval.ppl_split = "validation"  # the documents the fine-tunes never trained on
+        config.eval.ppl_val_fraction = 0.05
+        config.method_eval = ml_collections.ConfigDict()
+    else:
+        config.eval.ppl_split = ""
+        config.eval.ppl_val_fraction = 0.05
     return config

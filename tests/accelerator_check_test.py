@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from jax.sharding import AbstractMesh, AxisType, NamedSharding, PartitionSpec
+from jax.sharding import AbstractMesh, AxisType
 
 from configs import tiny
 from longctx_jax import sharding
@@ -28,7 +28,7 @@ from longctx_jax.attention.kernels.splash import splash_attention
 from longctx_jax.attention.masks import AttentionMask
 from longctx_jax.positional.alibi import alibi_slopes
 from longctx_jax.train.optimizer import make_optimizer
-from longctx_jax.train.step import init_train_state, make_train_step
+from longctx_jax.train.step import abstract_train_state, make_train_step
 from longctx_jax.train.trainer import decoder_from_config
 
 pytestmark = pytest.mark.accelerator
@@ -127,13 +127,6 @@ def test_splash_attention_lowers_for_tpu():
     assert text.count("tpu_custom_call") >= 3, text.count("tpu_custom_call")
 
 
-def _abstract(tree, shardings):
-    def one(sharding_, subtree):
-        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding_), subtree)
-
-    return jax.tree.map(one, shardings, tree)
-
-
 @pytest.mark.parametrize("platform,device_kind", [("cuda", "NVIDIA H100 80GB HBM3"), ("tpu", "TPU v5 lite")])
 def test_decoder_train_step_with_ring_attention_lowers_for_a_mesh(platform, device_kind):
     """One bf16 training step of the tiny decoder on an abstract (2 data x 4 sequence) mesh."""
@@ -143,25 +136,10 @@ def test_decoder_train_step_with_ring_attention_lowers_for_a_mesh(platform, devi
     config.model.attention.impl = "ring"
     graphdef, params = nnx.split(decoder_from_config(config, 256))
     tx = make_optimizer(config.optim, int(config.train.steps))
-    state = jax.eval_shape(lambda p: init_train_state(p, tx), params)
     device = jax.sharding.AbstractDevice(device_kind=device_kind, num_cores=None, platform=platform)
     mesh = AbstractMesh((2, 1, 4, 1), sharding.MESH_AXES, axis_types=(AxisType.Auto,) * 4,
                         abstract_device=device)
-    param_shardings = sharding.state_shardings(params, mesh)
-    replicated = NamedSharding(mesh, PartitionSpec())
-    params_def = jax.tree.structure(state.params)
-
-    def like_params(tree) -> bool:
-        return jax.tree.structure(tree) == params_def
-
-    state = state._replace(
-        step=jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
-        params=_abstract(state.params, param_shardings),
-        opt_state=jax.tree.map(
-            lambda t: _abstract(t, param_shardings) if like_params(t) else _abstract(t, replicated),
-            state.opt_state, is_leaf=like_params,
-        ),
-    )
+    state = abstract_train_state(params, tx, mesh)
     names = ("inputs", "targets", "positions", "segment_ids", "loss_mask")
     batch_sharding = sharding.batch_sharding(mesh)
     batch = {n: jax.ShapeDtypeStruct((4, 1024), jnp.int32, sharding=batch_sharding) for n in names}

@@ -1,5 +1,7 @@
 """Perplexity: prefix sharing is exact, the strided protocol scores each target once, resume."""
 
+import os
+
 import chex
 import numpy as np
 import pytest
@@ -56,6 +58,28 @@ def test_every_document_is_the_start_of_one_whole_file():
     assert [d.name for d in later] == [d.name for d in docs[2:4]]
     with pytest.raises(ValueError, match="fewer than"):
         long_documents(TOK, 10**9, 1)
+
+
+def test_validation_split_documents_are_exactly_the_training_corpus_held_out_files():
+    """A model fine-tuned on the stdlib corpus's train split is scored on files it never saw."""
+    from longctx_jax.data.stdlib_corpus import list_documents, split_of, stdlib_config
+
+    held_out = long_documents(TOK, 60_000, 2, split="validation", val_fraction=0.05)
+    corpus = dict(list_documents(stdlib_config(0.05)))  # module name -> path, as the trainer reads it
+    root = stdlib_root()
+    by_path = {os.path.realpath(path): name for name, path in corpus.items()}
+    for doc in held_out:
+        name = by_path[os.path.realpath(root / doc.name)]
+        assert split_of(name, 0.05) == "validation"
+        assert TOK.decode(doc.ids) == (root / doc.name).read_text(encoding="utf-8", errors="replace")
+    everything = [d.name for d in long_documents(TOK, 60_000, 6)]
+    assert not set(everything[:2]) & {d.name for d in held_out}  # the default documents are train files
+    train = long_documents(TOK, 60_000, 2, split="train", val_fraction=0.05)
+    assert not {d.name for d in train} & {d.name for d in held_out}
+    with pytest.raises(ValueError, match="unknown corpus split 'test'"):
+        long_documents(TOK, 1000, 1, split="test")
+    with pytest.raises(ValueError, match="'validation' split"):
+        long_documents(TOK, 10**6, 1, split="validation")
 
 
 def test_bos_starts_every_document_when_the_tokenizer_adds_one():

@@ -127,6 +127,45 @@ def test_extension_report_evaluates_the_finetuned_checkpoint(uninterrupted, tmp_
     assert results["rope_scaling"]["none"] == {"rope_type": "linear", "factor": 2.0}  # as fine-tuned
 
 
+def test_finetuned_runs_join_the_base_report_on_held_out_documents_only(uninterrupted, tmp_path):
+    from configs import extend_smollm2
+    from longctx_jax.eval.extension import check_held_out, run_extension
+    from longctx_jax.train.finetune import training_data
+
+    workdir = uninterrupted[0]
+    config = extend_smollm2.get_config("finetuned")
+    assert config.eval.ppl_split == "validation" and set(config.finetuned) == {"pi_ft", "yarn_ft"}
+    config.workdir, config.checkpoint = str(tmp_path / "extend"), workdir
+    config.finetuned = {"ft": workdir}
+    config.train_length, config.attention_impl, config.methods = 64, "dense", ("none",)
+    config.eval.ppl_lengths, config.eval.batch_tokens = (64, 128), 256
+    trained_on = {"ft": training_data(workdir)}
+    assert trained_on["ft"] == ("stdlib", 0.05)
+    check_held_out(config, trained_on)
+    config.eval.ppl_split = ""
+    with pytest.raises(ValueError, match="'ft' was fine-tuned on the stdlib corpus's train split"):
+        check_held_out(config, trained_on)
+    config.eval.ppl_split, config.eval.ppl_val_fraction = "validation", 0.1
+    with pytest.raises(ValueError, match="ppl_val_fraction=0.05"):
+        check_held_out(config, trained_on)
+    config.eval.ppl_val_fraction = 0.05
+    config.finetuned = {"linear": workdir}
+    with pytest.raises(ValueError, match="labels \\['linear'\\] are extension method names"):
+        run_extension(config, loaded=load_finetuned(workdir))
+    config.finetuned = {"ft": workdir}
+    loaded = load_finetuned(workdir)
+    run_extension(config, loaded=loaded, finetuned={"ft": loaded})
+    with open(tmp_path / "extend" / "results.json") as f:
+        results = json.load(f)
+    rows = {(r["method"], r["length"], r["doc"]): r["nll"] for r in results["perplexity"]}
+    docs = {d for _, _, d in rows}
+    assert len(docs) == 2 and len(rows) == 2 * 2 * 2
+    for (method, length, doc), nll in rows.items():  # the same model under two labels: the same numbers
+        assert method == "none" or nll == pytest.approx(rows[("none", length, doc)], rel=1e-6)
+    assert results["rope_scaling"]["ft"] == {"rope_type": "linear", "factor": 2.0}
+    assert "ft@128" in results["perplexity_intervals"]
+
+
 def test_checkpoint_of_another_architecture_is_refused_before_a_step(uninterrupted, tmp_path):
     workdir = str(tmp_path / "run")
     shutil.copytree(uninterrupted[0], workdir)

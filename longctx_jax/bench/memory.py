@@ -29,14 +29,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
 
 from longctx_jax import sharding
 from longctx_jax.models.config import ModelConfig
 from longctx_jax.models.decoder import Decoder
 from longctx_jax.parallel import distributed
 from longctx_jax.train.optimizer import make_optimizer
-from longctx_jax.train.step import TrainState, init_train_state, make_train_step
+from longctx_jax.train.step import TrainState, abstract_train_state, make_train_step
 
 TABLE_START = "<!-- generated:memory-table -->"  # the docs-block markers of bench/published.py
 TABLE_END = "<!-- /generated:memory-table -->"
@@ -52,15 +51,7 @@ def model_config(shape: Mapping[str, Any], num_layers: int | None = None) -> Mod
     return ModelConfig(**fields, dtype="bfloat16", param_dtype="float32", remat=True, attention_impl="ring")
 
 
-def _abstract(tree: Any, shardings: Any) -> Any:
-    """`tree`'s leaves as `ShapeDtypeStruct`s with the sharding at their prefix in `shardings`."""
-    def one(sharding_, subtree):
-        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding_), subtree)
-
-    return jax.tree.map(one, shardings, tree)
-
-
-def abstract_train_state(cfg: ModelConfig, optim: Mapping[str, Any], mesh: jax.sharding.Mesh
+def abstract_model_state(cfg: ModelConfig, optim: Mapping[str, Any], mesh: jax.sharding.Mesh
                          ) -> tuple[nnx.GraphDef, Any, TrainState]:
     """(graphdef, optimizer, TrainState of sharded `ShapeDtypeStruct`s) without any weights.
 
@@ -69,22 +60,7 @@ def abstract_train_state(cfg: ModelConfig, optim: Mapping[str, Any], mesh: jax.s
     """
     graphdef, params = nnx.split(nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0))))
     tx = make_optimizer(optim, 1000)
-    state = jax.eval_shape(lambda p: init_train_state(p, tx), params)
-    param_shardings = sharding.state_shardings(params, mesh)
-    replicated = NamedSharding(mesh, PartitionSpec())
-    params_def = jax.tree.structure(state.params)
-
-    def like_params(tree) -> bool:
-        return jax.tree.structure(tree) == params_def
-
-    state = state._replace(
-        step=jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
-        params=_abstract(state.params, param_shardings),
-        opt_state=jax.tree.map(
-            lambda t: _abstract(t, param_shardings) if like_params(t) else _abstract(t, replicated),
-            state.opt_state, is_leaf=like_params),
-    )
-    return graphdef, tx, state
+    return graphdef, tx, abstract_train_state(params, tx, mesh)
 
 
 def bytes_per_device(tree: Any) -> int:
@@ -116,7 +92,7 @@ def compile_row(shape: Mapping[str, Any], seq_len: int, mesh_sizes: Mapping[str,
     batch_size = int(mesh_sizes.get("data", 1)) * int(mesh_sizes["fsdp"])
     distributed.check_batch_shape(batch_size, seq_len, mesh)
     cfg = model_config(shape, num_layers)
-    graphdef, tx, state = abstract_train_state(cfg, optim, mesh)
+    graphdef, tx, state = abstract_model_state(cfg, optim, mesh)
     batch_sharding = sharding.batch_sharding(mesh)
     batch = {name: jax.ShapeDtypeStruct((batch_size, seq_len), jnp.int32, sharding=batch_sharding)
              for name in BATCH_FIELDS}

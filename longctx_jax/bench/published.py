@@ -19,9 +19,11 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from longctx_jax.atomic import write_atomically
 from longctx_jax.bench import memory
-from longctx_jax.eval.report import render_report, summary_block
+from longctx_jax.eval.report import paired_table, render_report, summary_block
 from longctx_jax.models.hf_architectures import markdown_table
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,6 +35,9 @@ EXTEND_DYNAMIC_RUN = RESULTS / "extend_smollm2_dynamic" / "results.json"  # the 
 EXTEND_FIGURES = ("docs/figures/extend_smollm2_ppl_vs_length.png",
                   "docs/figures/extend_smollm2_passkey.png")
 PATTERN_RUNS = ("rope", "longformer", "bigbird", "longnet")
+FINETUNE = RESULTS / "finetune_smollm2"  # results.json of `extend :finetuned` + one directory per run
+FINETUNE_RUNS = {"cpu_pi": "pi_ft", "cpu_yarn": "yarn_ft"}  # config variant -> label in results.json
+FINETUNE_PAIRS = (("pi_ft", "linear"), ("yarn_ft", "yarn"))  # each fine-tune vs its scaling untrained
 
 _BLOCK = re.compile(r"(<!-- generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)"
                     r"(<!-- /generated:(?P=name) -->)", re.S)
@@ -61,6 +66,44 @@ def extend_report() -> str:
 def extend_dynamic() -> str:
     """docs/extension_report.md: the run of the default with Dynamic NTK added (tables + reading)."""
     return summary_block(load(EXTEND_DYNAMIC_RUN))
+
+
+def _metrics(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def finetune_runs() -> str:
+    """docs/finetuning.md: the measured fine-tuning runs (from their committed summary.json,
+    config.json and metrics.jsonl): recipe, tokens, loss, throughput and peak memory."""
+    lines = ["| run | rope_scaling | trained / total params | steps x tokens "
+             "| train loss, first -> last step | validation loss after | tokens/s (median of steps 2..) "
+             "| peak host memory |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for variant, label in FINETUNE_RUNS.items():
+        run = FINETUNE / variant
+        summary, config = load(run / "summary.json"), load(run / "config.json")
+        records = _metrics(run / "metrics.jsonl")
+        median = float(np.median([r["tokens_per_sec"] for r in records[1:]]))  # the first compiles
+        peak = max(r.get("peak_host_gib", 0.0) for r in records)
+        scaling = ", ".join(f"{k}={v}" for k, v in summary["rope_scaling"].items())
+        lines.append(
+            f"| `{variant}` ({label}) | {scaling} | "
+            f"{summary['trainable_params']:,} / {summary['num_params']:,} | "
+            f"{summary['steps']} x {config['data']['batch_size'] * config['data']['seq_len']} | "
+            f"{records[0]['train_loss']:.3f} -> {records[-1]['train_loss']:.3f} | "
+            f"{summary['final_val_loss']:.3f} | {median:.1f} | {peak:.1f} GiB |")
+    return "\n".join(lines) + "\n"
+
+
+def finetune_comparison() -> str:
+    """docs/finetuning.md: perplexity of the base under none / PI / YaRN and of the fine-tunes on
+    held-out documents, and each fine-tune against its scaling without training (paired)."""
+    results = load(FINETUNE / "results.json")
+    lines = [summary_block(results), "Each fine-tune against the same scaling without fine-tuning "
+             "(paired on the same documents and positions):", ""]
+    lines += paired_table(results["perplexity"], FINETUNE_PAIRS)
+    return "\n".join(lines) + "\n"
 
 
 def pattern_table() -> str:
@@ -94,6 +137,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "pattern-table": pattern_table,
     "memory-table": memory_table,
     "hf-architectures": hf_architectures,
+    "finetune-runs": finetune_runs,
+    "finetune-comparison": finetune_comparison,
 }
 
 

@@ -28,6 +28,7 @@ from etils import epath
 
 TRAIN = "train"
 VALIDATION = "validation"
+SPLITS = (TRAIN, VALIDATION)
 # Directory names never descended into.
 DEFAULT_EXCLUDE_DIRS = (
     "site-packages",
@@ -113,7 +114,9 @@ def split_of(name: str, val_fraction: float) -> str:
     return VALIDATION if bucket < val_fraction else TRAIN
 
 
-def _doc_name(rel_path: str, module_names: bool) -> str:
+def doc_name(rel_path: str, module_names: bool = True) -> str:
+    """The corpus's name of a file at `rel_path` under its root: the module name
+    (`logging/__init__.py` -> `logging`) or, without `module_names`, the relative path."""
     rel_path = rel_path.replace(os.sep, "/")
     if not module_names:
         return rel_path
@@ -134,7 +137,7 @@ def list_documents(config: TextDirConfig) -> list[tuple[str, str]]:
         for filename in sorted(filenames):
             if filename.endswith(tuple(config.suffixes)):
                 path = os.path.join(dirpath, filename)
-                found.append((_doc_name(os.path.relpath(path, root), config.module_names), path))
+                found.append((doc_name(os.path.relpath(path, root), config.module_names), path))
     found.sort()
     return found
 

@@ -25,10 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
+from longctx_jax.data.stdlib_corpus import SPLITS, doc_name, split_of
 from longctx_jax.data.tokenizers import Tokenizer, encode_array, prompt_prefix
 
 EXCLUDE_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__", "test", "tests", "idle_test"})
 PROSE_NAME = "pydoc_data/topics.py (Python Language Reference topics, prose)"
+PROSE_MODULE = "pydoc_data.topics"
 SEPARATOR = "\n\n"
 
 _ENCODED: dict[tuple[int, str], np.ndarray] = {}
@@ -91,8 +93,15 @@ def _encode(tokenizer: Tokenizer, key: str, read) -> np.ndarray:
     return ids
 
 
+def corpus_split(name: str, val_fraction: float) -> str:
+    """The split ("train" / "validation") of the training corpus (`data.stdlib_corpus`, the
+    fine-tuning job's default data) that holds the evaluation document `name`."""
+    module = PROSE_MODULE if name == PROSE_NAME else doc_name(name)
+    return split_of(module, val_fraction)
+
+
 def long_documents(tokenizer: Tokenizer, min_tokens: int, num_docs: int, *,
-                   skip: int = 0) -> list[Document]:
+                   skip: int = 0, split: str = "", val_fraction: float = 0.05) -> list[Document]:
     """The first `num_docs` documents (after skipping `skip`) of at least `min_tokens` tokens.
 
     Args:
@@ -101,13 +110,20 @@ def long_documents(tokenizer: Tokenizer, min_tokens: int, num_docs: int, *,
       num_docs: how many documents to return.
       skip: qualifying documents to pass over first (to hold documents out of another use,
         e.g. a search that must not see the evaluation documents).
+      split: "" for every document; "validation" (or "train") for only the documents in that
+        split of the stdlib training corpus (`data.stdlib_corpus.split_of` at `val_fraction`):
+        a model fine-tuned on that corpus's train split is evaluated on "validation".
+      val_fraction: the training corpus's validation share (`config.data.val_fraction`).
 
     Raises:
-      ValueError: a non-positive argument, or fewer qualifying documents than asked for.
+      ValueError: a non-positive argument, an unknown split, or fewer qualifying documents than
+        asked for.
     """
     if min_tokens <= 0 or num_docs <= 0 or skip < 0:
         raise ValueError(f"need min_tokens > 0, num_docs > 0, skip >= 0; got {min_tokens}, {num_docs}, "
                          f"{skip}")
+    if split and split not in SPLITS:
+        raise ValueError(f"unknown corpus split {split!r}; valid: '' (all documents) or one of {SPLITS}")
     root = stdlib_root()
     candidates = [(PROSE_NAME, "prose", prose_text)]
     # A file of fewer characters than tokens needed cannot qualify for any tokenizer of >= 1 char/token
@@ -117,6 +133,8 @@ def long_documents(tokenizer: Tokenizer, min_tokens: int, num_docs: int, *,
                            lambda p=path: p.read_text(encoding="utf-8", errors="replace")))
     found: list[Document] = []
     passed = 0
+    if split:
+        candidates = [c for c in candidates if corpus_split(c[0], val_fraction) == split]
     for name, kind, read in candidates:
         ids = _encode(tokenizer, name, read)
         if ids.shape[0] < min_tokens:
@@ -127,8 +145,9 @@ def long_documents(tokenizer: Tokenizer, min_tokens: int, num_docs: int, *,
         found.append(Document(name, kind, ids))
         if len(found) == num_docs:
             return found
+    where = f" in its {split!r} split (val_fraction {val_fraction})" if split else ""
     raise ValueError(f"the corpus (Python {python_version()} stdlib) has {len(found) + passed} documents of "
-                     f">= {min_tokens} tokens, fewer than the {skip} skipped + {num_docs} requested")
+                     f">= {min_tokens} tokens{where}, fewer than the {skip} skipped + {num_docs} requested")
 
 
 def documents(tokenizer: Tokenizer, length: int, num_docs: int, *, offset: int = 0) -> np.ndarray:

@@ -10,7 +10,7 @@ writes results.json (resumed if present), the figures and report.md into `config
 import os
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -33,12 +33,13 @@ def machine() -> dict[str, object]:
     return {"cpu": cpu, "cores": os.cpu_count(), "platform": jax.default_backend(), "jax": jax.__version__}
 
 
-def _check_methods(field: str, methods: Sequence[str]) -> None:
+def _check_methods(field: str, methods: Sequence[str], labels: Sequence[str] = ()) -> None:
     if isinstance(methods, str):
         raise ValueError(f"config.{field} must be a tuple of method names, got the string {methods!r}")
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in METHODS and m not in labels]
     if unknown:
-        raise ValueError(f"config.{field}: unknown extension method(s) {unknown}; valid: {METHODS}")
+        raise ValueError(f"config.{field}: unknown extension method(s) {unknown}; valid: {METHODS}"
+                         + (f" or a config.finetuned label {tuple(labels)}" if labels else ""))
 
 
 def evaluated_lengths(config: ml_collections.ConfigDict) -> list[int]:
@@ -56,8 +57,13 @@ def check_extension_config(config: ml_collections.ConfigDict) -> None:
     `target_length` is unset or positive; at least one length is evaluated; the eval block
     has only `SuiteSpec` fields.
     """
-    for field in ("methods", "passkey_methods", "niah_methods", "ruler_methods"):
-        _check_methods(field, tuple(config.get(field, ())))
+    labels = tuple(config.get("finetuned") or {})
+    clash = sorted(set(labels) & set(METHODS))
+    if clash:
+        raise ValueError(f"config.finetuned labels {clash} are extension method names; use other labels")
+    _check_methods("methods", tuple(config.methods))
+    for field in ("passkey_methods", "niah_methods", "ruler_methods"):
+        _check_methods(field, tuple(config.get(field, ())), labels)
     if not config.methods:
         raise ValueError("config.methods is empty; name at least one of " + ", ".join(METHODS))
     if config.train_length <= 0:
@@ -74,14 +80,39 @@ def check_extension_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"evaluated lengths must be positive, got {bad}")
     SuiteSpec.from_mapping(dict(config.eval))
     overrides = dict(config.get("method_eval") or {})
-    unknown = sorted(set(overrides) - set(METHODS))
+    unknown = sorted(set(overrides) - set(METHODS) - set(labels))
     if unknown:
-        raise ValueError(f"config.method_eval names unknown method(s) {unknown}; valid: {METHODS}")
+        raise ValueError(f"config.method_eval names unknown method(s) {unknown}; valid: {METHODS} "
+                         f"or a config.finetuned label {labels}")
     for method, fields in overrides.items():
         SuiteSpec.from_mapping({**dict(config.eval), **dict(fields)})
         bad = [n for n in dict(fields).get("ppl_lengths", ()) if n <= 0]
         if bad:
             raise ValueError(f"config.method_eval.{method}.ppl_lengths must be positive, got {bad}")
+
+
+def check_held_out(config: ml_collections.ConfigDict, trained_on: Mapping[str, tuple[str, float]]) -> None:
+    """Raises ValueError when a fine-tuned model would be scored on documents it trained on.
+
+    Args:
+      config: the extension config.
+      trained_on: per fine-tuning run evaluated (its path or label), the data it trained on:
+        `(data.source, data.val_fraction)`. A run trained on the stdlib corpus (the corpus the
+        perplexity documents come from) needs `eval.ppl_split="validation"` at its
+        `val_fraction`; other sources (a TFDS dataset, a text directory) share no documents.
+    """
+    for name, (source, val_fraction) in trained_on.items():
+        if source != "stdlib" or not config.eval.get("ppl_lengths"):
+            continue
+        split = config.eval.get("ppl_split", "")
+        fraction = float(config.eval.get("ppl_val_fraction", 0.05))
+        if split != "validation" or abs(fraction - float(val_fraction)) > 1e-12:
+            raise ValueError(
+                f"{name!r} was fine-tuned on the stdlib corpus's train split (val_fraction {val_fraction}); "
+                f"its perplexity must be measured on held-out documents: set "
+                f"--config.eval.ppl_split=validation --config.eval.ppl_val_fraction={val_fraction} "
+                f"(got ppl_split={split!r}, "
+                f"ppl_val_fraction={fraction})")
 
 
 def spec_for(config: ml_collections.ConfigDict, method: str) -> SuiteSpec:
@@ -98,8 +129,8 @@ def spec_for(config: ml_collections.ConfigDict, method: str) -> SuiteSpec:
     return SuiteSpec.from_mapping(values)
 
 
-def run_extension(config: ml_collections.ConfigDict, *, loaded: tuple[Any, Any, str] | None = None
-                  ) -> list[str]:
+def run_extension(config: ml_collections.ConfigDict, *, loaded: tuple[Any, Any, str] | None = None,
+                  finetuned: Mapping[str, tuple[Any, str]] | None = None) -> list[str]:
     """Evaluates every method of `config` on its checkpoint; returns the written file paths.
 
     Args:
@@ -109,11 +140,16 @@ def run_extension(config: ml_collections.ConfigDict, *, loaded: tuple[Any, Any, 
         fine-tuning run, `train.finetune.load_finetuned`) instead of the GGUF. Its method
         "none" is the model as fine-tuned (its own RoPE scaling); the other RoPE methods
         replace that scaling. Results are keyed by the content key.
+      finetuned: extra models compared in the same report, `{label: (decoder, tokenizer,
+        content key)}` (`config.finetuned`: fine-tuning runs of the same base, each evaluated
+        under its own RoPE scaling with the same sweeps; its rows are keyed by its content key).
+        Each must use the base's tokenizer.
 
     Returns:
       the figure and report.md paths written into `config.workdir`.
     """
     check_extension_config(config)
+    finetuned = dict(finetuned or {})
     start = time.time()
     target, factor = scaling_factor(config.train_length, config.target_length, evaluated_lengths(config))
     checkpoint = config.checkpoint or smollm2_path()
@@ -123,6 +159,13 @@ def run_extension(config: ml_collections.ConfigDict, *, loaded: tuple[Any, Any, 
     else:
         base, tokenizer, model_key = loaded
         base = with_config(base, dtype=config.dtype, attention_impl=config.attention_impl)
+    def tokenizer_id(tok) -> str:
+        return getattr(tok, "name", type(tok).__name__)
+
+    for label, (_, other, _) in finetuned.items():
+        if tokenizer_id(other) != tokenizer_id(tokenizer):
+            raise ValueError(f"fine-tuned model {label!r} uses tokenizer {getattr(other, 'name', other)!r}, "
+                             f"not the base's {getattr(tokenizer, 'name', tokenizer)!r}")
     inputs = run_inputs(checkpoint, tokenizer, train_length=config.train_length, target_length=target,
                         factor=factor, dtype=config.dtype, model_key=model_key)
     store = ResultStore(f"{config.workdir}/results.json", inputs=inputs, meta={
@@ -141,13 +184,23 @@ def run_extension(config: ml_collections.ConfigDict, *, loaded: tuple[Any, Any, 
         timing[method] = timing.get(method, 0.0) + time.time() - t0
         store.update_meta({"timing_s": timing, "rope_scaling": {**store.data.get("rope_scaling", {}),
                                                                 method: changes["rope_scaling"]}})
+    for label, (model, _, key) in finetuned.items():
+        t0 = time.time()
+        model = with_config(model, dtype=config.dtype, attention_impl=config.attention_impl)
+        scaling = model.cfg.rope_scaling_dict
+        evaluate_method(model, tokenizer, store, method=label, spec=spec_for(config, label),
+                        inputs={"finetuned_model": key, "rope_scaling": scaling})
+        timing[label] = timing.get(label, 0.0) + time.time() - t0
+        store.update_meta({"timing_s": timing, "rope_scaling": {**store.data.get("rope_scaling", {}),
+                                                                label: scaling}})
     timing["total_this_run"] = time.time() - start
     store.update_meta({"timing_s": timing})
-    notes = (f"Preset `{config.preset}`; methods {', '.join(config.methods)}; RoPE factor "
+    labels = [*config.methods, *finetuned]
+    notes = (f"Preset `{config.preset}`; methods {', '.join(labels)}; RoPE factor "
              f"{factor:g} = {target} / {config.train_length}; attention `{config.attention_impl}`. "
              f"Wall time of the last invocation: {timing['total_this_run']:.0f} s "
              f"(per method, all invocations: "
-             + ", ".join(f"{m} {timing[m]:.0f} s" for m in config.methods if m in timing) + ").")
+             + ", ".join(f"{m} {timing[m]:.0f} s" for m in labels if m in timing) + ").")
     if "streaming" in config.methods:
         notes += " Streaming runs without a KV cache: sinks keep their true positions."
     store.update_meta({"notes": notes, "machine": machine()})

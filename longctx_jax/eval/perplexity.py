@@ -72,6 +72,8 @@ def perplexity_sweep(
     method: str,
     lengths: list[int],
     num_docs: int = 1,
+    split: str = "",
+    val_fraction: float = 0.05,
     batch_size: int = 1,
     share_prefix: bool | None = None,
     progress: bool = True,
@@ -86,6 +88,8 @@ def perplexity_sweep(
       method: label of the extension method ("none", "yarn", "streaming", ...).
       lengths: context lengths N (number of scored targets: the first N + 1 tokens of a document).
       num_docs: documents (`corpus.long_documents` of at least max(lengths) + 1 tokens).
+      split, val_fraction: "" for the corpus in order, or only the documents of that split of
+        the stdlib training corpus (`corpus.long_documents`; "validation": held out).
       batch_size: documents per forward.
       share_prefix: derive shorter lengths from the longest forward (default: unless the
         method is in `LENGTH_DEPENDENT`).
@@ -98,7 +102,7 @@ def perplexity_sweep(
     em = as_eval_model(model)
     if share_prefix is None:
         share_prefix = method not in LENGTH_DEPENDENT
-    docs = long_documents(tokenizer, max(lengths) + 1, num_docs)
+    docs = long_documents(tokenizer, max(lengths) + 1, num_docs, split=split, val_fraction=val_fraction)
     ids = np.stack([d.ids[: max(lengths) + 1] for d in docs])
     keys = {(n, i): fingerprint(ids[i, : n + 1]) for n in set(lengths) for i in range(len(docs))}
     missing = {(n, i) for (n, i), key in keys.items()

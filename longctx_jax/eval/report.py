@@ -8,6 +8,7 @@ only for the cells the results actually contain.
 
 import math
 import os
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -53,6 +54,33 @@ def perplexity_table(records) -> list[str]:
                      if "delta_nll" in s else "")
             cells.append(_interval(s) + delta)
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def paired_verdict(s: dict) -> str:
+    """The rule every comparison in a report uses, fixed before any run: "lower than" when the 95 %
+    paired interval of the NLL difference lies below 0, "higher than" when above, else "not
+    distinguishable from". `s` is a `summarize` row with `delta_lo` / `delta_hi`."""
+    if s["delta_hi"] < 0:
+        return "lower than"
+    return "higher than" if s["delta_lo"] > 0 else "not distinguishable from"
+
+
+def paired_table(records, pairs: Sequence[tuple[str, str]]) -> list[str]:
+    """Markdown rows: for each (method, reference) pair and length, perplexity of both, the paired
+    NLL difference method - reference on the same documents and positions with its 95 % interval
+    (`summarize(..., reference=reference)`), the ratio exp(Δnll) and `paired_verdict`."""
+    lines = ["| method | vs | length | method ppl | vs ppl | Δnll [95 %] | ratio | verdict |",
+             "|---|---|---|---|---|---|---|---|"]
+    for method, reference in pairs:
+        rows = [r for r in records if r["method"] in (method, reference)]
+        summaries = summarize(rows, reference=reference)
+        for s in sorted((s for s in summaries if s["method"] == method and "delta_nll" in s),
+                        key=lambda s: s["length"]):
+            ref = _lookup(summaries, method=reference, length=s["length"])
+            lines.append(f"| {method} | {reference} | {s['length']} | {_interval(s)} | {_interval(ref)} | "
+                         f"{s['delta_nll']:+.3f} [{s['delta_lo']:+.3f}, {s['delta_hi']:+.3f}] | "
+                         f"x{math.exp(s['delta_nll']):.3f} | {paired_verdict(s)} |")
     return lines
 
 
@@ -153,8 +181,7 @@ def reading(results: dict) -> str:
             for r in at_max:
                 if "delta_nll" not in r:
                     continue
-                verdict = ("lower than" if r["delta_hi"] < 0 else "higher than" if r["delta_lo"] > 0
-                           else "not distinguishable from")
+                verdict = paired_verdict(r)
                 sentences.append(f"{r['method']} is {verdict} none there (paired Δnll {r['delta_nll']:+.3f}, "
                                  f"95 % interval [{r['delta_lo']:+.3f}, {r['delta_hi']:+.3f}]).")
     short = [r for r in summaries if r["length"] <= RETENTION_LENGTH and "delta_nll" in r]

@@ -21,6 +21,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from longctx_jax.data.stdlib_corpus import SPLITS
 from longctx_jax.eval.choice import check_tasks as check_choice_tasks
 from longctx_jax.eval.choice import choice_sweep
 from longctx_jax.eval.corpus import python_version
@@ -41,6 +42,10 @@ class SuiteSpec:
     Attributes:
       ppl_lengths: single-forward perplexity lengths.
       ppl_num_docs: documents per perplexity length.
+      ppl_split: "" for the corpus's documents in order; "validation" for only those held out of
+        the stdlib training corpus's train split at `ppl_val_fraction` (`corpus.long_documents`):
+        the documents a model fine-tuned on that corpus never saw.
+      ppl_val_fraction: that training corpus's validation share (`config.data.val_fraction`).
       strided_windows: sliding-window protocol evaluation windows.
       strided_stride: sliding-window stride.
       strided_doc_length: document length (targets) of the sliding-window protocol.
@@ -56,6 +61,8 @@ class SuiteSpec:
 
     ppl_lengths: tuple[int, ...] = ()
     ppl_num_docs: int = 1
+    ppl_split: str = ""
+    ppl_val_fraction: float = 0.05
     strided_windows: tuple[int, ...] = ()
     strided_stride: int = 256
     strided_doc_length: int = 0
@@ -84,6 +91,11 @@ class SuiteSpec:
         spec = cls(**{k: tuple(v) if isinstance(v, list | tuple) else v for k, v in values.items()})
         check_tasks(spec.ruler_tasks)
         check_choice_tasks(spec.choice_tasks)
+        if spec.ppl_split not in ("", *SPLITS):
+            raise ValueError(f"eval.ppl_split {spec.ppl_split!r} is not '' (all documents) or one of "
+                             f"{SPLITS}")
+        if not 0.0 <= spec.ppl_val_fraction < 1.0:
+            raise ValueError(f"eval.ppl_val_fraction must be in [0, 1), got {spec.ppl_val_fraction}")
         return spec
 
 
@@ -132,7 +144,8 @@ def evaluate_method(model, tokenizer, store: ResultStore, *, method: str, spec: 
     em = as_eval_model(model)
     if spec.ppl_lengths:
         perplexity_sweep(em, tokenizer, store, method=method, lengths=list(spec.ppl_lengths),
-                         num_docs=spec.ppl_num_docs, progress=progress)
+                         num_docs=spec.ppl_num_docs, split=spec.ppl_split,
+                         val_fraction=spec.ppl_val_fraction, progress=progress)
     if spec.strided_windows:
         strided_perplexity_sweep(em, tokenizer, store, method=method, windows=list(spec.strided_windows),
                                  stride=spec.strided_stride, doc_length=spec.strided_doc_length,

@@ -192,6 +192,17 @@ def is_run_directory(path: str) -> bool:
         return "base" in json.load(f)
 
 
+def training_data(path: str) -> tuple[str, float]:
+    """`(data.source, data.val_fraction)` of a fine-tuning run directory: what it trained on, so an
+    evaluation can hold those documents out (`eval.extension.check_held_out`)."""
+    if not is_run_directory(path):
+        raise ValueError(f"{path!r} is not a fine-tuning run directory (config.json with a base, "
+                         "and checkpoints/)")
+    with open(os.path.join(_run_dir(path), "config.json")) as f:
+        data = json.load(f).get("data", {})
+    return str(data.get("source", "stdlib")), float(data.get("val_fraction", 0.05))
+
+
 def load_finetuned(path: str) -> tuple[Decoder, Tokenizer, str]:
     """The fine-tuned model of a run directory: LoRA merged, validation attention, newest checkpoint.
 

@@ -6,12 +6,29 @@ appears once in `metrics.jsonl` and in TensorBoard however often the run was int
 
 import json
 import os
+import resource
+import sys
 import time
 from typing import Any
 
+import jax
 from tensorboardX import SummaryWriter
 
 from longctx_jax.atomic import write_atomically
+
+
+def peak_memory_gib() -> dict[str, float]:
+    """Peak memory of this process so far, in GiB: `peak_host_gib` (resident set size, which on a
+    CPU backend holds every array) and, where the backend reports it, `peak_device_gib` (the
+    largest `peak_bytes_in_use` over local devices)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    out = {"peak_host_gib": rss / (2.0**30 if sys.platform == "darwin" else 2.0**20)}
+    peaks = [(d.memory_stats() or {}).get("peak_bytes_in_use") for d in jax.local_devices()
+             if d.platform != "cpu"]
+    peaks = [p for p in peaks if p is not None]
+    if peaks:
+        out["peak_device_gib"] = max(peaks) / 2.0**30
+    return out
 
 
 class MetricsWriter:

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from longctx_jax import sharding
 from longctx_jax.losses import masked_mean, token_nll
 from longctx_jax.typing import Array
 
@@ -37,6 +38,41 @@ class TrainState(NamedTuple):
 
 def init_train_state(params: nnx.State, tx: optax.GradientTransformation) -> TrainState:
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+def _with_sharding(tree: Any, shardings: Any) -> Any:
+    """`tree`'s leaves as `ShapeDtypeStruct`s with the sharding at their prefix in `shardings`."""
+    def one(sharding_, subtree):
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding_), subtree)
+
+    return jax.tree.map(one, shardings, tree)
+
+
+def abstract_train_state(params: nnx.State, tx: optax.GradientTransformation,
+                         mesh: jax.sharding.Mesh | jax.sharding.AbstractMesh) -> TrainState:
+    """`init_train_state(params, tx)` as sharded `ShapeDtypeStruct`s, no memory allocated: the
+    parameters and every optimizer leaf shaped like them (Adam's moments) laid out by
+    `sharding.state_shardings` on `mesh`, everything else (step, counts) replicated. What
+    `jit(...).lower(...)` takes to compile a train step for a model without its weights.
+
+    Raises:
+      ValueError: a parameter dim is not divisible by its mesh axes (`sharding.state_shardings`).
+    """
+    state = jax.eval_shape(lambda p: init_train_state(p, tx), params)
+    param_shardings = sharding.state_shardings(params, mesh)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    params_def = jax.tree.structure(state.params)
+
+    def like_params(tree) -> bool:
+        return jax.tree.structure(tree) == params_def
+
+    return state._replace(
+        step=jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
+        params=_with_sharding(state.params, param_shardings),
+        opt_state=jax.tree.map(
+            lambda t: _with_sharding(t, param_shardings if like_params(t) else replicated),
+            state.opt_state, is_leaf=like_params),
+    )
 
 
 def batch_nll(

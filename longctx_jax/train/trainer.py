@@ -41,7 +41,7 @@ from longctx_jax.parallel import distributed
 from longctx_jax.train.checkpoint import Checkpointer, abstract_like
 from longctx_jax.train.curriculum import training_batches
 from longctx_jax.train.init_from import init_params_from
-from longctx_jax.train.metrics import MetricsWriter
+from longctx_jax.train.metrics import MetricsWriter, peak_memory_gib
 from longctx_jax.train.optimizer import learning_rate_schedule, make_optimizer
 from longctx_jax.train.step import (
     TrainState,
@@ -227,7 +227,8 @@ def train_and_evaluate(
             train_loss = float(np.mean(jax.device_get(recent_losses)))
             elapsed = time.perf_counter() - window_start
             record = {"train_loss": train_loss, "grad_norm": float(metrics["grad_norm"]),
-                      "learning_rate": float(schedule(step)), "tokens_per_sec": window_tokens / elapsed}
+                      "learning_rate": float(schedule(step)), "tokens_per_sec": window_tokens / elapsed,
+                      **peak_memory_gib()}
             recent_losses, window_tokens, window_start = [], 0, time.perf_counter()
             if done % eval_every == 0 or done == total_steps:
                 val = validation_metrics(eval_step, state.params, data)
@@ -247,6 +248,7 @@ def train_and_evaluate(
         "trainable_params": trainable_params,
         "tokens_seen": int(state.step) * tokens_per_step,
         "wall_seconds_this_process": time.perf_counter() - run_start,
+        **peak_memory_gib(),
         **({"unigram_bpb": data.unigram_bpb} if data.unigram_bpb is not None else {}),
         **setup.info,
         **{f"final_{k}": v for k, v in val.items()},
