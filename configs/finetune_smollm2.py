@@ -91,6 +91,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     config.train.eval_every = 10
     config.train.checkpoint_every = 10
     config.train.keep_checkpoints = 2
+    config.train.loss_chunk = placeholder(int)  # logits scored this many positions at a time; None: all
 
     config.position.rope_scaling = {"rope_type": "yarn", "factor": 2.0}
     if variant in ("pi", "longlora", "gpu"):
@@ -115,6 +116,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
         config.train.log_every = 10
         config.train.eval_every = 100
         config.train.checkpoint_every = 100
+        config.train.loss_chunk = 2048  # [16K or 32K, 49152] float32 logits are 3-6 GiB per copy
         config.optim.warmup_steps = 20
         if variant == "gpu":
             config.s2_group_size = config.data.seq_len // 4

@@ -35,7 +35,7 @@ def test_memory_results_cover_the_grid():
 def test_committed_intervals_are_the_summary_of_the_committed_rows():
     from longctx_jax.eval.perplexity import summarize
 
-    for path in (published.EXTEND_RUN, published.EXTEND_DYNAMIC_RUN):
+    for path in (published.EXTEND_RUN, published.EXTEND_DYNAMIC_RUN, published.FINETUNE / "results.json"):
         results = published.load(path)
         stored = results["perplexity_intervals"]
         fresh = {f"{s['method']}@{s['length']}": s for s in summarize(results["perplexity"])}
@@ -43,3 +43,18 @@ def test_committed_intervals_are_the_summary_of_the_committed_rows():
         for key, s in fresh.items():
             for field in ("nll", "nll_lo", "nll_hi", "ppl", "ppl_lo", "ppl_hi"):
                 assert s[field] == pytest.approx(stored[key][field], rel=1e-12), (path, key, field)
+
+
+def test_finetune_comparison_is_on_held_out_documents_of_the_committed_runs():
+    """The fine-tuned rows of docs/finetuning.md are scored on files of the training corpus's
+    validation split, by the weights of the committed runs' recipes."""
+    from longctx_jax.eval.corpus import corpus_split
+
+    results = published.load(published.FINETUNE / "results.json")
+    docs = {r["doc"] for r in results["perplexity"]}
+    assert len(docs) >= 2 and all(corpus_split(d, 0.05) == "validation" for d in docs)
+    labels = {r["method"] for r in results["perplexity"]}
+    assert {"none", *(b for _, b in published.FINETUNE_PAIRS), *published.FINETUNE_RUNS.values()} <= labels
+    for variant in published.FINETUNE_RUNS:
+        config = published.load(published.FINETUNE / variant / "config.json")
+        assert config["data"]["source"] == "stdlib" and config["data"]["val_fraction"] == 0.05

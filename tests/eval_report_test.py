@@ -8,7 +8,7 @@ from flax import nnx
 
 from longctx_jax.data.tokenizers import ByteTokenizer
 from longctx_jax.eval.plots import accuracy_grid
-from longctx_jax.eval.report import reading
+from longctx_jax.eval.report import paired_table, paired_verdict, reading
 from longctx_jax.eval.suite import SuiteSpec, evaluate_checkpoint
 from longctx_jax.models.config import ModelConfig
 from longctx_jax.models.decoder import Decoder
@@ -38,6 +38,24 @@ def test_reading_is_computed_from_the_numbers():
     assert text.index("yarn") < text.index(f"none {math.exp(3.0):.2f}")  # ranked by perplexity
     assert "yarn is lower than none there" in text
     assert "none 0.75 within / 0.00 beyond" in text
+
+
+def test_paired_table_applies_the_fixed_rule_per_pair():
+    rows = [{"method": m, "length": 64, "doc": d, "nll": 0.0, "block_nll": blocks}
+            for m, d, blocks in (("base", "a", [2.0, 2.2, 2.4]), ("base", "b", [3.0, 3.1, 2.9]),
+                                 ("tuned", "a", [1.5, 1.8, 1.9]), ("tuned", "b", [2.7, 2.6, 2.5]),
+                                 ("same", "a", [2.1, 2.1, 2.4]), ("same", "b", [2.9, 3.2, 2.9]))]
+    lines = paired_table(rows, [("tuned", "base"), ("same", "base")])
+    assert len(lines) == 4
+    tuned, same = lines[2].split(" | "), lines[3].split(" | ")
+    # every tuned block is 0.3..0.5 below its base block: every resample's mean difference is < 0;
+    # the difference is the mean over documents of each document's mean: (-0.4667 - 0.4) / 2
+    delta = ((-0.5 - 0.4 - 0.5) / 3 + (-0.3 - 0.5 - 0.4) / 3) / 2
+    assert tuned[-1].rstrip(" |") == "lower than" and tuned[5].startswith(f"{delta:+.3f} [")
+    assert tuned[6] == f"x{math.exp(delta):.3f}"
+    # differences +0.1, -0.1, 0, -0.1, +0.1, 0: the interval straddles 0
+    assert same[-1].rstrip(" |") == "not distinguishable from"
+    assert paired_verdict({"delta_lo": 0.01, "delta_hi": 0.2}) == "higher than"
 
 
 def test_accuracy_grid_marks_missing_cells():

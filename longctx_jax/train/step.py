@@ -75,31 +75,74 @@ def abstract_train_state(params: nnx.State, tx: optax.GradientTransformation,
     )
 
 
+def chunked_logits_nll(model: nnx.Module, h_BTD: Array, targets_BT: Array, chunk: int) -> Array:
+    """Per-token NLL `[B, T]` from the last hidden states, `chunk` positions of logits at a time.
+
+    The `[B, T, V]` float32 logits of a long sequence dominate a train step's memory (SmolLM2 at
+    8192 tokens: 1.5 GiB per copy, and the backward keeps several). Here each chunk's logits are
+    computed, scored and dropped (`lax.map`), and rematerialised in the backward
+    (`jax.checkpoint`), so at most `[B, chunk, V]` is live; the result equals `token_nll` of the
+    full logits up to float rounding.
+
+    Args:
+      model: a `Decoder` (its `logits`: final norm + output layer).
+      h_BTD: hidden states before the final norm (`Decoder.hidden`).
+      targets_BT: int target ids.
+      chunk: positions per chunk; must divide T.
+
+    Raises:
+      ValueError: `chunk` is not positive or does not divide T.
+    """
+    B, T, D = h_BTD.shape
+    if chunk <= 0 or T % chunk:
+        raise ValueError(f"loss_chunk {chunk} must be a positive divisor of the sequence length {T}")
+    graphdef, state = nnx.split(model)
+
+    @jax.checkpoint
+    def one(h_BCD: Array, t_BC: Array) -> Array:
+        return token_nll(nnx.merge(graphdef, state).logits(h_BCD), t_BC)
+
+    n = T // chunk
+    h_NBCD = h_BTD.reshape(B, n, chunk, D).swapaxes(0, 1)
+    t_NBC = targets_BT.reshape(B, n, chunk).swapaxes(0, 1)
+    nll_NBC = jax.lax.map(lambda xs: one(*xs), (h_NBCD, t_NBC))
+    return nll_NBC.swapaxes(0, 1).reshape(B, T)
+
+
 def batch_nll(
     graphdef: nnx.GraphDef, params: nnx.State, batch: dict[str, Array], *, use_segment_ids: bool,
-    frozen: nnx.State | None = None,
+    frozen: nnx.State | None = None, loss_chunk: int | None = None,
 ) -> Array:
     """Per-token negative log-likelihood `[batch, length]` (float32) of the batch's targets.
 
     `frozen`: the parameters outside `params` when the model was split into trainable and
-    frozen parts (None: `params` is the whole model).
+    frozen parts (None: `params` is the whole model). `loss_chunk`: score the logits that many
+    positions at a time (`chunked_logits_nll`; the model must be a `Decoder`); None: at once.
     """
     model = nnx.merge(graphdef, params) if frozen is None else nnx.merge(graphdef, params, frozen)
     segment_ids = batch["segment_ids"] if use_segment_ids else None
-    return token_nll(model(batch["inputs"], batch["positions"], segment_ids), batch["targets"])
+    if loss_chunk is None:
+        return token_nll(model(batch["inputs"], batch["positions"], segment_ids), batch["targets"])
+    if not all(hasattr(model, a) for a in ("embed_tokens", "hidden", "logits")):
+        raise ValueError(f"loss_chunk needs a Decoder (embed_tokens / hidden / logits); "
+                         f"got {type(model).__name__}")
+    h_BTD = model.hidden(model.embed_tokens(batch["inputs"]), batch["positions"], segment_ids)
+    return chunked_logits_nll(model, h_BTD, batch["targets"], int(loss_chunk))
 
 
 def make_train_step(
     graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *, use_segment_ids: bool,
-    frozen: nnx.State | None = None,
+    frozen: nnx.State | None = None, loss_chunk: int | None = None,
 ) -> Callable[[TrainState, dict[str, Array]], tuple[TrainState, dict[str, Array]]]:
     """A jitted `(state, batch) -> (state, metrics)` with the state donated.
 
     `frozen`: parameters that take no gradient (see `batch_nll`), passed to every call.
+    `loss_chunk`: positions of logits computed at a time (`chunked_logits_nll`); None: all.
     """
 
     def loss_fn(params, batch, frozen):
-        nll = batch_nll(graphdef, params, batch, use_segment_ids=use_segment_ids, frozen=frozen)
+        nll = batch_nll(graphdef, params, batch, use_segment_ids=use_segment_ids, frozen=frozen,
+                        loss_chunk=loss_chunk)
         return masked_mean(nll, batch["loss_mask"])
 
     def train_step(state: TrainState, batch: dict[str, Array], frozen: nnx.State | None):

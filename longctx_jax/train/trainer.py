@@ -141,6 +141,10 @@ def check_train_config(train_cfg: ml_collections.ConfigDict) -> None:
         value = train_cfg.get(name)
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
             raise ValueError(f"config.train.{name} must be a positive integer, got {value!r}")
+    chunk = train_cfg.get("loss_chunk")
+    bad_chunk = isinstance(chunk, bool) or not isinstance(chunk, int | np.integer) or chunk < 1
+    if chunk is not None and bad_chunk:
+        raise ValueError(f"config.train.loss_chunk must be None or a positive integer, got {chunk!r}")
 
 
 def _write_summary(workdir: str, summary: dict[str, Any]) -> None:
@@ -203,7 +207,12 @@ def train_and_evaluate(
         print(f"initialised from {config.train.init_from} (step {source_step}); fresh optimizer")
 
     use_segment_ids = bool(config.data.get("use_segment_ids", True))
-    train_step = make_train_step(graphdef, tx, use_segment_ids=use_segment_ids, frozen=frozen)
+    loss_chunk = config.train.get("loss_chunk")
+    if loss_chunk is not None and int(config.data.seq_len) % int(loss_chunk):
+        raise ValueError(f"config.train.loss_chunk {loss_chunk} does not divide data.seq_len "
+                         f"{config.data.seq_len}")
+    train_step = make_train_step(graphdef, tx, use_segment_ids=use_segment_ids, frozen=frozen,
+                                 loss_chunk=None if loss_chunk is None else int(loss_chunk))
     eval_step = make_eval_step(eval_graphdef, use_segment_ids=use_segment_ids, frozen=frozen)
     train_step, eval_step = (distributed.on_mesh(f, mesh, layout) for f in (train_step, eval_step))
     start_step = int(state.step)
