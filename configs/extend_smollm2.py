@@ -23,7 +23,8 @@ runs at 1.125x rather than 2x the training length (`--config.eval.passkey_length
 about 2 minutes per trial). No strided protocol, needle grid or RULER suite. The measured time is
 in the README and in the run's results.json ("timing_s").
 
-Full variant (`:full`): every method of `longctx_jax.eval.methods.METHODS`; perplexity at 4K..32K on
+Full variant (`:full`): every method of `longctx_jax.eval.methods.STANDALONE_METHODS` (all but
+"longrope", which needs searched factors: add it with `--config.longrope=...`); perplexity at 4K..32K on
 three documents; the strided protocol (stride 256) at windows 4K..32K over 32K documents; passkey at
 4K..32K, depths 0..100% step 10, 5 trials; needle grid 4K..32K x 0..100%, 5 trials; the RULER-style
 suite (every task of `longctx_jax.eval.ruler.TASKS`) at 4K..32K, 3 trials. Sized for one GPU.
@@ -36,8 +37,10 @@ never trained on; no retrieval.
 
 Every field can be overridden (`--config.methods="('none','linear')"`,
 `--config.eval.ppl_lengths="(8192,16384)"`, `--config.target_length=32768`); overrides apply
-on top of the variant's values. A searched LongRoPE result is used with
-`--config.longrope="{'short_factor': [...], 'long_factor': [...]}"`. Scaling factors are
+on top of the variant's values. Method "longrope" is LongRoPE with searched factors only:
+`--config.longrope="{'short_factor': [...], 'long_factor': [...]}"` (experiments/longrope_search.py
+writes them); "longrope_phi3" is Phi-3.5-mini's published factors carried to this model and
+"linear_ramp" a per-band ramp baseline (`longctx_jax.eval.methods`). Scaling factors are
 target_length / train_length, target_length defaulting to the longest evaluated length.
 A finished or half-finished run resumes from workdir/results.json.
 """
@@ -45,7 +48,7 @@ A finished or half-finished run resumes from workdir/results.json.
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from longctx_jax.eval.methods import METHODS
+from longctx_jax.eval.methods import STANDALONE_METHODS
 from longctx_jax.eval.needle import DEPTHS
 
 FULL_LENGTHS = (4096, 8192, 16384, 24576, 32768)
@@ -68,12 +71,12 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
 
     config.finetuned = placeholder(dict)  # {label: fine-tuning run directory}, compared in the same report
 
-    config.methods = METHODS if full else ("none", "yarn")
-    config.passkey_methods = METHODS if full else ("none", "yarn")
-    config.niah_methods = METHODS if full else ()
+    config.methods = STANDALONE_METHODS if full else ("none", "yarn")
+    config.passkey_methods = STANDALONE_METHODS if full else ("none", "yarn")
+    config.niah_methods = STANDALONE_METHODS if full else ()
     config.window = placeholder(int)  # sliding_window / streaming window; None: train_length
     config.sinks = 4
-    config.longrope = placeholder(dict)  # searched {"short_factor", "long_factor"}; None: ramp rule
+    config.longrope = placeholder(dict)  # searched {"short_factor", "long_factor"}: method "longrope" needs it
 
     config.eval = ml_collections.ConfigDict()
     config.eval.ppl_lengths = FULL_LENGTHS if full else (2048, 4096, 8192, 12288, 16384)
@@ -87,7 +90,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     config.eval.niah_lengths = FULL_LENGTHS if full else ()
     config.eval.niah_depths = DEPTHS
     config.eval.niah_trials = 5 if full else 1
-    config.ruler_methods = METHODS if full else ()
+    config.ruler_methods = STANDALONE_METHODS if full else ()
     config.eval.ruler_lengths = FULL_LENGTHS if full else ()
     config.eval.ruler_trials = 3
     # Retention on a task, for users with a prepared TFDS dataset (no download at run time):

@@ -1,12 +1,13 @@
-"""LongRoPE evolutionary search for a pretrained model's per-band RoPE factors.
+"""LongRoPE evolutionary search for a pretrained model's per-band RoPE factors, judged on held-out documents.
 
   python -m experiments.longrope_search --config configs/longrope_search_smollm2.py:cpu16k
 
-searches SmolLM2-135M's factors for 8K -> 16K (`longctx_jax.search.longrope`), then scores the
-published methods in `config.compare_methods` (HF rope_scaling dicts: YaRN with its own
-temperature, not the LongRoPE one its search candidate uses) on the same documents, and
-writes `search_state.json` (resumable), `rope_scaling.json` (the winner) and `summary.json`
-(every baseline, the winner's ratio to each method, best perplexity per generation):
+searches SmolLM2-135M's factors for 8K -> 16K on the config's search documents
+(`longctx_jax.search.longrope`), then scores the winner and `config.compare_methods` (the
+paper's controls PI / NTK / YaRN / YaRN with LongRoPE's temperature, and Phi-3.5's published
+factors) on disjoint test documents, and applies the config's verdict rule
+(`longctx_jax.search.longrope_claim`). Writes `search_state.json` and `test_blocks.json`
+(resumable), `rope_scaling.json` (the winner) and `summary.json`:
 `longctx_jax.search.longrope_run.run_longrope_search`.
 """
 
@@ -24,7 +25,7 @@ _CONFIG = config_cli.define_config("configs/longrope_search_smollm2.py")
 def main(config) -> None:
     logging.set_verbosity(logging.WARNING)
     summary = run_longrope_search(config)
-    print(json.dumps(summary, indent=2))
+    print(json.dumps({k: summary[k] for k in ("search_documents", "test_documents", "verdict")}, indent=2))
     print(f"winner rope_scaling: {os.path.join(config.workdir, 'rope_scaling.json')}")
 
 

@@ -16,7 +16,13 @@ from typing import Any
 import jax
 import ml_collections
 
-from longctx_jax.eval.methods import METHODS, config_changes, scaling_factor, with_config
+from longctx_jax.eval.methods import (
+    METHODS,
+    check_longrope_input,
+    config_changes,
+    scaling_factor,
+    with_config,
+)
 from longctx_jax.eval.results import ResultStore
 from longctx_jax.eval.suite import SuiteSpec, evaluate_method, finalize, run_inputs
 from longctx_jax.models.llama import load_gguf, smollm2_path
@@ -53,7 +59,8 @@ def check_extension_config(config: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming the first bad field of an extension config (before any work).
 
     Checks: every name in `methods`, `passkey_methods`, `niah_methods`, `ruler_methods` is one of
-    `eval.methods.METHODS`; `train_length` and every evaluated length are positive;
+    `eval.methods.METHODS`; "longrope" comes with searched factors (`config.longrope`);
+    `train_length` and every evaluated length are positive;
     `target_length` is unset or positive; at least one length is evaluated; the eval block
     has only `SuiteSpec` fields.
     """
@@ -66,6 +73,8 @@ def check_extension_config(config: ml_collections.ConfigDict) -> None:
         _check_methods(field, tuple(config.get(field, ())), labels)
     if not config.methods:
         raise ValueError("config.methods is empty; name at least one of " + ", ".join(METHODS))
+    for field in ("methods", "passkey_methods", "niah_methods", "ruler_methods"):
+        check_longrope_input(tuple(config.get(field, ())), config.get("longrope"))
     if config.train_length <= 0:
         raise ValueError(f"config.train_length must be positive, got {config.train_length}")
     if config.target_length is not None and config.target_length <= 0:

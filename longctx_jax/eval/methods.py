@@ -10,9 +10,20 @@ factor s = target_length / train_length:
   "yarn"      YaRN (Peng et al. 2023): NTK-by-parts ramp (beta_fast 32, beta_slow 1) +
               attention temperature 0.1 ln s + 1
   "llama3"    Llama 3.1 frequency bands (low_freq_factor 1, high_freq_factor 4)
-  "longrope"  LongRoPE (Ding et al. 2024) per-dimension factors; without searched factors,
-              the ramp lambda_i = 1 + (s - 1) * i / (d/2 - 1) (no interpolation for the
-              fastest dimension, full interpolation for the slowest), short factors all 1
+  "longrope"  LongRoPE (Ding et al. 2024) with SEARCHED per-band factors only: the
+              `longrope` argument (config.longrope, as experiments/longrope_search.py writes
+              it); refused without them
+  "longrope_phi3"  LongRoPE with the factors Phi-3.5-mini-instruct publishes, carried to this
+              model's rotary dim and factor by `positional.published_longrope.transfer_factors`
+              (interpolated over the normalised frequency index, exponent ln s / ln 32), with
+              Phi-3's attention factor sqrt(1 + ln s / ln L)
+  "linear_ramp"  not a published method: HF `longrope` lists from the ramp
+              lambda_i = 1 + (s - 1) * i / (d/2 - 1) (no interpolation for the fastest band, full
+              interpolation for the slowest), short factors all 1, attention factor
+              sqrt(1 + ln s / ln L); a simple per-band baseline
+  "yarn_longrope_temperature"  YaRN's frequencies with LongRoPE's attention factor
+              sqrt(1 + ln s / ln L) instead of YaRN's 0.1 ln s + 1 (the control that separates
+              LongRoPE's temperature from its frequencies)
 
 Attention-side methods keep plain RoPE and restrict attention on the dense/blockwise path:
 
@@ -23,18 +34,38 @@ Attention-side methods keep plain RoPE and restrict attention on the dense/block
                     window as in the cached implementation (`longctx_jax.models.kv_cache`).
 """
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from flax import nnx
 
 from longctx_jax.models.decoder import Decoder
+from longctx_jax.positional.published_longrope import published_rope_scaling
+from longctx_jax.positional.rope_scaling import longrope_attention_factor
 from longctx_jax.positional.rope_types import EXTENSION_TYPES, ROPE_TYPES
 
-# "none" plus every extending rope_type of the RoPE-type table, in table order.
-ROPE_METHODS = ("none",) + EXTENSION_TYPES
+# Methods built from a rope_type of the table with fixed extra fields: method -> rope_type.
+DERIVED_ROPE_METHODS = {
+    "longrope_phi3": "longrope", "linear_ramp": "longrope", "yarn_longrope_temperature": "yarn",
+}
+# "none", every extending rope_type of the RoPE-type table (table order), then the derived ones.
+ROPE_METHODS = ("none",) + EXTENSION_TYPES + tuple(DERIVED_ROPE_METHODS)
 ATTENTION_METHODS = ("sliding_window", "streaming")
 METHODS = ROPE_METHODS + ATTENTION_METHODS
+# Methods that need no searched input (everything but "longrope"): what a full sweep runs.
+STANDALONE_METHODS = tuple(m for m in METHODS if m != "longrope")
+LONGROPE_NEEDS_FACTORS = (
+    "method 'longrope' needs searched LongRoPE factors (config.longrope = {'short_factor': [...], "
+    "'long_factor': [...]}, as experiments/longrope_search.py writes them to rope_scaling.json); the "
+    "linear ramp it used to run without them is now the method 'linear_ramp', and Phi-3.5-mini's "
+    "published factors are 'longrope_phi3'"
+)
+
+
+def check_longrope_input(methods: Sequence[str], longrope: Mapping[str, Any] | None) -> None:
+    """Raises ValueError when "longrope" is asked for without searched factors (before any work)."""
+    if "longrope" in methods and longrope is None:
+        raise ValueError(LONGROPE_NEEDS_FACTORS)
 
 
 def scaling_factor(train_length: int, target_length: int | None, lengths: list[int]) -> tuple[int, float]:
@@ -66,8 +97,9 @@ def scaling_factor(train_length: int, target_length: int | None, lengths: list[i
     return int(target_length), target_length / train_length
 
 
-def ramp_longrope_factors(factor: float, rotary_dim: int) -> dict[str, list[float]]:
-    """Per-dimension LongRoPE factors from the linear ramp rule (see module doc)."""
+def linear_ramp_factors(factor: float, rotary_dim: int) -> dict[str, list[float]]:
+    """HF `longrope` lists of the "linear_ramp" method (module doc): short all 1, long
+    lambda_i = 1 + (s - 1) * i / (d/2 - 1), i = 0 .. d/2 - 1 (`[rotary_dim // 2]` each)."""
     half = rotary_dim // 2
     long = [1.0 + (factor - 1.0) * i / max(half - 1, 1) for i in range(half)]
     return {"short_factor": [1.0] * half, "long_factor": long}
@@ -81,9 +113,12 @@ def rope_scaling_for(method: str, *, factor: float, train_length: int, rotary_di
       method: one of `METHODS`.
       factor: target length / training length (>= 1).
       train_length: the model's pretraining context (original_max_position_embeddings).
-      rotary_dim: rotary dimension (head_dim for full RoPE), for LongRoPE's per-dimension factors.
-      longrope: searched LongRoPE fields ({"short_factor", "long_factor"}, optionally more)
-        replacing the ramp rule.
+      rotary_dim: rotary dimension (head_dim for full RoPE), for per-band factor lists.
+      longrope: searched LongRoPE fields ({"short_factor", "long_factor"}, optionally more);
+        required by "longrope", ignored by the other methods.
+
+    Raises:
+      ValueError: an unknown method, factor < 1, or "longrope" without `longrope`.
     """
     if method not in METHODS:
         raise ValueError(f"unknown extension method {method!r}; valid: {METHODS}")
@@ -91,13 +126,22 @@ def rope_scaling_for(method: str, *, factor: float, train_length: int, rotary_di
         raise ValueError(f"scaling factor must be >= 1, got {factor}")
     if method in ("none",) + ATTENTION_METHODS:
         return None
-    base = {"rope_type": method, "factor": float(factor)}
-    if ROPE_TYPES[method].needs_original_length:
+    check_longrope_input((method,), longrope)
+    if method == "longrope_phi3":
+        return published_rope_scaling("phi3.5-mini", rotary_dim=rotary_dim, factor=float(factor),
+                                      original_length=int(train_length))
+    rope_type = DERIVED_ROPE_METHODS.get(method, method)
+    base = {"rope_type": rope_type, "factor": float(factor)}
+    if ROPE_TYPES[rope_type].needs_original_length:
         base["original_max_position_embeddings"] = int(train_length)
     if method == "llama3":
         base.update(low_freq_factor=1.0, high_freq_factor=4.0)
+    if method == "linear_ramp":
+        base.update(linear_ramp_factors(factor, rotary_dim))
+    if method == "yarn_longrope_temperature":
+        base["attention_factor"] = longrope_attention_factor(float(factor), int(train_length))
     if method == "longrope":
-        base.update(ramp_longrope_factors(factor, rotary_dim) if longrope is None else dict(longrope))
+        base.update(dict(longrope))
     return base
 
 
