@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 
+from longctx_jax.eval.intervals import paired_direction
 from longctx_jax.eval.perplexity import summarize
 
 RETENTION_LENGTH = 2048  # the cost of scaling where none is needed is read at lengths up to this
@@ -153,8 +154,8 @@ def reading(results: dict) -> str:
             for r in at_max:
                 if "delta_nll" not in r:
                     continue
-                verdict = ("lower than" if r["delta_hi"] < 0 else "higher than" if r["delta_lo"] > 0
-                           else "not distinguishable from")
+                direction = paired_direction(r["delta_lo"], r["delta_hi"])
+                verdict = direction + (" from" if direction == "not distinguishable" else " than")
                 sentences.append(f"{r['method']} is {verdict} none there (paired Δnll {r['delta_nll']:+.3f}, "
                                  f"95 % interval [{r['delta_lo']:+.3f}, {r['delta_hi']:+.3f}]).")
     short = [r for r in summaries if r["length"] <= RETENTION_LENGTH and "delta_nll" in r]
