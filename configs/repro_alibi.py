@@ -9,18 +9,19 @@ Claim model (variants `rope`, `alibi`, `nope`): byte-level decoder, 4 layers, d_
 8 sequences per step (2,048 tokens), 200 steps (0.41M tokens), seeds 0, 1, 2; evaluated on
 held-out windows of single documents at L, 2L, 4L, 8L = 2,048 (32 windows, 65,536 target
 tokens at 8L). With head_dim 64 and L = 256, YaRN's ramp (alpha 1, beta 32 rotations over L)
-splits the 32 RoPE bands into kept, ramped and interpolated ones, so YaRN is not PI plus a
-temperature as it was at head_dim 16 / L = 64.
+splits the 32 RoPE bands (wavelength 2 pi 10000^(d/32)) into 1 kept (wavelength < L/32), 12
+ramped and 19 interpolated (wavelength > L), so YaRN is not PI plus a temperature.
 
 Cost, counted (6 x parameters + 12 x layers x seq_len x d_model FLOPs per trained token):
 about 7.0 MFLOP/token, 2.9 TFLOP per 200-step base run, about 25 s each on an idle 2-core CPU
 at ~120 GFLOP/s; the 9 base runs (3 variants x 3 seeds) about 4 minutes; their evaluation
-(about 6 MFLOP per target token at 8L, 32 windows x 4 lengths + the chunked protocol, ~1.2
-TFLOP per model) about 10 s per model; the fine-tunes of repro_pi / repro_yarn /
+(about 4 MFLOP per target token at 8L; 32 windows at L and 8L plus the chunked protocol,
+~0.5 TFLOP per model) about 10 s per model; the fine-tunes of repro_pi / repro_yarn /
 repro_progressive (0.12M tokens each at 1,024, ~1.4 TFLOP) about 12 s each, 12 of them 2.5
 minutes; the sliding-window runs 3 x 25 s; the streams a few minutes. The whole set of decoder
-claims is about 15 minutes of an idle CPU at that rate; measured at nice 19 beside a
-fine-tuning run that holds the CPU, one base run took about 10x longer.
+claims is about 15 minutes of an idle CPU at that rate. Measured on this shared CPU at nice 19
+beside a fine-tuning run: 397 s for the first base run (rope, seed 0: 1.1-2 s per step), and
+10-12 s per step when four jobs shared the two cores.
 
 `:smoke` (e.g. `configs/repro_alibi.py:rope:smoke`) is the old tiny size (2 layers, d_model 64,
 head_dim 16, L = 64, 600 steps, one seed) for tests and quick checks of the machinery; its
