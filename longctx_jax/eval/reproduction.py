@@ -1,10 +1,9 @@
 """Evaluation protocols of the decoder reproductions (`eval/claims.py`): perplexity vs length.
 
-Protocols: "single forward" runs the first N + 1 tokens of each document once and reports
+Protocols: "full" runs the first N + 1 tokens of each window once and reports
 exp(mean NLL over the N targets) (one forward per length, so length-dependent scalings such as
 dynamic NTK see the true length); "chunked" scores the same targets restarting the context every
-L tokens (context never beyond L: the same-token control of "full"); "strided" is the
-sliding-window protocol of Press et al. (`longctx_jax.eval.perplexity.strided_nll`); "stream"
+L tokens (context never beyond L: the same-token control of "full"); "stream"
 decodes token by token through a StreamingLLM KV cache (`Decoder.decode`). Documents: windows
 of single held-out (validation split) documents of the stdlib corpus (`eval_windows`), the same
 for every model; `block_series` turns per-target NLLs into the per-document block NLLs that
@@ -21,21 +20,9 @@ from flax import nnx
 
 from longctx_jax.data import ByteTokenizer, default_data_config, tokenized_documents
 from longctx_jax.eval.intervals import block_means
-from longctx_jax.eval.perplexity import strided_nll
 from longctx_jax.eval.scoring import EvalModel
 from longctx_jax.losses import token_nll
 from longctx_jax.models.kv_cache import KVCache
-
-
-def eval_docs(num_docs: int, num_tokens: int) -> np.ndarray:
-    """`[num_docs, num_tokens]` int32: the first tokens of the longest held-out documents."""
-    docs = tokenized_documents(default_data_config(), ByteTokenizer(), "validation")
-    lengths = np.diff(docs.starts)
-    longest = np.argsort(-lengths, kind="stable")[:num_docs]
-    if lengths[longest[-1]] < num_tokens:
-        have = int((lengths >= num_tokens).sum())
-        raise ValueError(f"only {have} held-out documents have {num_tokens} tokens, {num_docs} needed")
-    return np.stack([docs.doc(int(d))[:num_tokens] for d in longest])
 
 
 def eval_windows(num_windows: int, num_tokens: int) -> tuple[np.ndarray, list[str]]:
@@ -123,12 +110,6 @@ def ppl_vs_length(module: nnx.Module, docs_NL: np.ndarray, lengths: Sequence[int
     return out
 
 
-def strided_ppl(module: nnx.Module, docs_NL: np.ndarray, window: int, stride: int) -> float:
-    """Sliding-window (window, stride) perplexity over whole documents `[N_docs, L]`."""
-    model = EvalModel(module)
-    return math.exp(float(np.mean([strided_nll(model, d, window=window, stride=stride) for d in docs_NL])))
-
-
 def stream_nll(module: nnx.Module, docs_NL: np.ndarray, cache_size: int, sinks: int) -> np.ndarray:
     """Per-target NLL `[N_docs, L - 1]` of token-by-token decoding through a StreamingLLM cache.
 
@@ -164,7 +145,3 @@ def stream_ppl(module: nnx.Module, docs_NL: np.ndarray, cache_size: int, sinks: 
     eighths = np.array_split(nll, 8)
     return {"ppl": math.exp(float(nll.mean())), "ppl_by_eighth": [math.exp(float(e.mean())) for e in eighths]}
 
-
-def ppl_ratio(ppl: dict[str, float], lengths: Sequence[int]) -> float:
-    """Perplexity at the longest length over perplexity at the shortest."""
-    return ppl[str(lengths[-1])] / ppl[str(lengths[0])]
