@@ -13,12 +13,13 @@ def _toy(config):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("module, variants", [
-    (repro_landmark, {"grouped_softmax", "top2_retrieval"}),
-    (repro_memory_tokens, {"memory", "reset_memory"}),
+@pytest.mark.parametrize("module, preset, variants", [
+    (repro_landmark, "small", {"grouped_softmax", "top2_retrieval"}),
+    (repro_landmark, "small:no_landmark", {"causal_softmax"}),
+    (repro_memory_tokens, "small", {"memory", "reset_memory"}),
 ])
-def test_passkey_retrieval_runs_and_reports_every_variant_and_length(module, variants):
-    config = _toy(module.get_config("small"))
+def test_passkey_retrieval_runs_and_reports_every_variant_and_length(module, preset, variants):
+    config = _toy(module.get_config(preset))
     out = passkey_retrieval(config)
     assert set(out["exact_match"]) == variants
     lengths = {str(n) for n in (config.train_length, *config.eval_lengths)}
@@ -32,3 +33,21 @@ def test_unknown_method_is_refused():
     config.method = "rmt"
     with pytest.raises(ValueError, match="unknown config.method 'rmt'"):
         passkey_setup(config)
+
+
+def test_landmark_control_is_the_same_task_without_landmarks():
+    import numpy as np
+
+    from longctx_jax.models.decoder import Decoder
+
+    landmarked = repro_landmark.get_config("small")
+    config = repro_landmark.get_config("small:no_landmark")
+    assert config.method == "no_landmark" and config.workdir == landmarked.workdir + "_no_landmark"
+    assert config.model.to_dict() == landmarked.model.to_dict() and config.steps == landmarked.steps
+    model, batch, variants = passkey_setup(config)
+    assert type(model) is Decoder and set(variants) == {"causal_softmax"}
+    out = batch(np.random.default_rng(0), 4, config.train_length)
+    assert out["inputs"].shape == (4, config.train_length)
+    assert not (out["inputs"] == config.model.vocab_size - 1).any()  # the landmark id never appears
+    with pytest.raises(ValueError, match="unknown preset 'small:landmarks'"):
+        repro_landmark.get_config("small:landmarks")

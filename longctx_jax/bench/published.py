@@ -21,15 +21,19 @@ from pathlib import Path
 
 import numpy as np
 
+from longctx_jax import config_cli
 from longctx_jax.atomic import write_atomically
 from longctx_jax.bench import memory
+from longctx_jax.eval import repro_report
+from longctx_jax.eval.claims import CLAIMS as REPRO_DRIVERS
 from longctx_jax.eval.report import paired_table, render_report, summary_block
 from longctx_jax.models.hf_architectures import markdown_table
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "docs" / "results"
 DOC_FILES = ("README.md", "docs/extension_report.md", "docs/benchmarks.md", "docs/finetuning.md",
-             "docs/huggingface.md")
+             "docs/huggingface.md", "docs/reproductions.md")
+REPRO = RESULTS / "repro"  # one <driver>.json per decoder reproduction (`experiments/reproduce.py`)
 EXTEND_RUN = RESULTS / "extend_smollm2" / "results.json"
 EXTEND_DYNAMIC_RUN = RESULTS / "extend_smollm2_dynamic" / "results.json"  # the default + "dynamic"
 EXTEND_FIGURES = ("docs/figures/extend_smollm2_ppl_vs_length.png",
@@ -130,7 +134,39 @@ def hf_architectures() -> str:
     return markdown_table().rstrip("\n") + "\n"
 
 
+def repro_result(name: str) -> dict | None:
+    """The committed result of reproduction driver `name`, or None if it has not run at this size."""
+    path = REPRO / f"{name}.json"
+    return load(path) if path.exists() else None
+
+
+def repro_claims(name: str) -> list[dict]:
+    """The claims (with their rules) of driver `name`, read from its config file."""
+    file, _, variant = REPRO_DRIVERS[name].config.partition(":")
+    config = config_cli.load_config(f"{ROOT / 'configs' / file}.py:{variant}")
+    return [dict(c) for c in config.claims]
+
+
+def _repro_command(name: str) -> str:
+    return f"python -m experiments.reproduce --claim={name}"
+
+
+def repro_summary() -> str:
+    """docs/reproductions.md: every decoder claim, its control(s) and its computed verdict."""
+    return repro_report.summary_table([(n, repro_result(n), repro_claims(n), _repro_command(n))
+                                       for n in REPRO_DRIVERS])
+
+
+def repro_section(name: str) -> Callable[[], str]:
+    """docs/reproductions.md: the claims, rules, comparisons and perplexity table of driver `name`."""
+    def render() -> str:
+        return repro_report.claim_section(repro_result(name), repro_claims(name), _repro_command(name))
+    return render
+
+
 BLOCKS: dict[str, Callable[[], str]] = {
+    "repro-summary": repro_summary,
+    **{f"repro-{name}": repro_section(name) for name in REPRO_DRIVERS},
     "extend-summary": extend_summary,
     "extend-report": extend_report,
     "extend-dynamic": extend_dynamic,

@@ -1,172 +1,183 @@
-"""The decoder reproductions (`docs/reproductions.md`): each claim's runs, protocol and verdict.
+"""The decoder reproductions (`docs/reproductions.md`): each claim's runs, protocols and verdicts.
 
-A claim trains the runs it needs (reusing finished ones), evaluates them with the protocols of
-`eval/reproduction.py` on held-out stdlib documents and returns a JSON-able dict whose
-"reproduced*" entries apply the rule stated with the claim in its config. Runs are named by
-config spec ("repro_alibi:rope" = `configs/repro_alibi.py:rope`) and trained or loaded through a
-`Runs` object (`longctx_jax.train.runs.TrainedRuns`), so this module needs no trainer.
-
-`CLAIMS` is the registry `experiments/reproduce.py` dispatches through: `run_claim(name, runs)`.
+A driver (`CLAIMS[name]`) trains the runs its claims need, once per seed of the config
+(reusing finished runs), scores them on held-out single-document windows with the protocols of
+`eval/reproduction.py`, and returns a JSON-able dict holding the claims with their rules (read
+from the config, `configs/repro_*.py: CLAIMS`), the per-seed, per-document block NLLs of every
+series, their means with 95 % intervals, and the verdicts computed by `eval/verdicts.py`.
+Runs are named by config spec ("repro_alibi:rope" = `configs/repro_alibi.py:rope`) and trained
+or loaded through a `Runs` object (`longctx_jax.train.runs.TrainedRuns`), so this module needs
+no trainer.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import ml_collections
+import numpy as np
 from flax import nnx
 
-from longctx_jax.eval.reproduction import eval_docs, ppl_ratio, ppl_vs_length, stream_ppl, strided_ppl
+from longctx_jax.eval.reproduction import block_series, eval_windows, stream_nll, target_nll
+from longctx_jax.eval.scoring import EvalModel
+from longctx_jax.eval.verdicts import evaluate_claims, parse_series, series_needed, summarize_series
 
 BASE = "repro_alibi:rope"  # the RoPE base model every fine-tuning claim starts from
-ALIBI_VARIANTS = ("rope", "alibi", "nope")
-NUM_DOCS = 8
+SIZES = ("claim", "smoke")
 
 
 class Runs(Protocol):
     """Trains and loads runs named by config spec (see `longctx_jax.train.runs.TrainedRuns`)."""
 
-    def config(self, spec: str) -> ml_collections.ConfigDict: ...
+    def config(self, spec: str, seed: int | None = None) -> ml_collections.ConfigDict: ...
 
-    def train(self, spec: str) -> dict[str, Any]: ...
+    def train(self, spec: str, seed: int | None = None) -> dict[str, Any]: ...
 
-    def load(self, spec: str, **model_changes: Any) -> nnx.Module: ...
-
-
-def _extension_lengths(runs: Runs) -> tuple[int, int, int]:
-    """(L, 2L, 4L): the base training length and the fine-tuning target of repro_pi."""
-    train_len = runs.config(BASE).data.seq_len
-    return train_len, 2 * train_len, runs.config("repro_pi:pi").data.seq_len
+    def load(self, spec: str, seed: int | None = None, **model_changes: Any) -> nnx.Module: ...
 
 
-def alibi(runs: Runs, variants: Sequence[str] = ALIBI_VARIANTS) -> dict:
-    """ALiBi stays flat to 8L (ratio <= 1.1) while unscaled RoPE blows up (ratio >= 2)."""
-    bad = [v for v in variants if v not in ALIBI_VARIANTS]
-    if bad or not {"alibi", "rope"} <= set(variants):
-        raise ValueError(f"alibi variants must include 'alibi' and 'rope' and be among {ALIBI_VARIANTS}, "
-                         f"got {list(variants)}")
-    lengths = runs.config(BASE).eval.lengths
-    docs = eval_docs(NUM_DOCS, lengths[-1] + 1)
-    result = {"runs": {}, "ppl": {}, "strided_ppl": {}}
-    for variant in variants:
-        spec = f"repro_alibi:{variant}"
-        config = runs.config(spec)
-        result["runs"][variant] = runs.train(spec)
-        model = runs.load(spec)
-        result["ppl"][variant] = ppl_vs_length(model, docs, lengths)
-        result["strided_ppl"][variant] = {f"window{lengths[0]}_stride{config.eval.stride}_doc{lengths[-1]}":
-                                          strided_ppl(model, docs, lengths[0], config.eval.stride)}
-    ratios = {v: ppl_ratio(result["ppl"][v], lengths) for v in variants}
-    result["ppl_ratio_8L_over_L"] = ratios
-    result["reproduced"] = bool(ratios["alibi"] <= 1.1 and ratios["rope"] >= 2.0)
-    return result
+@dataclass(frozen=True)
+class Driver:
+    """One reproduction: the config holding its claims, what to train, the models it scores.
+
+    Attributes:
+      config: the config spec whose `claims` and `eval` this driver uses.
+      train: run specs trained per seed, in order (a fine-tune after its base).
+      models: {run name in the series keys: (run spec, model changes for `Runs.load`)}; a change
+        given as a callable is called with the config of `config` (e.g. the window width).
+      display: the multiples of L scored with the "full" protocol for the tables.
+      protocol: "full" (with "chunked" where a rule asks) or "stream".
+    """
+
+    config: str
+    train: tuple[str, ...]
+    models: dict[str, tuple[str, dict]] = field(default_factory=dict)
+    display: tuple[int, ...] = (1, 2, 4)
+    protocol: str = "full"
 
 
-def pi(runs: Runs) -> dict:
-    """Fine-tuning with position interpolation beats extrapolation and unscaled fine-tuning at 4L."""
-    lengths = _extension_lengths(runs)
-    long_len = lengths[-1]
-    docs = eval_docs(NUM_DOCS, long_len + 1)
-    result = {"runs": {"rope": runs.train(BASE)}, "ppl": {}}
-    result["ppl"]["extrapolation"] = ppl_vs_length(runs.load(BASE), docs, lengths)
-    for variant in ("pi", "noscale"):
-        spec = f"repro_pi:{variant}"
-        result["runs"][variant] = runs.train(spec)
-        result["ppl"][f"{variant}_finetuned"] = ppl_vs_length(runs.load(spec), docs, lengths)
-    at = {k: v[str(long_len)] for k, v in result["ppl"].items()}
-    result["ppl_at_4L"] = at
-    result["reproduced"] = bool(at["pi_finetuned"] < min(at["extrapolation"], at["noscale_finetuned"]))
-    return result
-
-
-def yarn(runs: Runs) -> dict:
-    """YaRN fine-tuned <= PI fine-tuned; without fine-tuning YaRN and dynamic NTK beat linear."""
-    lengths = _extension_lengths(runs)
-    long_len = lengths[-1]
-    docs = eval_docs(NUM_DOCS, long_len + 1)
-    result = {"runs": {"rope": runs.train(BASE)}, "ppl": {}}
-    for name, spec in (("pi", "repro_pi:pi"), ("yarn", "repro_yarn:yarn")):
-        result["runs"][name] = runs.train(spec)
-        result["ppl"][f"{name}_finetuned"] = ppl_vs_length(runs.load(spec), docs, lengths)
-    result["ppl"]["none_no_finetune"] = ppl_vs_length(runs.load(BASE), docs, lengths)
-    yarn_scaling = dict(runs.config("repro_yarn:yarn").model.rope_scaling)
-    for rope_type in ("linear", "ntk", "dynamic", "yarn"):
+def _scaling(rope_type: str) -> Callable[[ml_collections.ConfigDict], dict]:
+    def make(config: ml_collections.ConfigDict) -> dict:
+        yarn = dict(config.model.rope_scaling)
         if rope_type == "linear":
-            scaling = {"rope_type": "linear", "factor": yarn_scaling["factor"]}
-        else:
-            scaling = {**yarn_scaling, "rope_type": rope_type}
-        model = runs.load(BASE, rope_scaling=scaling)
-        result["ppl"][f"{rope_type}_no_finetune"] = ppl_vs_length(model, docs, lengths)
-    at = {k: v[str(long_len)] for k, v in result["ppl"].items()}
-    result["ppl_at_4L"] = at
-    result["reproduced_finetuned"] = bool(at["yarn_finetuned"] <= at["pi_finetuned"])
-    result["reproduced_no_finetune"] = bool(at["yarn_no_finetune"] < at["linear_no_finetune"]
-                                            and at["dynamic_no_finetune"] < at["linear_no_finetune"])
-    return result
+            return {"rope_type": "linear", "factor": yarn["factor"]}
+        return {**yarn, "rope_type": rope_type}
+    return make
 
 
-def streaming(runs: Runs) -> dict:
-    """Attention sinks keep streaming perplexity lower and flat (last/second eighth <= 1.2)."""
-    result = {"runs": {}, "stream": {}}
-    for variant in ("sinks", "nosinks"):
-        spec = f"repro_streaming:{variant}"
-        config = runs.config(spec)
-        result["runs"]["rope"] = runs.train(spec)
-        docs = eval_docs(config.eval.num_docs, config.eval.stream_len + 1)
-        model = runs.load(spec)
-        result["stream"][variant] = stream_ppl(model, docs, config.eval.cache_size, config.eval.sinks)
-    result["stream_len"], result["cache_size"] = config.eval.stream_len, config.eval.cache_size
-    sinks, nosinks = result["stream"]["sinks"], result["stream"]["nosinks"]
-    result["sinks_last_over_second_eighth"] = sinks["ppl_by_eighth"][-1] / sinks["ppl_by_eighth"][1]
-    flat = result["sinks_last_over_second_eighth"] <= 1.2
-    result["reproduced"] = bool(sinks["ppl"] < nosinks["ppl"] and flat)
-    return result
-
-
-def window(runs: Runs) -> dict:
-    """Sliding-window training stays flat to 8L (ratio <= 1.1) where dense training blows up (>= 2)."""
-    lengths = runs.config(BASE).eval.lengths
-    docs = eval_docs(NUM_DOCS, lengths[-1] + 1)
-    windowed = "repro_sliding_window:window"
-    width = runs.config(windowed).model.attention.window
-    result = {"runs": {"dense": runs.train(BASE), "window": runs.train(windowed)}, "ppl": {}}
-    result["ppl"]["dense_trained"] = ppl_vs_length(runs.load(BASE), docs, lengths)
-    result["ppl"]["window_trained"] = ppl_vs_length(runs.load(windowed), docs, lengths)
-    dense_windowed = runs.load(BASE, window=width)
-    result["ppl"]["dense_trained_window_at_eval"] = ppl_vs_length(dense_windowed, docs, lengths)
-    ratios = {k: ppl_ratio(v, lengths) for k, v in result["ppl"].items()}
-    result["ppl_ratio_8L_over_L"] = ratios
-    result["reproduced"] = bool(ratios["window_trained"] <= 1.1 and ratios["dense_trained"] >= 2.0)
-    return result
-
-
-def progressive(runs: Runs) -> dict:
-    """Extending in two stages (2L, then 4L) is at least as good at 4L as one PI stage."""
-    lengths = _extension_lengths(runs)
-    long_len = lengths[-1]
-    docs = eval_docs(NUM_DOCS, long_len + 1)
-    result = {"runs": {"rope": runs.train(BASE)}, "ppl": {}}
-    for name, spec in (("pi", "repro_pi:pi"), ("stage1", "repro_progressive:stage1"),
-                       ("stage2", "repro_progressive:stage2")):
-        result["runs"][name] = runs.train(spec)
-        result["ppl"][name] = ppl_vs_length(runs.load(spec), docs, lengths)
-    at = {k: v[str(long_len)] for k, v in result["ppl"].items()}
-    result["ppl_at_4L"] = at
-    result["reproduced"] = bool(at["stage2"] <= at["pi"])
-    return result
-
-
-CLAIMS: dict[str, Callable[..., dict]] = {
-    "alibi": alibi, "pi": pi, "yarn": yarn, "streaming": streaming, "window": window,
-    "progressive": progressive,
+CLAIMS: dict[str, Driver] = {
+    "alibi": Driver("repro_alibi:alibi", (BASE, "repro_alibi:alibi", "repro_alibi:nope"),
+                    {v: (f"repro_alibi:{v}", {}) for v in ("rope", "alibi", "nope")}, display=(1, 8)),
+    "pi": Driver("repro_pi:pi", (BASE, "repro_pi:pi", "repro_pi:noscale"),
+                 {"extrapolation": (BASE, {}), "pi_finetuned": ("repro_pi:pi", {}),
+                  "noscale_finetuned": ("repro_pi:noscale", {})}),
+    "yarn": Driver("repro_yarn:yarn", (BASE, "repro_pi:pi", "repro_yarn:yarn"),
+                   {"pi_finetuned": ("repro_pi:pi", {}), "yarn_finetuned": ("repro_yarn:yarn", {}),
+                    "none_no_finetune": (BASE, {}),
+                    **{f"{t}_no_finetune": (BASE, {"rope_scaling": _scaling(t)})
+                       for t in ("linear", "ntk", "dynamic", "yarn")}}),
+    "streaming": Driver("repro_streaming:sinks", (BASE,), {"sinks": (BASE, {}), "nosinks": (BASE, {})},
+                        protocol="stream"),
+    "window": Driver("repro_sliding_window:window", (BASE, "repro_sliding_window:window"),
+                     {"dense_trained": (BASE, {}), "window_trained": ("repro_sliding_window:window", {}),
+                      "dense_trained_window_at_eval": (BASE, {"window": lambda c: c.model.attention.window})},
+                     display=(1, 2, 4, 8)),
+    "progressive": Driver("repro_progressive:stage2",
+                          (BASE, "repro_pi:pi", "repro_progressive:stage1", "repro_progressive:stage2"),
+                          {"pi": ("repro_pi:pi", {}), "stage1": ("repro_progressive:stage1", {}),
+                           "stage2": ("repro_progressive:stage2", {})}),
 }
 
 
-def run_claim(name: str, runs: Runs, *, variants: Sequence[str] | None = None) -> dict:
-    """Runs claim `name` of `CLAIMS`; `variants` (alibi only) picks its base models."""
+def sized(spec: str, size: str) -> str:
+    """The run spec at `size` ("repro_pi:pi" -> "repro_pi:pi:smoke")."""
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; valid: {SIZES}")
+    return spec if size == "claim" else f"{spec}:smoke"
+
+
+def _series_keys(driver: Driver, claims) -> list[str]:
+    keys = [f"{run}/{driver.protocol}@{k}L" for run in driver.models for k in driver.display] \
+        if driver.protocol == "full" else []
+    return list(dict.fromkeys(keys + series_needed(claims)))
+
+
+def _summary(run: dict) -> dict:
+    return {k: v for k, v in run.items() if isinstance(v, int | float | str)}
+
+
+def run_claim(name: str, runs: Runs, *, size: str = "claim") -> dict:
+    """Trains, scores and judges the claims of driver `name` (`CLAIMS`) at `size`.
+
+    Returns:
+      {"driver", "size", "config", "seeds", "train_len", "block", "eval", "runs", "series",
+      "summaries", "claims"}: `claims` carries each claim's text, rules, paired differences with
+      intervals and verdicts; `series` the block NLLs `{key: {seed: {document: [...]}}}`.
+    """
     if name not in CLAIMS:
         raise ValueError(f"unknown claim {name!r}; valid: {tuple(CLAIMS)}")
-    if variants is not None and name != "alibi":
-        raise ValueError(f"variants are an option of the alibi claim only, not of {name!r}")
-    if name == "alibi" and variants is not None:
-        return alibi(runs, variants)
-    return CLAIMS[name](runs)
+    driver = CLAIMS[name]
+    config = runs.config(sized(driver.config, size))
+    claims = [dict(c) for c in config.claims]
+    keys = _series_keys(driver, claims)
+    unknown = sorted({parse_series(k)[0] for k in keys} - set(driver.models))
+    if unknown:
+        raise ValueError(f"rules of {name!r} name runs {unknown}; the driver scores {sorted(driver.models)}")
+    train_len, block, seeds = int(config.data.seq_len), int(config.eval.block), [int(s) for s in config.seeds]
+    if driver.protocol == "stream":
+        num_tokens = int(config.eval.stream_len) + 1
+        windows, doc_ids = eval_windows(int(config.eval.num_docs), num_tokens)
+    else:
+        base_len = int(runs.config(sized(BASE, size)).data.seq_len)
+        train_len = base_len
+        longest = max(parse_series(k)[2] for k in keys) * base_len
+        windows, doc_ids = eval_windows(int(config.eval.num_windows), longest + 1)
+    result: dict[str, Any] = {"driver": name, "size": size, "config": sized(driver.config, size),
+                              "seeds": seeds, "train_len": train_len, "block": block,
+                              "eval": {"windows": int(windows.shape[0]), "documents": len(set(doc_ids)),
+                                       "window_tokens": int(windows.shape[1]), "split": "validation"},
+                              "runs": {}, "series": {k: {} for k in keys}}
+    for seed in seeds:
+        for spec in driver.train:
+            result["runs"].setdefault(spec, {})[str(seed)] = _summary(runs.train(sized(spec, size), seed))
+        for run, (spec, changes) in driver.models.items():
+            run_keys = [k for k in keys if parse_series(k)[0] == run]
+            if not run_keys:
+                continue
+            changes = {k: v(config) if callable(v) else v for k, v in changes.items()}
+            module = runs.load(sized(spec, size), seed, **changes)
+            model = EvalModel(module) if driver.protocol != "stream" else None
+            for key in run_keys:
+                _, protocol, k = parse_series(key)
+                if protocol == "stream":
+                    eval_cfg = runs.config(sized(f"repro_streaming:{run}", size)).eval
+                    nll = stream_nll(module, windows, int(eval_cfg.cache_size), int(eval_cfg.sinks))
+                else:
+                    nll = target_nll(model, windows, k * train_len, protocol, train_len)
+                result["series"][key][str(seed)] = block_series(nll, doc_ids, block)
+    result["eval"]["target_tokens"] = {k: int(sum(len(b) for b in s[str(seeds[0])].values()) * block)
+                                       for k, s in result["series"].items()}
+    result["summaries"] = {k: summarize_series(s) for k, s in result["series"].items()}
+    result["claims"] = evaluate_claims(claims, result["series"])
+    return result
+
+
+def recompute(result: dict) -> list[dict]:
+    """The claims of a stored result evaluated afresh from its stored series by its stored rules."""
+    return evaluate_claims([{k: c[k] for k in ("name", "source", "claim")}
+                            | {"rules": [x["rule"] for x in c["comparisons"]]} for c in result["claims"]],
+                           result["series"])
+
+
+def check_consistent(result: dict) -> None:
+    """Raises ValueError if a stored verdict or difference is not what its rule gives on its series."""
+    for stored, new in zip(result["claims"], recompute(result), strict=True):
+        if stored["verdict"] != new["verdict"]:
+            raise ValueError(f"claim {stored['name']!r}: stored verdict {stored['verdict']!r}, rule gives "
+                             f"{new['verdict']!r}")
+        for a, b in zip(stored["comparisons"], new["comparisons"], strict=True):
+            same = np.isclose(a["delta_nll"], b["delta_nll"], rtol=0, atol=1e-9)
+            if a["verdict"] != b["verdict"] or not same:
+                raise ValueError(f"claim {stored['name']!r}, rule {a['rule']['name']!r}: stored "
+                                 f"{a['verdict']} / {a['delta_nll']}, rule gives {b['verdict']} / "
+                                 f"{b['delta_nll']}")

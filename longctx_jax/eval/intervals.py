@@ -16,7 +16,7 @@ Comparing two methods on the same positions, the blocks are paired: the same res
 indices are applied to both, i.e. the bootstrap runs on the per-block differences
 b^A_{d, j} - b^B_{d, j}. An interval for the difference that excludes 0 says the gap is larger than
 the variation of these documents' positions; it says nothing about other documents, which is why
-reports also show every document separately.
+reports also show every document separately. `paired_direction` reads such an interval.
 """
 
 from collections.abc import Sequence
@@ -96,3 +96,18 @@ def stratified_interval(
     lo, hi = percentile_interval(replicates, confidence)
     mean = float(np.mean([b.mean() for b in blocks]))
     return {"mean": mean, "lo": lo, "hi": hi, "resamples": int(replicates.shape[0])}
+
+
+def paired_direction(lo: float, hi: float, margin: float = 0.0) -> str:
+    """Where a paired difference's interval [lo, hi] lies relative to `margin`.
+
+    Returns:
+      "lower" if hi < margin, "higher" if lo > margin, else "not distinguishable".
+    """
+    if not lo <= hi:
+        raise ValueError(f"need lo <= hi, got [{lo}, {hi}]")
+    if hi < margin:
+        return "lower"
+    if lo > margin:
+        return "higher"
+    return "not distinguishable"

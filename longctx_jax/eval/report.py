@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from longctx_jax.eval.intervals import paired_direction
 from longctx_jax.eval.perplexity import summarize
 
 RETENTION_LENGTH = 2048  # the cost of scaling where none is needed is read at lengths up to this
@@ -61,9 +62,8 @@ def paired_verdict(s: dict) -> str:
     """The rule every comparison in a report uses, fixed before any run: "lower than" when the 95 %
     paired interval of the NLL difference lies below 0, "higher than" when above, else "not
     distinguishable from". `s` is a `summarize` row with `delta_lo` / `delta_hi`."""
-    if s["delta_hi"] < 0:
-        return "lower than"
-    return "higher than" if s["delta_lo"] > 0 else "not distinguishable from"
+    direction = paired_direction(s["delta_lo"], s["delta_hi"])
+    return direction + (" from" if direction == "not distinguishable" else " than")
 
 
 def paired_table(records, pairs: Sequence[tuple[str, str]]) -> list[str]:

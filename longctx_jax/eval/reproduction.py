@@ -1,11 +1,13 @@
 """Evaluation protocols of the decoder reproductions (`eval/claims.py`): perplexity vs length.
 
-Protocols: "single forward" runs the first N + 1 tokens of each document once and reports
+Protocols: "full" runs the first N + 1 tokens of each window once and reports
 exp(mean NLL over the N targets) (one forward per length, so length-dependent scalings such as
-dynamic NTK see the true length); "strided" is the sliding-window protocol of Press et al.
-(`longctx_jax.eval.perplexity.strided_nll`); "stream" decodes token by token through a
-StreamingLLM KV cache (`Decoder.decode`). Documents: the longest held-out (validation split)
-documents of the stdlib corpus, the same for every model.
+dynamic NTK see the true length); "chunked" scores the same targets restarting the context every
+L tokens (context never beyond L: the same-token control of "full"); "stream"
+decodes token by token through a StreamingLLM KV cache (`Decoder.decode`). Documents: windows
+of single held-out (validation split) documents of the stdlib corpus (`eval_windows`), the same
+for every model; `block_series` turns per-target NLLs into the per-document block NLLs that
+`eval/verdicts.py` compares.
 """
 
 import math
@@ -17,21 +19,74 @@ import numpy as np
 from flax import nnx
 
 from longctx_jax.data import ByteTokenizer, default_data_config, tokenized_documents
-from longctx_jax.eval.perplexity import strided_nll
+from longctx_jax.eval.intervals import block_means
 from longctx_jax.eval.scoring import EvalModel
 from longctx_jax.losses import token_nll
 from longctx_jax.models.kv_cache import KVCache
 
 
-def eval_docs(num_docs: int, num_tokens: int) -> np.ndarray:
-    """`[num_docs, num_tokens]` int32: the first tokens of the longest held-out documents."""
+def eval_windows(num_windows: int, num_tokens: int) -> tuple[np.ndarray, list[str]]:
+    """Non-overlapping windows of `num_tokens` tokens, each inside one held-out document.
+
+    Documents are taken longest first, round robin: the first window of every document long
+    enough, then the second windows, until `num_windows`.
+
+    Returns:
+      (tokens `[num_windows, num_tokens]` int32, the document id "doc<index>" of each window).
+    """
+    if num_windows <= 0 or num_tokens <= 1:
+        raise ValueError(f"need num_windows >= 1 and num_tokens >= 2, got {num_windows}, {num_tokens}")
     docs = tokenized_documents(default_data_config(), ByteTokenizer(), "validation")
     lengths = np.diff(docs.starts)
-    longest = np.argsort(-lengths, kind="stable")[:num_docs]
-    if lengths[longest[-1]] < num_tokens:
-        have = int((lengths >= num_tokens).sum())
-        raise ValueError(f"only {have} held-out documents have {num_tokens} tokens, {num_docs} needed")
-    return np.stack([docs.doc(int(d))[:num_tokens] for d in longest])
+    order = np.argsort(-lengths, kind="stable")
+    fits = lengths[order] // num_tokens
+    if fits.sum() < num_windows:
+        raise ValueError(f"the held-out documents hold {int(fits.sum())} windows of {num_tokens} tokens, "
+                         f"{num_windows} needed")
+    picked = []
+    for k in range(int(fits.max())):
+        picked += [(int(d), k) for d, f in zip(order, fits, strict=True) if f > k]
+    picked = picked[:num_windows]
+    tokens = np.stack([docs.doc(d)[k * num_tokens:(k + 1) * num_tokens] for d, k in picked]).astype(np.int32)
+    return tokens, [f"doc{d}" for d, _ in picked]
+
+
+def target_nll(module: nnx.Module | EvalModel, windows_WN: np.ndarray, length: int, protocol: str,
+               train_len: int, batch: int = 4) -> np.ndarray:
+    """Per-target NLL `[W, length]` of targets 1..length of each window.
+
+    Args:
+      module: a causal decoder (or its `EvalModel`, reused across calls).
+      windows_WN: token ids `[W, N]`, N > length.
+      length: targets scored per window.
+      protocol: "full" (one forward of `length` tokens) or "chunked" (forwards of `train_len`
+        tokens: each target sees at most `train_len` tokens, its own chunk).
+      train_len: the chunk of "chunked"; `length` must be a multiple of it.
+      batch: windows per forward.
+    """
+    if protocol not in ("full", "chunked"):
+        raise ValueError(f"protocol {protocol!r} not in ('full', 'chunked')")
+    if length >= windows_WN.shape[1]:
+        raise ValueError(f"length {length} needs windows of {length + 1} tokens, got {windows_WN.shape[1]}")
+    if protocol == "chunked" and length % train_len:
+        raise ValueError(f"chunked length {length} is not a multiple of train_len {train_len}")
+    model = module if isinstance(module, EvalModel) else EvalModel(module)
+    tokens, targets = windows_WN[:, :length], windows_WN[:, 1 : length + 1]
+    if protocol == "chunked":
+        tokens, targets = tokens.reshape(-1, train_len), targets.reshape(-1, train_len)
+    nll = np.concatenate([model.token_nll(tokens[i : i + batch], targets[i : i + batch])
+                          for i in range(0, tokens.shape[0], batch)])
+    return nll.reshape(windows_WN.shape[0], length)
+
+
+def block_series(nll_WT: np.ndarray, doc_ids: Sequence[str], block: int) -> dict[str, list[float]]:
+    """{document: block NLLs of its windows, in order} (`intervals.block_means` per window)."""
+    if len(doc_ids) != nll_WT.shape[0]:
+        raise ValueError(f"{len(doc_ids)} document ids for {nll_WT.shape[0]} windows")
+    out: dict[str, list[float]] = {}
+    for doc, nll_T in zip(doc_ids, nll_WT, strict=True):
+        out.setdefault(doc, []).extend(round(float(b), 6) for b in block_means(nll_T, block))
+    return out
 
 
 def ppl_vs_length(module: nnx.Module, docs_NL: np.ndarray, lengths: Sequence[int]) -> dict[str, float]:
@@ -55,23 +110,14 @@ def ppl_vs_length(module: nnx.Module, docs_NL: np.ndarray, lengths: Sequence[int
     return out
 
 
-def strided_ppl(module: nnx.Module, docs_NL: np.ndarray, window: int, stride: int) -> float:
-    """Sliding-window (window, stride) perplexity over whole documents `[N_docs, L]`."""
-    model = EvalModel(module)
-    return math.exp(float(np.mean([strided_nll(model, d, window=window, stride=stride) for d in docs_NL])))
-
-
-def stream_ppl(module: nnx.Module, docs_NL: np.ndarray, cache_size: int, sinks: int) -> dict:
-    """Token-by-token decoding through a StreamingLLM cache; perplexity per eighth of the stream.
+def stream_nll(module: nnx.Module, docs_NL: np.ndarray, cache_size: int, sinks: int) -> np.ndarray:
+    """Per-target NLL `[N_docs, L - 1]` of token-by-token decoding through a StreamingLLM cache.
 
     Args:
       module: a `Decoder`.
       docs_NL: token ids `[N_docs, L]`; the L - 1 targets are decoded one at a time.
       cache_size: KV cache capacity (sinks + recent window).
       sinks: attention-sink tokens kept at the start of the cache.
-
-    Returns:
-      {"ppl": over all targets, "ppl_by_eighth": eight perplexities along the stream}.
     """
     graphdef, state = nnx.split(module)
     cfg = module.cfg
@@ -90,11 +136,12 @@ def stream_ppl(module: nnx.Module, docs_NL: np.ndarray, cache_size: int, sinks: 
 
         return jax.lax.scan(body, cache, (tokens_BT.T, targets_BT.T))[1]
 
-    nll = np.asarray(nll_TB(state, jnp.asarray(docs_NL[:, :-1]), jnp.asarray(docs_NL[:, 1:])))
+    return np.asarray(nll_TB(state, jnp.asarray(docs_NL[:, :-1]), jnp.asarray(docs_NL[:, 1:]))).T
+
+
+def stream_ppl(module: nnx.Module, docs_NL: np.ndarray, cache_size: int, sinks: int) -> dict:
+    """`stream_nll` as {"ppl": over all targets, "ppl_by_eighth": eight perplexities along the stream}."""
+    nll = stream_nll(module, docs_NL, cache_size, sinks).T
     eighths = np.array_split(nll, 8)
     return {"ppl": math.exp(float(nll.mean())), "ppl_by_eighth": [math.exp(float(e.mean())) for e in eighths]}
 
-
-def ppl_ratio(ppl: dict[str, float], lengths: Sequence[int]) -> float:
-    """Perplexity at the longest length over perplexity at the shortest."""
-    return ppl[str(lengths[-1])] / ppl[str(lengths[0])]

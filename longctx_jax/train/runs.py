@@ -2,8 +2,9 @@
 
 The reproductions (`longctx_jax/eval/claims.py`) name their runs by config spec,
 "repro_alibi:rope" = `configs/repro_alibi.py` with `get_config("rope")`; `TrainedRuns` resolves
-those specs in a config directory and trains or loads them. `train_or_reuse` and
-`load_trained` do the same for a config object.
+those specs in a config directory and trains or loads them, once per seed (`with_seed`: the
+seed's own workdir, and a fine-tune starts from the same seed's base run). `train_or_reuse`
+and `load_trained` do the same for a config object.
 """
 
 import json
@@ -27,7 +28,8 @@ def train_or_reuse(config: ml_collections.ConfigDict, *, steps_scale: float = 1.
 
     A finished run (its summary.json) is reused whatever its step count, which the summary
     records; `steps_scale` only sizes runs trained now (steps = max(steps * scale, warmup + 1),
-    with one evaluation and one checkpoint at the end).
+    with one evaluation at the end, checkpoints every `train.checkpoint_every` steps at most, so an
+    interrupted run resumes from its last checkpoint).
     """
     if steps_scale <= 0:
         raise ValueError(f"steps_scale must be positive, got {steps_scale}")
@@ -37,7 +39,8 @@ def train_or_reuse(config: ml_collections.ConfigDict, *, steps_scale: float = 1.
             return json.load(f)
     config = config.copy_and_resolve_references()
     config.train.steps = max(int(config.train.steps * steps_scale), config.optim.warmup_steps + 1)
-    config.train.eval_every = config.train.checkpoint_every = config.train.steps
+    config.train.eval_every = config.train.steps
+    config.train.checkpoint_every = min(config.train.checkpoint_every, config.train.steps)
     out = train_and_evaluate(config, config.workdir)
     return {k: v for k, v in out.items() if k not in ("state", "graphdef")}
 
@@ -64,6 +67,19 @@ def load_trained(config: ml_collections.ConfigDict, **model_changes: Any) -> nnx
     return nnx.merge(graphdef, params)
 
 
+def with_seed(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
+    """`config` with `seed` (initialisation and data order) in `<workdir>/seed<seed>`; a run that
+    starts from another (`train.init_from`) starts from that run's same seed."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    config = config.copy_and_resolve_references()
+    config.seed = seed
+    config.workdir = os.path.join(config.workdir, f"seed{seed}")
+    if config.train.get("init_from"):
+        config.train.init_from = os.path.join(config.train.init_from, f"seed{seed}")
+    return config
+
+
 class TrainedRuns:
     """Runs named by config spec ("NAME:variant" = `<config_dir>/NAME.py` with `get_config(variant)`).
 
@@ -78,18 +94,19 @@ class TrainedRuns:
         self.config_dir = config_dir
         self.steps_scale = steps_scale
 
-    def config(self, spec: str) -> ml_collections.ConfigDict:
-        """The config of `spec`."""
+    def config(self, spec: str, seed: int | None = None) -> ml_collections.ConfigDict:
+        """The config of `spec` (with `seed`, see `with_seed`, unless None)."""
         name, sep, variant = spec.partition(":")
         path = os.path.join(self.config_dir, f"{name}.py")
         if not os.path.exists(path):
             raise ValueError(f"no config file {path} for run {spec!r}")
-        return config_cli.load_config(path + sep + variant)
+        config = config_cli.load_config(path + sep + variant)
+        return config if seed is None else with_seed(config, seed)
 
-    def train(self, spec: str) -> dict[str, Any]:
-        """Summary of the run `spec`, trained now unless finished (see `train_or_reuse`)."""
-        return train_or_reuse(self.config(spec), steps_scale=self.steps_scale)
+    def train(self, spec: str, seed: int | None = None) -> dict[str, Any]:
+        """Summary of the run `spec` (at `seed`), trained now unless finished (see `train_or_reuse`)."""
+        return train_or_reuse(self.config(spec, seed), steps_scale=self.steps_scale)
 
-    def load(self, spec: str, **model_changes: Any) -> nnx.Module:
-        """The trained decoder of `spec` (see `load_trained`)."""
-        return load_trained(self.config(spec), **model_changes)
+    def load(self, spec: str, seed: int | None = None, **model_changes: Any) -> nnx.Module:
+        """The trained decoder of `spec` at `seed` (see `load_trained`)."""
+        return load_trained(self.config(spec, seed), **model_changes)

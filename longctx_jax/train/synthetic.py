@@ -3,11 +3,13 @@
 `train_synthetic(model, batch_fn, ...)` trains any decoder-like module on generated batches
 with the optimizer and jitted step of ordinary training. `passkey_retrieval(config)` is the
 whole experiment of configs/repro_memory_tokens.py and configs/repro_landmark.py
-(`experiments/repro_passkey.py`): build the config's model (`config.method`: "landmark" or
-"memory_tokens"), train it on the token-level passkey task at `config.train_length`, then
-measure exact match at the training length and every `config.eval_lengths` for each
-evaluation variant (landmark: grouped softmax and top-k retrieval; memory tokens: carried
-memory and the reset-memory ablation, which has the same parameters).
+(`experiments/repro_passkey.py`): build the config's model (`config.method`: "landmark",
+"no_landmark" -- landmark attention's control, the same decoder on the same task without
+landmark tokens, plain causal attention -- or "memory_tokens"), train it on the token-level
+passkey task at `config.train_length`, then measure exact match at the training length and
+every `config.eval_lengths` for each evaluation variant (landmark: grouped softmax and top-k
+retrieval; no_landmark: causal softmax; memory tokens: carried memory and the reset-memory
+ablation, which has the same parameters).
 """
 
 import json
@@ -23,11 +25,12 @@ from flax import nnx
 from longctx_jax.data.synthetic_passkey import exact_match, passkey_batch
 from longctx_jax.models import landmark, memory_tokens
 from longctx_jax.models.config import ModelConfig
+from longctx_jax.models.decoder import Decoder
 from longctx_jax.train.optimizer import make_optimizer
 from longctx_jax.train.step import init_train_state, make_train_step
 
 BatchFn = Callable[[np.random.Generator, int, int], dict[str, np.ndarray]]
-METHODS = ("landmark", "memory_tokens")
+METHODS = ("landmark", "no_landmark", "memory_tokens")
 
 
 def train_synthetic(
@@ -89,6 +92,16 @@ def passkey_setup(config: ml_collections.ConfigDict) -> tuple[nnx.Module, BatchF
 
         variants = {"grouped_softmax": {"top_k": None},
                     f"top{config.top_k}_retrieval": {"top_k": config.top_k}}
+    elif config.method == "no_landmark":
+        # Landmark attention's control: the same decoder and task (same keys, filler and key span,
+        # the vocabulary's landmark id never used), trained and scored with plain causal attention.
+        model = Decoder(cfg, rngs=rngs)
+
+        def batch(rng, size, length):
+            return passkey_batch(rng, size, length, num_keys=config.num_keys, vocab_size=cfg.vocab_size - 1,
+                                 key_span=length - 5)
+
+        variants = {"causal_softmax": {}}
     else:
         model = memory_tokens.MemoryTokenDecoder(cfg, num_memory=config.num_memory,
                                                  segment_len=config.segment_len,

@@ -1,0 +1,104 @@
+"""Markdown of the reproductions (`docs/reproductions.md`) from their committed JSON.
+
+Every number and verdict is read from a result of `eval/claims.py: run_claim` (the verdicts are
+the ones its rules computed; `claims.check_consistent` re-derives them); a claim without a
+result is listed as not run at this size, with its rules and the command that runs it.
+"""
+
+from collections.abc import Mapping, Sequence
+
+from longctx_jax.eval.verdicts import check_claim, parse_series
+
+EXPECT_TEXT = {"lower": "method lower than control", "higher": "method higher than control",
+               "not_higher": "method not higher than control + {margin} nats"}
+
+
+def rule_text(rule: Mapping) -> str:
+    """The rule in words: "method lower than control (95 % paired interval, every seed)"."""
+    expect = EXPECT_TEXT[rule["expect"]].format(margin=rule["margin"])
+    return f"{expect}: 95 % paired interval and every seed"
+
+
+def _nll(x: float) -> str:
+    return f"{x:+.4f}"
+
+
+def _ppl(s: Mapping) -> str:
+    return f"{s['ppl']:.3f} [{s['ppl_lo']:.3f}, {s['ppl_hi']:.3f}]"
+
+
+def comparisons_table(result: Mapping) -> list[str]:
+    """Rows: each claim's comparisons, paired Δnll with its interval, per-seed Δ, rule, verdict."""
+    lines = ["| claim | comparison: method vs control | Δnll (method - control) [95 %] | Δnll per seed "
+             "| rule | verdict |", "| --- | --- | --- | --- | --- | --- |"]
+    for claim in result["claims"]:
+        for c in claim["comparisons"]:
+            r = c["rule"]
+            seeds = ", ".join(f"{_nll(v)}" for v in c["seed_delta"].values())
+            lines.append(f"| {claim['name']} | {r['name']}: `{r['method']}` vs `{r['control']}` | "
+                         f"{_nll(c['delta_nll'])} [{_nll(c['delta_lo'])}, {_nll(c['delta_hi'])}] | {seeds} | "
+                         f"{rule_text(r)} | {c['verdict']} |")
+        lines.append(f"| **{claim['name']}** | **claim verdict** (all comparisons) | | | | "
+                     f"**{claim['verdict']}** |")
+    return lines
+
+
+def series_table(result: Mapping) -> list[str]:
+    """Rows: perplexity [95 % interval over seeds x documents] of every run, one column per series."""
+    columns = list(dict.fromkeys(k.split("/", 1)[1] for k in result["summaries"]))
+    columns.sort(key=lambda c: (c.split("@")[0] != "full", parse_series("x/" + c)[2]))
+    runs = list(dict.fromkeys(k.split("/", 1)[0] for k in result["summaries"]))
+    lines = ["| run | " + " | ".join(f"ppl {c}" for c in columns) + " |", "| --- |" + " --- |" * len(columns)]
+    for run in runs:
+        cells = [_ppl(result["summaries"][f"{run}/{c}"]) if f"{run}/{c}" in result["summaries"] else ""
+                 for c in columns]
+        lines.append(f"| {run} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def setup_text(result: Mapping) -> str:
+    """One paragraph: size, seeds, evaluation windows and tokens, the runs' steps and val bits/byte."""
+    ev = result["eval"]
+    longest = max(ev["target_tokens"].values())
+    parts = [f"Size `{result['size']}`, L = {result['train_len']}, seeds {result['seeds']}; evaluation on "
+             f"{ev['windows']} windows of {ev['window_tokens']} tokens from {ev['documents']} held-out "
+             f"({ev['split']}) documents, {longest:,} target tokens per seed and series at the longest "
+             f"length, blocks of {result['block']} targets (one bootstrap stratum per seed and document)."]
+    runs = []
+    for spec, by_seed in result["runs"].items():
+        bpb = [s.get("final_val_bpb") for s in by_seed.values()]
+        steps = sorted({s.get("steps") for s in by_seed.values()}, key=str)
+        bpb_text = ", ".join(f"{b:.3f}" for b in bpb if isinstance(b, int | float))
+        runs.append(f"`{spec}` {'/'.join(str(s) for s in steps)} steps, val bits/byte {bpb_text}")
+    return parts[0] + " Runs: " + "; ".join(runs) + "."
+
+
+def claim_section(result: Mapping | None, claims: Sequence[Mapping], command: str) -> str:
+    """A driver's section body: the claims as stated, then its tables, or "not run at this size"."""
+    lines = []
+    for claim in claims:
+        claim = check_claim(claim)
+        lines.append(f"- **{claim['name']}** ({claim['source']}): {claim['claim']}")
+        for r in claim["rules"]:
+            lines.append(f"  - {r['name']}: `{r['method']}` vs control `{r['control']}`; "
+                         f"yes if {rule_text(r)}")
+    lines.append("")
+    if result is None:
+        lines += [f"Not run at this size. Run: `{command}`, then copy `runs/repro/<claim>.json` to "
+                  "`docs/results/repro/` and regenerate this document.", ""]
+        return "\n".join(lines)
+    lines += [setup_text(result), ""] + comparisons_table(result) + [""] + series_table(result) + [""]
+    return "\n".join(lines)
+
+
+def summary_table(entries: Sequence[tuple[str, Mapping | None, Sequence[Mapping], str]]) -> str:
+    """Rows over every driver (name, result or None, claims, command): claim, source, control, verdict."""
+    lines = ["| claim | source | method vs control(s) | verdict |", "| --- | --- | --- | --- |"]
+    for _, result, claims, command in entries:
+        verdicts = {c["name"]: c["verdict"] for c in result["claims"]} if result else {}
+        for claim in claims:
+            claim = check_claim(claim)
+            pairs = "; ".join(f"`{r['method']}` vs `{r['control']}`" for r in claim["rules"])
+            verdict = verdicts.get(claim["name"], f"not run at this size (`{command}`)")
+            lines.append(f"| {claim['name']}: {claim['claim']} | {claim['source']} | {pairs} | {verdict} |")
+    return "\n".join(lines) + "\n"
