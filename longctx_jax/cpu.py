@@ -119,19 +119,20 @@ def read_cpu_info(cpuinfo: str = CPUINFO, cache_dir: str = CACHE_DIR) -> CpuInfo
     Returns:
       The `CpuInfo`.
     """
-    model = platform.processor() or platform.machine()
-    flags: frozenset[str] = frozenset()
-    text = _read(cpuinfo) or ""
-    for line in text.splitlines():
+    model: str | None = None
+    flags: frozenset[str] | None = None
+    for line in (_read(cpuinfo) or "").splitlines():  # the first processor's entries
         key, _, value = line.partition(":")
         key = key.strip()
-        if key in ("model name", "Model Name") and model == (platform.processor() or platform.machine()):
-            model = value.strip() or model
-        elif key in ("flags", "Features") and not flags:
+        if key in ("model name", "Model Name") and model is None and value.strip():
+            model = value.strip()
+        elif key in ("flags", "Features") and flags is None:
             flags = frozenset(value.lower().split())
+    model = model or platform.processor() or platform.machine()
     caches = _caches(cache_dir)
-    return CpuInfo(model=model, arch=platform.machine(), cores=os.cpu_count() or 1, flags=flags,
-                   l1d_bytes=caches["l1d"], l2_bytes=caches["l2"], l3_bytes=caches["l3"])
+    return CpuInfo(model=model, arch=platform.machine(), cores=os.cpu_count() or 1,
+                   flags=flags or frozenset(), l1d_bytes=caches["l1d"], l2_bytes=caches["l2"],
+                   l3_bytes=caches["l3"])
 
 
 @functools.cache

@@ -5,8 +5,8 @@ else `c++`) against `jax.ffi.include_dir()` into a shared library cached under
 `$LONGCTX_JAX_CACHE` (default `~/.cache/longctx_jax`), keyed by the source, the compiler
 flags, the jaxlib version and this CPU's feature flags. A kernel is built with `-march=native`
 unless its caller passes the flags of one instruction set (`cpu_flash_plan.py`) and a build
-tag, which then also names the file (`NAME-TAG-KEY.so`). The build writes to a temporary file and renames it, so concurrent
-processes (pytest-xdist workers) never load a half-written library.
+tag, which then also names the file (`NAME-TAG-KEY.so`). The build writes to a temporary file
+and renames it, so concurrent processes (pytest-xdist workers) never load a half-written library.
 
 The cache is private: it is created with mode 0700, and a cache directory (or library) that
 is owned by another user or writable by group or others is refused with
@@ -141,8 +141,8 @@ def library_path(name: str, flags: tuple[str, ...] = NATIVE_FLAGS, tag: str = ""
             f"kernel {name!r} needs a C++17 compiler (set $CXX or install g++/clang++); none found"
         )
     key = hashlib.sha256(
-        b"\0".join([text, " ".join((*_FLAGS, *flags)).encode(), jaxlib.__version__.encode(), _cpu_signature().encode(),
-                    cxx.encode()])
+        b"\0".join([text, " ".join((*_FLAGS, *flags)).encode(), jaxlib.__version__.encode(),
+                    _cpu_signature().encode(), cxx.encode()])
     ).hexdigest()[:16]
     out_dir = _private_cache_dir()
     target = os.path.join(out_dir, f"{name}-{tag}-{key}.so" if tag else f"{name}-{key}.so")
