@@ -136,6 +136,7 @@ def _build_in(cache, monkeypatch, build: KernelBuild) -> str:
     return native.library_path("cpu_flash_attention", build.compiler_flags, build.tag)
 
 
+@pytest.mark.slow  # one compile of the kernel
 @pytest.mark.skipif(native.compiler() is None, reason="no C++ compiler")
 def test_avx512_build_compiles_with_512_bit_registers(tmp_path, monkeypatch):
     # Compiled only: this machine may not run AVX-512; nothing here loads the library.
@@ -148,6 +149,7 @@ def test_avx512_build_compiles_with_512_bit_registers(tmp_path, monkeypatch):
     assert "zmm" in code and "vfmadd" in code
 
 
+@pytest.mark.slow  # one compile of the kernel
 @pytest.mark.skipif(native.compiler() is None, reason="no C++ compiler")
 def test_portable_build_uses_no_avx(tmp_path, monkeypatch):
     if cpu.cpu_info().arch != "x86_64" or shutil.which("objdump") is None:
