@@ -21,7 +21,6 @@ import functools
 import hashlib
 import logging
 import os
-import platform
 import shutil
 import stat
 import subprocess
@@ -30,6 +29,7 @@ import tempfile
 import jax
 import jaxlib
 
+from longctx_jax import cpu
 from longctx_jax.atomic import write_atomically
 
 _SOURCE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -43,12 +43,8 @@ class NativeKernelUnavailable(ImportError):
 
 
 def _cpu_signature() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith(("flags", "Features"))), "")
-    except OSError:
-        flags = ""
-    return platform.machine() + flags
+    info = cpu.cpu_info()
+    return info.arch + " " + " ".join(sorted(info.flags))
 
 
 def cache_dir() -> str:
