@@ -2,6 +2,7 @@
 
 import ast
 import pathlib
+import re
 
 import pytest
 
@@ -59,3 +60,32 @@ def test_every_benchmark_records_the_machine(path):
     keywords = [node for node in ast.walk(tree) if isinstance(node, ast.keyword) and node.arg == "machine"
                 and node.value in calls]
     assert keyed or keywords, f"bench/{path} calls machine.machine() but does not store it under 'machine'"
+
+
+TIMING_DOCS = ("docs/kv_cache.md", "docs/benchmarks.md")
+TIMING_WORDS = ("tokens/s", "s/step", "cpu_flash", "torch sdpa")
+
+
+def _tables(text: str) -> list[list[list[str]]]:
+    """Markdown tables as rows of cells (the separator row dropped)."""
+    tables, current = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if not all(set(c) <= set("-: ") for c in cells):
+                current.append(cells)
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
+
+
+@pytest.mark.parametrize("doc", TIMING_DOCS)
+def test_timing_tables_name_a_listed_machine_on_every_row(doc):
+    text = (BENCH.parents[1] / doc).read_text(encoding="utf-8")
+    machines = set(re.findall(r"^- \*\*(\w+)\*\*:", text, flags=re.M))
+    timing = [t for t in _tables(text) if any(word in " ".join(t[0]) for word in TIMING_WORDS)]
+    assert timing and machines, f"{doc}: no timing table or no machine list"
+    for table in timing:
+        assert table[0][0] == "machine", f"{doc}: timing table without a machine column: {table[0]}"
+        assert {row[0] for row in table[1:]} <= machines, f"{doc}: a row names no listed machine {machines}"
