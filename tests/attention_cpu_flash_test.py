@@ -235,3 +235,24 @@ def test_vmap_runs_the_kernel_per_element(build):
     got = jax.vmap(lambda q, k, v: cpu_flash_attention(q, k, v, **_small(build)))(*stacked)
     want = jnp.stack([dense.attention(q, k, v), dense.attention(q[::-1], k[::-1], v[::-1])])
     chex.assert_trees_all_close(got, want, atol=TOL, rtol=TOL)
+
+
+def test_environment_variable_picks_the_build(monkeypatch):
+    monkeypatch.setenv(cpu_flash_plan.ENV, "portable")
+    q, k, v = _inputs(seed=13)
+    lowered = jax.jit(lambda q, k, v: cpu_flash_attention(q, k, v)).lower(q, k, v).as_text()
+    assert f"longctx_cpu_flash_attention_{cpu_flash_plan.plan('portable').tag}" in lowered
+    if DEFAULT_BUILD.isa != "portable":
+        assert f"longctx_cpu_flash_attention_{DEFAULT_BUILD.tag}" not in lowered
+    chex.assert_trees_all_close(cpu_flash_attention(q, k, v), dense.attention(q, k, v), atol=TOL, rtol=TOL)
+
+
+def test_isa_the_cpu_cannot_run_is_refused_before_work():
+    q, k, v = _inputs()
+    with pytest.raises(ValueError, match=r"'sse9' is not a cpu_flash ISA; valid: \('portable', 'avx2'"):
+        cpu_flash_attention(q, k, v, isa="sse9")
+    missing = [isa for isa in cpu_flash_plan.ISAS if isa not in cpu_flash_plan.supported_isas()]
+    if not missing:
+        pytest.skip("this CPU runs every ISA")
+    with pytest.raises(ValueError, match=f"isa='{missing[-1]}' needs CPU flags .* it runs"):
+        cpu_flash_attention(q, k, v, isa=missing[-1])
