@@ -14,14 +14,18 @@ naming the implementations that take them.
 Gradients reuse blockwise's tile-recomputing backward from the kernel's output and lse
 (`blockwise_attention_backward`), so this is a drop-in `impl="cpu_flash"` for training too.
 The kernel computes in float32 (bfloat16 inputs are upcast, the output cast back); head dims
-that are not a multiple of 16 are zero-padded for it. Importing this module builds the kernel
-with the system C++ compiler (once per machine, cached: `kernels/native.py`); without a
-compiler the import raises `NativeKernelUnavailable`, an `ImportError`, so `dispatch`'s
-"auto" falls back to blockwise. Measured against PyTorch's fused CPU sdpa by
+that are not a multiple of 16 are zero-padded for it. The kernel is built per instruction set
+(portable, AVX2, AVX-512) with its register tile and default blocks from this machine's caches
+(`kernels/cpu_flash_plan.py`): the widest ISA the CPU runs, or `$LONGCTX_CPU_FLASH_ISA`, or
+the `isa` argument. Importing this module builds the default one with the system C++ compiler
+(once per machine and build, cached: `kernels/native.py`); without a compiler the import
+raises `NativeKernelUnavailable`, an `ImportError`, so `dispatch`'s "auto" falls back to
+blockwise. Measured against PyTorch's fused CPU sdpa by
 `configs/bench_attention.py` and, inside SmolLM2's prefill, by `configs/bench_forward.py`
 (docs/benchmarks.md, docs/kv_cache.md).
 """
 
+import ctypes
 import functools
 
 import jax
@@ -29,22 +33,56 @@ import jax.numpy as jnp
 import numpy as np
 
 from longctx_jax.attention.blockwise import blockwise_attention_backward
-from longctx_jax.attention.kernels import native
+from longctx_jax.attention.kernels import cpu_flash_plan, native
+from longctx_jax.attention.kernels.cpu_flash_plan import KernelBuild
 from longctx_jax.attention.spec import AttentionSpec, implementation
 from longctx_jax.typing import Array
 
 _KERNEL = "cpu_flash_attention"
-_TARGET = native.register(_KERNEL, "LongctxCpuFlashAttention")
+
+
+def target(build: KernelBuild) -> str:
+    """Builds, loads and registers `build` (once per process); returns its FFI target name.
+
+    Raises:
+      NativeKernelUnavailable: no compiler, a failed build, or a library whose compiled-in
+        constants are not the build's.
+    """
+    name = native.register(_KERNEL, "LongctxCpuFlashAttention", build.compiler_flags, build.tag)
+    geometry = (ctypes.c_int64 * 4)()
+    native.load(_KERNEL, build.compiler_flags, build.tag).LongctxCpuFlashGeometry(geometry)
+    if tuple(geometry) != (build.lanes, build.rows, build.block_q, build.block_k):
+        raise native.NativeKernelUnavailable(
+            f"library for {build.tag} reports lanes, rows, blocks {tuple(geometry)}; rebuild the cache"
+        )
+    return name
+
+
+def resolve_build(isa: str | KernelBuild | None = None) -> KernelBuild:
+    """The build a call runs: `isa` itself, the plan for an ISA name, or the default plan.
+
+    Raises:
+      ValueError: an unknown ISA, or one this CPU cannot run (names what it can).
+    """
+    if isinstance(isa, KernelBuild):
+        return isa
+    if isa is not None and not isinstance(isa, str):
+        raise ValueError(f"isa must be one of {cpu_flash_plan.ISAS}, a KernelBuild or None, got {isa!r}")
+    return cpu_flash_plan.plan(isa)
+
+
+DEFAULT_BUILD = resolve_build()
+target(DEFAULT_BUILD)  # import fails (NativeKernelUnavailable) where the kernel cannot be built
 
 
 def _kernel(q: Array, k: Array, v: Array, causal: bool, window: int, scale: float, block_q: int,
-            block_k: int) -> tuple[Array, Array]:
+            block_k: int, build: KernelBuild) -> tuple[Array, Array]:
     B, T, N, H = q.shape
     # The micro-kernels take 16 channels at a time; zero channels change no dot product.
     pad = [(0, 0)] * 3 + [(0, -H % 16)]
     q, k, v = (jnp.pad(x.astype(jnp.float32), pad) for x in (q, k, v))
     call = jax.ffi.ffi_call(
-        _TARGET,
+        target(build),
         (jax.ShapeDtypeStruct(q.shape, jnp.float32), jax.ShapeDtypeStruct((B, T, N), jnp.float32)),
         vmap_method="sequential",
     )
@@ -55,17 +93,17 @@ def _kernel(q: Array, k: Array, v: Array, causal: bool, window: int, scale: floa
     return out[..., :H], lse
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
-def _attention(q, k, v, causal, window, scale, block_q, block_k):
-    return _kernel(q, k, v, causal, window, scale, block_q, block_k)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7, 8))
+def _attention(q, k, v, causal, window, scale, block_q, block_k, build):
+    return _kernel(q, k, v, causal, window, scale, block_q, block_k, build)
 
 
-def _attention_fwd(q, k, v, causal, window, scale, block_q, block_k):
-    out, lse = _kernel(q, k, v, causal, window, scale, block_q, block_k)
+def _attention_fwd(q, k, v, causal, window, scale, block_q, block_k, build):
+    out, lse = _kernel(q, k, v, causal, window, scale, block_q, block_k, build)
     return (out, lse), (q, k, v, out, lse)
 
 
-def _attention_bwd(causal, window, scale, block_q, block_k, residuals, cotangents):
+def _attention_bwd(causal, window, scale, block_q, block_k, build, residuals, cotangents):
     q, k, v, out, lse = residuals
     d_out, d_lse = cotangents
     spec = AttentionSpec(causal=causal, window=window or None, scale=scale)
@@ -84,22 +122,26 @@ _UNSUPPORTED = frozenset(
 
 @implementation(name="cpu_flash", unsupported=_UNSUPPORTED)
 def cpu_flash_attention_with_lse(
-    q: Array, k: Array, v: Array, spec: AttentionSpec, *, block_q: int = 96, block_k: int = 256
+    q: Array, k: Array, v: Array, spec: AttentionSpec, *, block_q: int | None = None,
+    block_k: int | None = None, isa: str | KernelBuild | None = None,
 ) -> tuple[Array, Array]:
     """`cpu_flash_attention` that also returns lse `[B, T, N]` float32 (differentiable)."""
     H = q.shape[-1]
-    if block_q < 1 or block_k < 16 or block_k % 16:
+    if (block_q is not None and block_q < 1) or (block_k is not None and (block_k < 16 or block_k % 16)):
         raise ValueError(
-            f"block_q must be positive and block_k a positive multiple of 16, got {block_q}, {block_k}"
+            f"block_q must be positive and block_k a positive multiple of 16 (or None: the build's "
+            f"defaults), got {block_q}, {block_k}"
         )
-    out, lse = _attention(q, k, v, spec.causal, int(spec.window or 0), spec.scale_for(H), int(block_q),
-                          int(block_k))
+    build = resolve_build(isa)
+    out, lse = _attention(q, k, v, spec.causal, int(spec.window or 0), spec.scale_for(H), int(block_q or 0),
+                          int(block_k or 0), build)
     return out.astype(q.dtype), lse
 
 
 @implementation(name="cpu_flash", unsupported=_UNSUPPORTED)
 def cpu_flash_attention(
-    q: Array, k: Array, v: Array, spec: AttentionSpec, *, block_q: int = 96, block_k: int = 256
+    q: Array, k: Array, v: Array, spec: AttentionSpec, *, block_q: int | None = None,
+    block_k: int | None = None, isa: str | KernelBuild | None = None,
 ) -> Array:
     """Fused CPU attention with the semantics of `dense.attention` for causal / window masks.
 
@@ -107,9 +149,13 @@ def cpu_flash_attention(
       q, k, v: queries `[B, T, N, H]`, keys and values `[B, S, K, H]`, N % K == 0.
       spec: an `AttentionSpec` (or its fields as keyword arguments) using only `causal`,
         `window` and `scale`, under default positions; other fields raise `ValueError`.
-      block_q, block_k: tile sizes (block_k a multiple of 16).
+      block_q, block_k: tile sizes (block_k a multiple of 16); None: the build's defaults,
+        sized from this machine's caches (`cpu_flash_plan.default_blocks`).
+      isa: the kernel build: "portable", "avx2", "avx512", a `KernelBuild`, or None for
+        `$LONGCTX_CPU_FLASH_ISA`, else the widest ISA this CPU runs. An ISA the CPU cannot run
+        raises `ValueError` naming what it can.
 
     Returns:
       `[B, T, N, H]` in q's dtype.
     """
-    return cpu_flash_attention_with_lse(q, k, v, spec, block_q=block_q, block_k=block_k)[0]
+    return cpu_flash_attention_with_lse(q, k, v, spec, block_q=block_q, block_k=block_k, isa=isa)[0]

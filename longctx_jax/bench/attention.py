@@ -19,7 +19,6 @@ GPU (when present): forward and forward+backward TFLOP/s, counting 4 H flops per
 import functools
 import json
 import os
-import platform
 import resource
 import statistics
 import time
@@ -31,6 +30,7 @@ import numpy as np
 
 from longctx_jax.attention import dispatch
 from longctx_jax.attention.masks import AttentionMask
+from longctx_jax.bench import machine
 
 GIB = 2**30
 MEMORY_EFFICIENT = ("blockwise", "cpu_flash")
@@ -197,8 +197,7 @@ def run(config: ml_collections.ConfigDict) -> dict:
     result = {
         "device": str(jax.devices()[0].device_kind),
         "backend": jax.default_backend(),
-        "platform": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
+        "machine": machine.machine(),
         "jax_version": jax.__version__,
         "preset": config.preset,
         "config": config.to_dict(),

@@ -19,7 +19,6 @@ attention, float32) holding the same dequantized GGUF weights, prefilling with
 
 import json
 import os
-import platform
 import statistics
 import time
 
@@ -29,6 +28,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from longctx_jax.bench import machine
 from longctx_jax.models import gguf_file, llama, memory
 from longctx_jax.models.decoder import Decoder
 from longctx_jax.models.generate import Generator
@@ -178,8 +178,8 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
     shape = memory.CacheShape(model.cfg.num_layers, model.cfg.num_kv_heads, model.cfg.head_dim)
     result = dict(model=os.path.basename(path), dtype=cfg.dtype, prefill_attention_impl=cfg.attention_impl,
                   decode_attention_impl=model.cfg.attention_impl,
-                  backend=jax.default_backend(), devices=str(jax.devices()), cpu_count=os.cpu_count(),
-                  machine=platform.machine(), prefill=[], decode=None)
+                  backend=jax.default_backend(), devices=str(jax.devices()), machine=machine.machine(),
+                  prefill=[], decode=None)
     os.makedirs(cfg.workdir, exist_ok=True)
     out_path = os.path.join(cfg.workdir, "bench_forward.json")
     hf_model = hf_peer(path, model.cfg) if cfg.compare_transformers else None

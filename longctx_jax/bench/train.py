@@ -8,7 +8,6 @@ excluded) and records tokens/s, the compiled step's memory analysis and the proc
 
 import json
 import os
-import platform
 import resource
 import time
 
@@ -17,6 +16,7 @@ import ml_collections
 from flax import nnx
 from tqdm import tqdm
 
+from longctx_jax.bench import machine
 from longctx_jax.train.optimizer import make_optimizer
 from longctx_jax.train.step import init_train_state, make_train_step
 from longctx_jax.train.trainer import decoder_from_config, make_training_data
@@ -55,8 +55,7 @@ def run(config: ml_collections.ConfigDict) -> dict:
     tokens = steps * config.data.batch_size * config.data.seq_len
     result = {
         "device": str(jax.devices()[0].device_kind),
-        "platform": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
+        "machine": machine.machine(),
         "jax_version": jax.__version__,
         "num_params": sum(x.size for x in jax.tree.leaves(params)),
         "batch_size": config.data.batch_size,

@@ -11,8 +11,15 @@
 // panels of 16 keys, [B, K, S/16, H, 16], and values into slices of 16 channels,
 // [B, K, H/16, S, 16], so both micro-kernels stream contiguous memory (a [H, S] transpose, or
 // V rows read in place, would map a tile's rows onto a few L1 sets when strides are powers of
-// two). The micro-kernels use GCC/Clang vector extensions (8 floats), which the compiler maps
-// to AVX2/FMA (or NEON) for the machine it is built on.
+// two).
+//
+// One source, one build per instruction set (`cpu_flash_plan.py` picks the flags and the
+// constants below from the machine): the micro-kernels use GCC/Clang vector extensions of
+// LONGCTX_LANES floats (4: SSE2 / NEON, the portable build; 8: AVX2 + FMA; 16: AVX-512), a
+// register tile of LONGCTX_ROWS query rows by one 16-key panel (16 / LANES vectors per row),
+// and default blocks LONGCTX_BLOCK_Q x LONGCTX_BLOCK_K sized from the machine's L1d / L2.
+// A vector wider than the instruction set is split by the compiler, so the 16-lane tile
+// logic also runs (slowly) on AVX2 hardware.
 //
 // Layouts are those of jax.nn.dot_product_attention: q [B, T, N, H], k / v [B, S, K, H],
 // N % K == 0 (grouped-query attention without copying keys), float32, H % 16 == 0 (the
@@ -31,49 +38,63 @@
 
 #include "xla/ffi/api/ffi.h"
 
+#if !defined(LONGCTX_LANES) || !defined(LONGCTX_ROWS) || !defined(LONGCTX_BLOCK_Q) || \
+    !defined(LONGCTX_BLOCK_K)
+#error "build through cpu_flash_plan.py: it defines LONGCTX_LANES, _ROWS, _BLOCK_Q, _BLOCK_K"
+#endif
+
 namespace ffi = xla::ffi;
 
 namespace {
 
-typedef float v8f __attribute__((vector_size(32)));
-typedef int32_t v8i __attribute__((vector_size(32)));
-// The same vector type at float alignment, for unaligned loads and stores through pointers.
-typedef float v8f_unaligned __attribute__((vector_size(32), aligned(4)));
-constexpr int kLanes = 8;
+constexpr int kLanes = LONGCTX_LANES;
+constexpr int kPanel = 16;                 // keys per K panel, channels per V slice
+constexpr int kVecs = kPanel / kLanes;     // vectors per register-tile row
+constexpr int kRows = LONGCTX_ROWS;        // register-tile rows
+constexpr int64_t kBlockQ = LONGCTX_BLOCK_Q;
+constexpr int64_t kBlockK = LONGCTX_BLOCK_K;
+static_assert(kLanes == 4 || kLanes == 8 || kLanes == 16, "LONGCTX_LANES must be 4, 8 or 16");
+static_assert(kRows >= 1 && kRows <= 32, "LONGCTX_ROWS must be in 1..32");
+static_assert(kBlockQ >= 1 && kBlockK >= kPanel && kBlockK % kPanel == 0, "bad default blocks");
 
-inline v8f load(const float* p) { return *reinterpret_cast<const v8f_unaligned*>(p); }
-inline void store(float* p, v8f x) { *reinterpret_cast<v8f_unaligned*>(p) = x; }
-inline v8f splat(float x) { return v8f{x, x, x, x, x, x, x, x}; }
+typedef float vf __attribute__((vector_size(4 * kLanes)));
+typedef int32_t vi __attribute__((vector_size(4 * kLanes)));
+// The same vector type at float alignment, for unaligned loads and stores through pointers.
+typedef float vf_unaligned __attribute__((vector_size(4 * kLanes), aligned(4)));
+
+inline vf load(const float* p) { return *reinterpret_cast<const vf_unaligned*>(p); }
+inline void store(float* p, vf x) { *reinterpret_cast<vf_unaligned*>(p) = x; }
+inline vf splat(float x) { return vf{} + x; }
 
 // exp for x <= 0 (Cephes expf polynomial, relative error below 2e-7); 0 below -87.
-inline v8f exp_nonpositive(v8f x) {
-  const v8f too_small = x < splat(-87.0f) ? splat(1.0f) : splat(0.0f);
+inline vf exp_nonpositive(vf x) {
+  const vf too_small = x < splat(-87.0f) ? splat(1.0f) : splat(0.0f);
   x = x < splat(-87.0f) ? splat(-87.0f) : x;
-  const v8f shifter = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
-  v8f n = x * splat(1.44269504088896341f) + shifter;
+  const vf shifter = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
+  vf n = x * splat(1.44269504088896341f) + shifter;
   n = n - shifter;
-  v8f r = x - n * splat(0.693359375f);
+  vf r = x - n * splat(0.693359375f);
   r = r - n * splat(-2.12194440e-4f);
-  v8f p = splat(1.9875691500e-4f);
+  vf p = splat(1.9875691500e-4f);
   p = p * r + splat(1.3981999507e-3f);
   p = p * r + splat(8.3334519073e-3f);
   p = p * r + splat(4.1665795894e-2f);
   p = p * r + splat(1.6666665459e-1f);
   p = p * r + splat(5.0000001201e-1f);
   p = p * r * r + r + splat(1.0f);
-  v8i bits = (__builtin_convertvector(n, v8i) + 127) << 23;
-  v8f scale;
+  vi bits = (__builtin_convertvector(n, vi) + 127) << 23;
+  vf scale;
   std::memcpy(&scale, &bits, sizeof(scale));
   p = p * scale;
   return too_small > splat(0.5f) ? splat(0.0f) : p;
 }
 
-inline float hmax(v8f x) {
+inline float hmax(vf x) {
   float r = x[0];
   for (int i = 1; i < kLanes; ++i) r = std::max(r, x[i]);
   return r;
 }
-inline float hsum(v8f x) {
+inline float hsum(vf x) {
   float r = 0.0f;
   for (int i = 0; i < kLanes; ++i) r += x[i];
   return r;
@@ -92,49 +113,37 @@ struct Problem {
   int64_t block_q, block_k;
 };
 
-// Register tiles are kRows x 16: 2 * kRows accumulators of 8 floats plus two loaded vectors
-// and a broadcast fill the 16 vector registers of AVX2.
-constexpr int kRows = 6;
-
 // s[r, c] = sum_h qb[r, h] panel[h, c] for kRows rows and the 16 keys of one panel.
 inline void qk_tile(const float* qb, int64_t H, const float* panel, float* s, int64_t s_stride) {
-  v8f acc[kRows][2] = {};
+  vf acc[kRows][kVecs] = {};
   for (int64_t h = 0; h < H; ++h) {
-    const v8f b0 = load(panel + h * 16);
-    const v8f b1 = load(panel + h * 16 + kLanes);
+    vf b[kVecs];
+    for (int u = 0; u < kVecs; ++u) b[u] = load(panel + h * kPanel + u * kLanes);
     for (int r = 0; r < kRows; ++r) {
-      const v8f a = splat(qb[r * H + h]);
-      acc[r][0] += a * b0;
-      acc[r][1] += a * b1;
+      const vf a = splat(qb[r * H + h]);
+      for (int u = 0; u < kVecs; ++u) acc[r][u] += a * b[u];
     }
   }
-  for (int r = 0; r < kRows; ++r) {
-    store(s + r * s_stride, acc[r][0]);
-    store(s + r * s_stride + kLanes, acc[r][1]);
-  }
+  for (int r = 0; r < kRows; ++r)
+    for (int u = 0; u < kVecs; ++u) store(s + r * s_stride + u * kLanes, acc[r][u]);
 }
 
 // o[r, c..c+16] += sum_j p[r, j] v[j, c..c+16] for kRows rows.
 inline void pv_tile(const float* p, int64_t p_stride, int64_t num_keys, const float* v,
                     int64_t v_stride, float* o, int64_t H) {
-  v8f acc[kRows][2];
-  for (int r = 0; r < kRows; ++r) {
-    acc[r][0] = load(o + r * H);
-    acc[r][1] = load(o + r * H + kLanes);
-  }
+  vf acc[kRows][kVecs];
+  for (int r = 0; r < kRows; ++r)
+    for (int u = 0; u < kVecs; ++u) acc[r][u] = load(o + r * H + u * kLanes);
   for (int64_t j = 0; j < num_keys; ++j) {
-    const v8f b0 = load(v + j * v_stride);
-    const v8f b1 = load(v + j * v_stride + kLanes);
+    vf b[kVecs];
+    for (int u = 0; u < kVecs; ++u) b[u] = load(v + j * v_stride + u * kLanes);
     for (int r = 0; r < kRows; ++r) {
-      const v8f a = splat(p[r * p_stride + j]);
-      acc[r][0] += a * b0;
-      acc[r][1] += a * b1;
+      const vf a = splat(p[r * p_stride + j]);
+      for (int u = 0; u < kVecs; ++u) acc[r][u] += a * b[u];
     }
   }
-  for (int r = 0; r < kRows; ++r) {
-    store(o + r * H, acc[r][0]);
-    store(o + r * H + kLanes, acc[r][1]);
-  }
+  for (int r = 0; r < kRows; ++r)
+    for (int u = 0; u < kVecs; ++u) store(o + r * H + u * kLanes, acc[r][u]);
 }
 
 struct Scratch {
@@ -201,9 +210,9 @@ void run_item(const Problem& P, int64_t item, Scratch& w) {
           if (!ok) s[c] = -INFINITY;
         }
       }
-      v8f vmax = splat(-INFINITY);
+      vf vmax = splat(-INFINITY);
       for (int64_t c = 0; c < cols; c += kLanes) {
-        const v8f x = load(s + c);
+        const vf x = load(s + c);
         vmax = x > vmax ? x : vmax;
       }
       const float m_old = w.m[r];
@@ -212,9 +221,9 @@ void run_item(const Problem& P, int64_t item, Scratch& w) {
         std::fill(s, s + cols, 0.0f);
         continue;
       }
-      v8f vsum = splat(0.0f);
+      vf vsum = splat(0.0f);
       for (int64_t c = 0; c < cols; c += kLanes) {
-        const v8f p = exp_nonpositive(load(s + c) - splat(m_new));
+        const vf p = exp_nonpositive(load(s + c) - splat(m_new));
         store(s + c, p);
         vsum += p;
       }
@@ -276,10 +285,13 @@ ffi::Error FlashAttentionImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi
   P.S = kd[1], P.K = kd[2];
   if (kd[0] != P.B || kd[3] != P.H || vd[0] != P.B || vd[1] != P.S || vd[2] != P.K || vd[3] != P.H)
     return ffi::Error::InvalidArgument("k and v must both be [B, S, K, H] matching q");
+  // Blocks of 0 take the build's defaults (sized from this machine's caches).
+  if (block_q == 0) block_q = kBlockQ;
+  if (block_k == 0) block_k = kBlockK;
   if (P.K == 0 || P.N % P.K != 0 || P.H % 16 != 0 || block_k % 16 != 0 || block_q <= 0 ||
       block_k <= 0 || window < 0)
     return ffi::Error::InvalidArgument(
-        "need N % K == 0, head_dim % 16 == 0, block_q > 0, block_k % 16 == 0, window >= 0");
+        "need N % K == 0, head_dim % 16 == 0, block_q >= 0, block_k % 16 == 0, window >= 0");
   P.Sp = (P.S + 15) / 16 * 16;
   P.causal = causal, P.window = window, P.scale = scale;
   P.block_q = block_q, P.block_k = block_k;
@@ -313,6 +325,11 @@ ffi::Error FlashAttentionImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi
 }
 
 }  // namespace
+
+// The constants this library was built with: lanes, rows, default block_q, default block_k.
+extern "C" void LongctxCpuFlashGeometry(int64_t* out) {
+  out[0] = kLanes, out[1] = kRows, out[2] = kBlockQ, out[3] = kBlockK;
+}
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LongctxCpuFlashAttention, FlashAttentionImpl,
                               ffi::Ffi::Bind()

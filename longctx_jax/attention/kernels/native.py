@@ -3,9 +3,10 @@
 A kernel source `NAME.cc` is compiled on first use with the system C++ compiler (`$CXX`,
 else `c++`) against `jax.ffi.include_dir()` into a shared library cached under
 `$LONGCTX_JAX_CACHE` (default `~/.cache/longctx_jax`), keyed by the source, the compiler
-flags, the jaxlib version and this CPU's feature flags (the library is built with
-`-march=native`). The build writes to a temporary file and renames it, so concurrent
-processes (pytest-xdist workers) never load a half-written library.
+flags, the jaxlib version and this CPU's feature flags. A kernel is built with `-march=native`
+unless its caller passes the flags of one instruction set (`cpu_flash_plan.py`) and a build
+tag, which then also names the file (`NAME-TAG-KEY.so`). The build writes to a temporary file
+and renames it, so concurrent processes (pytest-xdist workers) never load a half-written library.
 
 The cache is private: it is created with mode 0700, and a cache directory (or library) that
 is owned by another user or writable by group or others is refused with
@@ -20,7 +21,6 @@ import functools
 import hashlib
 import logging
 import os
-import platform
 import shutil
 import stat
 import subprocess
@@ -29,10 +29,12 @@ import tempfile
 import jax
 import jaxlib
 
+from longctx_jax import cpu
 from longctx_jax.atomic import write_atomically
 
 _SOURCE_DIR = os.path.dirname(os.path.abspath(__file__))
-_FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno")
+_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno")
+NATIVE_FLAGS = ("-march=native",)
 _LOG = logging.getLogger(__name__)
 
 
@@ -41,12 +43,8 @@ class NativeKernelUnavailable(ImportError):
 
 
 def _cpu_signature() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith(("flags", "Features"))), "")
-    except OSError:
-        flags = ""
-    return platform.machine() + flags
+    info = cpu.cpu_info()
+    return info.arch + " " + " ".join(sorted(info.flags))
 
 
 def cache_dir() -> str:
@@ -117,12 +115,19 @@ def _verified(target: str) -> bool:
     return False
 
 
-def library_path(name: str) -> str:
+def library_path(name: str, flags: tuple[str, ...] = NATIVE_FLAGS, tag: str = "") -> str:
     """Path of the built, hash-verified library for kernel `name`, building it if needed.
+
+    Args:
+      name: the kernel source `NAME.cc` in this folder.
+      flags: compiler flags beyond the common ones (`NATIVE_FLAGS`: this CPU's full ISA).
+      tag: a build name in the file name (letters, digits, `_`), e.g. the ISA and tiles.
 
     Raises:
       NativeKernelUnavailable: no compiler, a failed build, or a cache that is not private.
     """
+    if tag and not tag.replace("_", "").isalnum():
+        raise ValueError(f"build tag {tag!r} must be letters, digits and '_'")
     source = os.path.join(_SOURCE_DIR, f"{name}.cc")
     with open(source, "rb") as f:
         text = f.read()
@@ -132,11 +137,11 @@ def library_path(name: str) -> str:
             f"kernel {name!r} needs a C++17 compiler (set $CXX or install g++/clang++); none found"
         )
     key = hashlib.sha256(
-        b"\0".join([text, " ".join(_FLAGS).encode(), jaxlib.__version__.encode(), _cpu_signature().encode(),
-                    cxx.encode()])
+        b"\0".join([text, " ".join((*_FLAGS, *flags)).encode(), jaxlib.__version__.encode(),
+                    _cpu_signature().encode(), cxx.encode()])
     ).hexdigest()[:16]
     out_dir = _private_cache_dir()
-    target = os.path.join(out_dir, f"{name}-{key}.so")
+    target = os.path.join(out_dir, f"{name}-{tag}-{key}.so" if tag else f"{name}-{key}.so")
     if _verified(target):
         return target
     try:
@@ -147,7 +152,7 @@ def library_path(name: str) -> str:
             "set $LONGCTX_JAX_CACHE to a writable directory"
         ) from error
     os.close(fd)
-    cmd = [cxx, *_FLAGS, f"-I{jax.ffi.include_dir()}", source, "-o", tmp]
+    cmd = [cxx, *_FLAGS, *flags, f"-I{jax.ffi.include_dir()}", source, "-o", tmp]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
@@ -167,27 +172,41 @@ def library_path(name: str) -> str:
     return target
 
 
-_FAILED: dict[str, NativeKernelUnavailable] = {}
+_FAILED: dict[tuple[str, str], NativeKernelUnavailable] = {}
 
 
 @functools.cache
-def _register(name: str, symbol: str) -> str:
-    library = ctypes.cdll.LoadLibrary(library_path(name))
-    target = f"longctx_{name}"
-    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
-    return target
+def _load(name: str, flags: tuple[str, ...], tag: str) -> ctypes.CDLL:
+    return ctypes.cdll.LoadLibrary(library_path(name, flags, tag))
 
 
-def register(name: str, symbol: str) -> str:
-    """Builds kernel `name`, registers its handler `symbol` as FFI target `longctx_<name>` on CPU.
+def load(name: str, flags: tuple[str, ...] = NATIVE_FLAGS, tag: str = "") -> ctypes.CDLL:
+    """Builds (once) and loads kernel `name` with `flags`; see `library_path`.
 
     A failed build raises `NativeKernelUnavailable` and is remembered, so callers that probe
     for the kernel (dispatch's "auto") do not rerun the compiler.
     """
-    if name in _FAILED:
-        raise _FAILED[name]
+    if (name, tag) in _FAILED:
+        raise _FAILED[(name, tag)]
     try:
-        return _register(name, symbol)
+        return _load(name, tuple(flags), tag)
     except NativeKernelUnavailable as error:
-        _FAILED[name] = error
+        _FAILED[(name, tag)] = error
         raise
+
+
+@functools.cache
+def _register(name: str, symbol: str, flags: tuple[str, ...], tag: str) -> str:
+    library = load(name, flags, tag)
+    target = f"longctx_{name}_{tag}" if tag else f"longctx_{name}"
+    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
+    return target
+
+
+def register(name: str, symbol: str, flags: tuple[str, ...] = NATIVE_FLAGS, tag: str = "") -> str:
+    """Builds kernel `name`, registers its handler `symbol` as an FFI target on CPU.
+
+    The target is `longctx_<name>` (`longctx_<name>_<tag>` for a tagged build). A failed
+    build raises `NativeKernelUnavailable` (remembered, see `load`).
+    """
+    return _register(name, symbol, tuple(flags), tag)
