@@ -7,8 +7,6 @@ under that method's `ModelConfig` changes (same weights), runs the sweeps of `sp
 writes results.json (resumed if present), the figures and report.md into `config.workdir`.
 """
 
-import os
-import platform
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -16,6 +14,7 @@ from typing import Any
 import jax
 import ml_collections
 
+from longctx_jax.cpu import cpu_info
 from longctx_jax.eval.methods import (
     METHODS,
     check_longrope_input,
@@ -29,14 +28,10 @@ from longctx_jax.models.llama import load_gguf, smollm2_path
 
 
 def machine() -> dict[str, object]:
-    """The CPU, core count, platform and JAX version a run measured its times on."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": jax.default_backend(), "jax": jax.__version__}
+    """The machine a run measured its times on: CPU model, cores, ISA flags and cache sizes
+    (`longctx_jax.cpu`), backend and JAX version."""
+    info = cpu_info().as_dict()
+    return {"cpu": info.pop("model"), **info, "platform": jax.default_backend(), "jax": jax.__version__}
 
 
 def _check_methods(field: str, methods: Sequence[str], labels: Sequence[str] = ()) -> None:
