@@ -43,6 +43,11 @@ SIZES = ("claim", "smoke")
 TRAIN_LEN = {"claim": 256, "smoke": 64}
 TOKENS_PER_STEP = {"claim": 2048, "smoke": 2048}
 SEEDS = {"claim": (0, 1, 2), "smoke": (0,)}
+MODEL = {  # head_dim 64 at the claim size (YaRN's ramp is not degenerate); the old tiny model for smoke
+    "claim": {"d_model": 128, "num_layers": 4, "num_heads": 2, "num_kv_heads": 2, "mlp_dim": 384},
+    "smoke": {"d_model": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "mlp_dim": 192},
+}
+STEPS = {"claim": 200, "smoke": 600}
 
 # The claims this config's runs decide, as the papers state them, and the rule (fixed before the
 # run) that decides each comparison: `longctx_jax.eval.verdicts`. Series are
@@ -91,20 +96,8 @@ def base_config(variant: str, *, size: str = "claim") -> ml_collections.ConfigDi
     config.size = size
     config.seeds = SEEDS[size]  # every claim trains and evaluates each run once per seed
     config.workdir = f"runs/repro/{variant}" if size == "claim" else f"runs/repro_smoke/{variant}"
-    if size == "claim":
-        config.model.d_model = 128
-        config.model.num_layers = 4
-        config.model.num_heads = 2
-        config.model.num_kv_heads = 2
-        config.model.mlp_dim = 384
-        steps = 200
-    else:
-        config.model.d_model = 64
-        config.model.num_layers = 2
-        config.model.num_heads = 4
-        config.model.num_kv_heads = 2
-        config.model.mlp_dim = 192
-        steps = 600
+    config.model.update(MODEL[size])
+    steps = STEPS[size]
     config.data.seq_len = train_len
     config.data.batch_size = TOKENS_PER_STEP[size] // train_len
     config.data.eval_sequences = 64
