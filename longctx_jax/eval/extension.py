@@ -176,27 +176,26 @@ def run_extension(config: ml_collections.ConfigDict, *, loaded: tuple[Any, Any, 
         "model": config.model_name, "train_length": config.train_length, "target_length": target,
         "factor": factor, "preset": config.preset, "attention_impl": config.attention_impl})
     timing = dict(store.data.get("timing_s", {}))
-    for method in config.methods:
+    def models():
+        """(label, model, the inputs its rows are keyed by): the base under each method, then
+        each fine-tuned model under its own scaling."""
+        for method in config.methods:
+            changes = config_changes(method, factor=factor, train_length=config.train_length,
+                                     rotary_dim=base.cfg.head_dim, window=config.window, sinks=config.sinks,
+                                     longrope=config.longrope)
+            if loaded is not None and method == "none":  # the fine-tuned model under its own scaling
+                changes["rope_scaling"] = base.cfg.rope_scaling_dict
+            yield method, with_config(base, **changes), changes
+        for label, (tuned, _, key) in finetuned.items():
+            tuned = with_config(tuned, dtype=config.dtype, attention_impl=config.attention_impl)
+            yield label, tuned, {"finetuned_model": key, "rope_scaling": tuned.cfg.rope_scaling_dict}
+
+    for label, model, keyed_by in models():
         t0 = time.time()
-        changes = config_changes(method, factor=factor, train_length=config.train_length,
-                                 rotary_dim=base.cfg.head_dim, window=config.window, sinks=config.sinks,
-                                 longrope=config.longrope)
-        if loaded is not None and method == "none":  # the fine-tuned model under its own scaling
-            changes["rope_scaling"] = base.cfg.rope_scaling_dict
-        model = with_config(base, **changes)
-        evaluate_method(model, tokenizer, store, method=method, spec=spec_for(config, method), inputs=changes)
-        timing[method] = timing.get(method, 0.0) + time.time() - t0
-        store.update_meta({"timing_s": timing, "rope_scaling": {**store.data.get("rope_scaling", {}),
-                                                                method: changes["rope_scaling"]}})
-    for label, (model, _, key) in finetuned.items():
-        t0 = time.time()
-        model = with_config(model, dtype=config.dtype, attention_impl=config.attention_impl)
-        scaling = model.cfg.rope_scaling_dict
-        evaluate_method(model, tokenizer, store, method=label, spec=spec_for(config, label),
-                        inputs={"finetuned_model": key, "rope_scaling": scaling})
+        evaluate_method(model, tokenizer, store, method=label, spec=spec_for(config, label), inputs=keyed_by)
         timing[label] = timing.get(label, 0.0) + time.time() - t0
         store.update_meta({"timing_s": timing, "rope_scaling": {**store.data.get("rope_scaling", {}),
-                                                                label: scaling}})
+                                                                label: keyed_by["rope_scaling"]}})
     timing["total_this_run"] = time.time() - start
     store.update_meta({"timing_s": timing})
     labels = [*config.methods, *finetuned]
