@@ -72,8 +72,14 @@ def test_auto_policy(monkeypatch):
     assert choose(128, 128, backend="cpu") == ("cpu_flash" if flash_built else "dense")
     assert choose(65536, 65536, backend="cpu") == ("cpu_flash" if flash_built else "blockwise")
     assert choose(65536, 65536, {"sinks": 4}, backend="cpu") == "blockwise"
-    # One decoded token against a long cache: small logits, so the oracle.
-    assert choose(1, 65536, {"q_positions": np.zeros(1, int)}, backend="cpu") == "dense"
+    # One decoded token against a long cache: the decode kernel (one pass over the cache in
+    # place); where it cannot be built or take the spec, small logits go to the oracle.
+    decode_built = dispatch._importable("cpu_decode")
+    assert choose(1, 65536, {"q_positions": np.zeros(1, int)}, backend="cpu") == (
+        "cpu_decode" if decode_built else "dense")
+    assert choose(16, 65536, {"sinks": 4, "window": 8}, backend="cpu") == ("cpu_decode" if decode_built else "dense")
+    assert choose(17, 4096, {"q_positions": np.zeros(1, int)}, backend="cpu") == "dense"
+    assert choose(1, 65536, {"bias": np.zeros(1)}, backend="cpu") == "dense"
     assert choose(4096, 4096, {"q_positions": np.zeros(1, int)}, backend="cpu") == "blockwise"
     # A CPU kernel that cannot be imported (as cpu_flash without a compiler) falls back by length.
     monkeypatch.setitem(dispatch.REGISTRY, "unbuildable",

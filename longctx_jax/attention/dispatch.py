@@ -13,13 +13,15 @@ fields it cannot express, which the implementation itself declares in its
 Registry: "dense" (the oracle), "blockwise" (memory-efficient jnp), "xla" and "cudnn"
 (`jax.nn.dot_product_attention`; fields it cannot express raise `ValueError`), "flash"
 (Pallas), "cpu_flash" (the fused C++ CPU kernel: causal / window masks under default
-positions), "ring" (context parallel over a mesh axis) and whatever `register` adds.
+positions), "cpu_decode" (its decode-step sibling: a few query rows at explicit positions over
+a cache in place), "ring" (context parallel over a mesh axis) and whatever `register` adds.
 "auto" picks by backend with an `AutoPolicy`: GPU -> flash (cudnn if flash is missing);
 Hopper and newer (compute capability >= 9.0, where JAX deprecates Pallas' Triton lowering
 from 0.11) -> cudnn for every spec it expresses natively (`cudnn_expresses`), flash for the
-rest; TPU -> flash (splash), CPU -> cpu_flash (where it cannot be built: dense for short
-sequences, blockwise for long ones); a spec the pick cannot take goes to dense when its
-logits are small (a decoded token) and to blockwise otherwise.
+rest; TPU -> flash (splash), CPU -> cpu_decode for at most 16 query rows (a decode step),
+else cpu_flash (where it cannot be built: dense for short sequences, blockwise for long
+ones); a spec the pick cannot take goes to dense when its logits are small (a decoded
+token) and to blockwise otherwise.
 """
 
 import dataclasses
@@ -165,6 +167,9 @@ REGISTRY: dict[str, Implementation] = {
         Implementation("cpu_flash", "longctx_jax.attention.cpu_flash:cpu_flash_attention",
                        "longctx_jax.attention.cpu_flash:cpu_flash_attention_with_lse",
                        "longctx_jax.attention.blockwise:blockwise_attention_backward"),
+        Implementation("cpu_decode", "longctx_jax.attention.cpu_decode:cpu_decode_attention",
+                       "longctx_jax.attention.cpu_decode:cpu_decode_attention_with_lse",
+                       "longctx_jax.attention.blockwise:blockwise_attention_backward"),
         Implementation("ring", "longctx_jax.attention.ring:ring_attention"),
     )
 }
@@ -212,7 +217,9 @@ class AutoPolicy:
     `gpu_hopper`: the choice on compute capability >= 9.0 (H100, H200, B200) for the specs
     cuDNN expresses natively (`cudnn_expresses`); other specs take `gpu`. `cpu`: the CPU
     choice at any length when it can be imported (cpu_flash is several times
-    faster than dense even at 256 tokens). Where it cannot (no C++ compiler), `cpu_short`
+    faster than dense even at 256 tokens); calls with at most `cpu_decode_max_q` query rows (a
+    decode step) go to `cpu_decode` when it takes the spec (one pass over the cache in place,
+    explicit positions included). Where it cannot (no C++ compiler), `cpu_short`
     when max(T, S) <= `cpu_dense_max_len` (its `[B, N, T, S]` float32 logits fit
     comfortably) and `cpu_long` above. A spec the pick cannot take goes to dense when its
     `[T, S]` logits are small (T * S <= `dense_max_logits`, e.g. one decoded token against any
@@ -224,6 +231,8 @@ class AutoPolicy:
     gpu_hopper: str = "cudnn"
     tpu: str = "flash"
     cpu: str = "cpu_flash"
+    cpu_decode: str = "cpu_decode"
+    cpu_decode_max_q: int = 16
     cpu_short: str = "dense"
     cpu_long: str = "blockwise"
     cpu_dense_max_len: int = 2048
@@ -321,6 +330,9 @@ def choose(
         name = policy.gpu if _importable(policy.gpu) else policy.gpu_fallback
     elif backend == "tpu":
         name = policy.tpu
+    elif (q_len <= policy.cpu_decode_max_q and _importable(policy.cpu_decode)
+          and entry(policy.cpu_decode).takes(spec)):
+        name = policy.cpu_decode
     elif _importable(policy.cpu):
         name = policy.cpu
     else:

@@ -23,7 +23,7 @@ import numpy as np
 
 from longctx_jax import config_cli
 from longctx_jax.atomic import write_atomically
-from longctx_jax.bench import memory
+from longctx_jax.bench import memory, speed_tables
 from longctx_jax.eval import repro_report
 from longctx_jax.eval.claims import CLAIMS as REPRO_DRIVERS
 from longctx_jax.eval.report import paired_table, render_report, summary_block
@@ -32,7 +32,7 @@ from longctx_jax.models.hf_architectures import markdown_table
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "docs" / "results"
 DOC_FILES = ("README.md", "docs/extension_report.md", "docs/benchmarks.md", "docs/finetuning.md",
-             "docs/huggingface.md", "docs/reproductions.md")
+             "docs/huggingface.md", "docs/reproductions.md", "docs/kv_cache.md")
 REPRO = RESULTS / "repro"  # one <driver>.json per decoder reproduction (`experiments/reproduce.py`)
 EXTEND_RUN = RESULTS / "extend_smollm2" / "results.json"
 EXTEND_DYNAMIC_RUN = RESULTS / "extend_smollm2_dynamic" / "results.json"  # the default + "dynamic"
@@ -42,6 +42,8 @@ PATTERN_RUNS = ("rope", "longformer", "bigbird", "longnet")
 FINETUNE = RESULTS / "finetune_smollm2"  # results.json of `extend :finetuned` + one directory per run
 FINETUNE_RUNS = {"cpu_pi": "pi_ft", "cpu_yarn": "yarn_ft"}  # config variant -> label in results.json
 FINETUNE_PAIRS = (("pi_ft", "linear"), ("yarn_ft", "yarn"))  # each fine-tune vs its scaling untrained
+BENCH_FORWARD = RESULTS / "bench_forward"  # <date>-<machine>.json of `experiments.bench_forward`
+BENCH_ATTENTION_GQA = RESULTS / "bench_attention_gqa"  # SmolLM2's 9 / 3 heads, `bench_attention`
 
 _BLOCK = re.compile(r"(<!-- generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)"
                     r"(<!-- /generated:(?P=name) -->)", re.S)
@@ -129,6 +131,16 @@ def memory_table() -> str:
     return memory.memory_table(memory.load_results(str(RESULTS / "memory"))) + "\n"
 
 
+def bench_forward() -> str:
+    """docs/kv_cache.md: SmolLM2 prefill / decode tokens/s against transformers, one row per run."""
+    return speed_tables.forward_table(speed_tables.runs(BENCH_FORWARD))
+
+
+def bench_attention_gqa() -> str:
+    """docs/benchmarks.md: one causal SmolLM2 attention layer, cpu_flash vs torch sdpa, per run."""
+    return speed_tables.attention_table(speed_tables.runs(BENCH_ATTENTION_GQA))
+
+
 def hf_architectures() -> str:
     """docs/huggingface.md: the HF architecture table, from the code's table (no results file)."""
     return markdown_table().rstrip("\n") + "\n"
@@ -172,6 +184,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "extend-dynamic": extend_dynamic,
     "pattern-table": pattern_table,
     "memory-table": memory_table,
+    "bench-forward": bench_forward,
+    "bench-attention-gqa": bench_attention_gqa,
     "hf-architectures": hf_architectures,
     "finetune-runs": finetune_runs,
     "finetune-comparison": finetune_comparison,

@@ -26,6 +26,14 @@
 // Python wrapper zero-pads other head dims). Masking: key j is allowed for query i when
 // (not causal or j <= i) and (window == 0 or |i - j| < window), with positions 0..T-1 and
 // 0..S-1 (a prompt attending to itself, the prefill case).
+//
+// A second entry point, LongctxCpuDecodeAttention, serves the decode step: a few query rows
+// (T small) at explicit positions over a KV cache read in place ([B, S, K, H], no repacking:
+// one pass over each key and value row, which a decoded token reads once). Work items are
+// (batch, chunk of kDecodeChunk keys), spread over the pool; each computes every query row
+// against its chunk (partial m, l, o), reading each cached row [K, H] once and in order, and
+// the partials are merged exactly as the recurrence above. Mask over true positions (attention/masks.py):
+//     allowed = (not causal or k <= q) and (window == 0 or |q - k| < window or k < sinks).
 
 #include <algorithm>
 #include <atomic>
@@ -330,6 +338,158 @@ ffi::Error FlashAttentionImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi
   return ffi::Error::Success();
 }
 
+// ---- Decode: few query rows at explicit positions over an in-place KV cache. ----
+
+constexpr int64_t kDecodeChunk = 512;  // keys per work item
+
+struct DecodeProblem {
+  const float *q, *k, *v;
+  const int32_t *q_pos, *k_pos;  // [B, T], [B, S]
+  int64_t B, T, S, N, K, H, G, R, chunks;
+  bool causal;
+  int64_t window, sinks;
+  float scale;
+  float *m_part, *l_part, *o_part;  // [B, chunks, R], same, [B, chunks, R, H]; R = T * N
+};
+
+inline bool decode_allowed(const DecodeProblem& P, int32_t qp, int32_t kp) {
+  if (P.causal && kp > qp) return false;
+  if (P.window > 0) {
+    const int64_t d = static_cast<int64_t>(qp) - static_cast<int64_t>(kp);
+    if ((d < 0 ? -d : d) >= P.window && !(P.sinks > 0 && kp < P.sinks)) return false;
+  }
+  return true;
+}
+
+// Every query row r = t * N + n against keys [s0, s1) of one chunk: each cached row
+// [K, H] (all KV heads, contiguous) is read once, in order.
+void decode_item(const DecodeProblem& P, int64_t item, std::vector<float>& logits,
+                 std::vector<float>& qs) {
+  const int64_t chunk = item % P.chunks, b = item / P.chunks;
+  const int64_t s0 = chunk * kDecodeChunk, s1 = std::min(P.S, s0 + kDecodeChunk), L = s1 - s0;
+  const int64_t R = P.R, H = P.H, N = P.N;
+  for (int64_t r = 0; r < R; ++r) {  // scaled query rows
+    const float* src = P.q + (b * P.T * N + r) * H;
+    for (int64_t h = 0; h < H; ++h) qs[r * H + h] = src[h] * P.scale;
+  }
+  for (int64_t j = 0; j < L; ++j) {  // logits: one pass over the chunk's key rows
+    const int64_t s = s0 + j;
+    const float* krow = P.k + (b * P.S + s) * P.K * H;
+    const int32_t kp = P.k_pos[b * P.S + s];
+    for (int64_t t = 0; t < P.T; ++t) {
+      const bool ok = decode_allowed(P, P.q_pos[b * P.T + t], kp);
+      for (int64_t n = 0; n < N; ++n) {
+        const int64_t r = t * N + n;
+        float x = -INFINITY;
+        if (ok) {
+          const float* kv = krow + (n / P.G) * H;
+          vf acc = splat(0.0f);
+          for (int64_t h = 0; h < H; h += kLanes) acc += load(qs.data() + r * H + h) * load(kv + h);
+          x = hsum(acc);
+        }
+        logits[r * kDecodeChunk + j] = x;
+      }
+    }
+  }
+  const int64_t base = (b * P.chunks + chunk) * R;
+  for (int64_t r = 0; r < R; ++r) {  // softmax numerators, row max and sum
+    float* row = logits.data() + r * kDecodeChunk;
+    float m = -INFINITY;
+    for (int64_t j = 0; j < L; ++j) m = std::max(m, row[j]);
+    float l = 0.0f;
+    if (m != -INFINITY) {
+      int64_t j = 0;
+      vf vsum = splat(0.0f);
+      for (; j + kLanes <= L; j += kLanes) {  // exp(-inf - m) is 0: masked keys drop out
+        const vf p = exp_nonpositive(load(row + j) - splat(m));
+        store(row + j, p);
+        vsum += p;
+      }
+      l = hsum(vsum);
+      for (; j < L; ++j) {
+        row[j] = row[j] == -INFINITY ? 0.0f : std::exp(row[j] - m);
+        l += row[j];
+      }
+    }
+    P.m_part[base + r] = m;
+    P.l_part[base + r] = l;
+  }
+  float* o = P.o_part + base * H;
+  std::fill(o, o + R * H, 0.0f);
+  for (int64_t j = 0; j < L; ++j) {  // o += p v: one pass over the chunk's value rows
+    const float* vrow = P.v + (b * P.S + s0 + j) * P.K * H;
+    for (int64_t r = 0; r < R; ++r) {
+      const float p = logits[r * kDecodeChunk + j];
+      if (p == 0.0f) continue;
+      const vf a = splat(p);
+      const float* vv = vrow + ((r % N) / P.G) * H;
+      for (int64_t h = 0; h < H; h += kLanes) store(o + r * H + h, load(o + r * H + h) + a * load(vv + h));
+    }
+  }
+}
+
+ffi::Error DecodeAttentionImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
+                               ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::S32> q_pos,
+                               ffi::Buffer<ffi::S32> k_pos, ffi::ResultBuffer<ffi::F32> out,
+                               ffi::ResultBuffer<ffi::F32> lse, bool causal, int64_t window,
+                               int64_t sinks, float scale) {
+  const auto qd = q.dimensions(), kd = k.dimensions(), vd = v.dimensions();
+  if (qd.size() != 4 || kd.size() != 4 || vd.size() != 4)
+    return ffi::Error::InvalidArgument("q, k, v must be rank 4 [B, T|S, heads, head_dim]");
+  DecodeProblem P{};
+  P.B = qd[0], P.T = qd[1], P.N = qd[2], P.H = qd[3];
+  P.S = kd[1], P.K = kd[2];
+  if (kd[0] != P.B || kd[3] != P.H || vd[0] != P.B || vd[1] != P.S || vd[2] != P.K || vd[3] != P.H)
+    return ffi::Error::InvalidArgument("k and v must both be [B, S, K, H] matching q");
+  const auto qpd = q_pos.dimensions(), kpd = k_pos.dimensions();
+  if (qpd.size() != 2 || qpd[0] != P.B || qpd[1] != P.T || kpd.size() != 2 || kpd[0] != P.B ||
+      kpd[1] != P.S)
+    return ffi::Error::InvalidArgument("positions must be q [B, T] and k [B, S] int32");
+  if (P.K == 0 || P.N % P.K != 0 || P.H % kPanel != 0 || window < 0 || sinks < 0)
+    return ffi::Error::InvalidArgument("need N % K == 0, head_dim % 16 == 0, window >= 0, sinks >= 0");
+  P.G = P.N / P.K, P.R = P.T * P.N;
+  P.chunks = std::max<int64_t>(1, (P.S + kDecodeChunk - 1) / kDecodeChunk);
+  P.causal = causal, P.window = window, P.sinks = sinks, P.scale = scale;
+  P.q = q.typed_data(), P.k = k.typed_data(), P.v = v.typed_data();
+  P.q_pos = q_pos.typed_data(), P.k_pos = k_pos.typed_data();
+  const int64_t parts = P.B * P.chunks * P.R;
+  std::vector<float> m_part(parts), l_part(parts), o_part(parts * P.H);
+  P.m_part = m_part.data(), P.l_part = l_part.data(), P.o_part = o_part.data();
+
+  const int64_t items = P.S == 0 ? 0 : P.B * P.chunks;
+  std::atomic<int64_t> next_item{0};
+  parallel_run(pool, std::max<int64_t>(1, pool.num_threads()), [&P, &next_item, items]() {
+    std::vector<float> logits(P.R * kDecodeChunk), qs(P.R * P.H);
+    for (int64_t item = next_item.fetch_add(1); item < items; item = next_item.fetch_add(1))
+      decode_item(P, item, logits, qs);
+  });
+
+  float* o_out = out->typed_data();
+  float* lse_out = lse->typed_data();
+  for (int64_t b = 0; b < P.B; ++b) {  // merge the chunks' partials
+    for (int64_t r = 0; r < P.R; ++r) {
+      float m = -INFINITY;
+      for (int64_t c = 0; c < P.chunks && items; ++c) m = std::max(m, m_part[(b * P.chunks + c) * P.R + r]);
+      float* dst = o_out + (b * P.R + r) * P.H;
+      std::fill(dst, dst + P.H, 0.0f);
+      float l = 0.0f;
+      if (m != -INFINITY) {
+        for (int64_t c = 0; c < P.chunks; ++c) {
+          const int64_t i = (b * P.chunks + c) * P.R + r;
+          if (m_part[i] == -INFINITY) continue;
+          const float w = std::exp(m_part[i] - m);
+          l += w * l_part[i];
+          for (int64_t h = 0; h < P.H; ++h) dst[h] += w * o_part[i * P.H + h];
+        }
+        const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+        for (int64_t h = 0; h < P.H; ++h) dst[h] *= inv;
+      }
+      lse_out[b * P.R + r] = l > 0.0f ? m + std::log(l) : 0.0f;
+    }
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 // The constants this library was built with: lanes, rows, default block_q, default block_k.
@@ -350,3 +510,18 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LongctxCpuFlashAttention, FlashAttentionImpl,
                                   .Attr<float>("scale")
                                   .Attr<int64_t>("block_q")
                                   .Attr<int64_t>("block_k"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LongctxCpuDecodeAttention, DecodeAttentionImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<bool>("causal")
+                                  .Attr<int64_t>("window")
+                                  .Attr<int64_t>("sinks")
+                                  .Attr<float>("scale"));

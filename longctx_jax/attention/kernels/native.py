@@ -198,7 +198,8 @@ def load(name: str, flags: tuple[str, ...] = NATIVE_FLAGS, tag: str = "") -> cty
 @functools.cache
 def _register(name: str, symbol: str, flags: tuple[str, ...], tag: str) -> str:
     library = load(name, flags, tag)
-    target = f"longctx_{name}_{tag}" if tag else f"longctx_{name}"
+    # One library may hold several handlers, so the symbol is part of the target name.
+    target = (f"longctx_{name}_{tag}" if tag else f"longctx_{name}") + f"_{symbol}"
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
     return target
 
@@ -206,7 +207,7 @@ def _register(name: str, symbol: str, flags: tuple[str, ...], tag: str) -> str:
 def register(name: str, symbol: str, flags: tuple[str, ...] = NATIVE_FLAGS, tag: str = "") -> str:
     """Builds kernel `name`, registers its handler `symbol` as an FFI target on CPU.
 
-    The target is `longctx_<name>` (`longctx_<name>_<tag>` for a tagged build). A failed
+    The target is `longctx_<name>_<symbol>` (`longctx_<name>_<tag>_<symbol>` for a tagged build). A failed
     build raises `NativeKernelUnavailable` (remembered, see `load`).
     """
     return _register(name, symbol, tuple(flags), tag)

@@ -1,0 +1,97 @@
+"""Docs tables of the CPU speed benchmarks, one row per committed run, each naming its machine.
+
+Inputs are the JSONs `experiments.bench_forward` and `experiments.bench_attention` write, copied
+to `docs/results/bench_forward/` and `docs/results/bench_attention_gqa/` as `<YYYY-MM-DD>-<name>.json`
+(the date the run was measured; the JSON records the machine). The bars are issue #20's, fixed
+before the runs: SmolLM2 prefill at 8K at least 1.1x transformers' tokens/s and decode at 8K at
+least 1.0x; the cpu_flash attention layer at least as fast as torch's sdpa (a time ratio
+sdpa / cpu_flash of at least 1.0). A row says whether its run met the bar; nothing is averaged
+across machines.
+"""
+
+import json
+from pathlib import Path
+
+PREFILL_BAR = 1.1  # ours / transformers tokens/s, prefill at 8K
+DECODE_BAR = 1.0  # ours / transformers tokens/s, decode with 8K cached
+ATTENTION_BAR = 1.0  # sdpa seconds / cpu_flash seconds
+
+
+def machine_label(machine: dict) -> str:
+    """"AMD EPYC, 2 cores, AVX2" from a `bench.machine.machine()` record."""
+    cpu = machine["cpu"]
+    flags = set(cpu.get("isa_flags", ()))
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return f"{cpu['model']}, {cpu['cores']} cores, {isa}"
+
+
+def runs(folder: Path) -> list[tuple[str, dict]]:
+    """(date, result) of every committed `<date>-<name>.json` in `folder`, oldest first."""
+    out = []
+    for path in sorted(folder.glob("*.json")):
+        with open(path, encoding="utf-8") as f:
+            out.append((path.stem[:10], json.load(f)))
+    return out
+
+
+def _met(ratio: float, bar: float) -> str:
+    return f"{'yes' if ratio >= bar else '**no**'} (bar {bar:.1f})"
+
+
+def _walls(row: dict) -> str:
+    each = ", ".join(f"{r['wall_s']:.2f}" for r in row.get("runs", []))
+    return f"{row['wall_s']:.2f}" + (f" ({each})" if each else "")
+
+
+def forward_table(results: list[tuple[str, dict]]) -> str:
+    """SmolLM2 prefill and decode tokens/s, ours vs transformers, per run."""
+    lines = ["| machine | date | phase | length | ours: wall s (runs) | ours: tokens/s | "
+             "transformers: wall s (runs) | transformers: tokens/s | ours / transformers | meets the bar |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for date, r in results:
+        label, hf = machine_label(r["machine"]), r["hf"]
+        for ours, theirs in zip(r["prefill"], hf["prefill"], strict=True):
+            ratio = ours["tokens_per_s"] / theirs["tokens_per_s"]
+            bar = _met(ratio, PREFILL_BAR) if ours["length"] == 8192 else "-"
+            lines.append(f"| {label} | {date} | prefill | {ours['length']:,} | {_walls(ours)} | "
+                         f"{ours['tokens_per_s']:.1f} | {_walls(theirs)} | {theirs['tokens_per_s']:.1f} | "
+                         f"{ratio:.2f} | {bar} |")
+        if r.get("decode") and hf.get("decode"):
+            ours, theirs = r["decode"], hf["decode"]
+            ratio = ours["tokens_per_s"] / theirs["tokens_per_s"]
+            bar = _met(ratio, DECODE_BAR) if ours["context"] == 8192 else "-"
+            lines.append(f"| {label} | {date} | decode, {ours['steps']} steps | {ours['context']:,} cached | "
+                         f"{ours['wall_s']:.2f} | {ours['tokens_per_s']:.2f} | {theirs['wall_s']:.2f} | "
+                         f"{theirs['tokens_per_s']:.2f} | {ratio:.2f} | {bar} |")
+    lines.append("")
+    lines.append("Per run: transformers " + "; ".join(
+        f"{d}: {r['hf']['transformers']} / torch {r['hf']['torch']} ({r['hf']['threads']} threads), "
+        f"max |logit diff| {r['hf']['hf_max_abs_logit_diff']:.1e} at {r['hf']['parity_length']:,} tokens, "
+        f"cpu_flash build `{r['machine']['cpu_flash']['tag']}`"
+        for d, r in results) + ".")
+    return "\n".join(lines) + "\n"
+
+
+def attention_table(results: list[tuple[str, dict]]) -> str:
+    """One causal attention layer (the runs' heads), cpu_flash vs blockwise vs torch sdpa, per run."""
+    lines = ["| machine | date | heads (q / kv) x dim | n | cpu_flash s | blockwise s | torch sdpa s | "
+             "sdpa / cpu_flash | meets the bar |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for date, r in results:
+        label = machine_label(r["machine"])
+        by = {(row["impl"], row["seq_len"]): row for row in r["cpu"] + r.get("cpu_torch_sdpa", [])}
+        for n in r["config"]["lengths"]:
+            flash, sdpa = by.get(("cpu_flash", n)), by.get(("torch_sdpa", n))
+            if flash is None or "forward_seconds" not in flash:
+                continue
+            block = by.get(("blockwise", n), {})
+            heads = f"{flash['heads']} / {flash['kv_heads']} x {flash['head_dim']}"
+            cells = [f"{flash['forward_seconds']:.3f}",
+                     f"{block['forward_seconds']:.3f}" if "forward_seconds" in block else "-"]
+            if sdpa is not None:
+                ratio = sdpa["forward_seconds"] / flash["forward_seconds"]
+                cells += [f"{sdpa['forward_seconds']:.3f}", f"{ratio:.2f}", _met(ratio, ATTENTION_BAR)]
+            else:
+                cells += ["-", "-", "-"]
+            lines.append(f"| {label} | {date} | {heads} | {n:,} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,78 @@
+"""cpu_decode (the decode-step kernel) equals the dense oracle: outputs, lse and gradients."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from longctx_jax.attention import dense, dispatch
+from longctx_jax.attention.cpu_decode import cpu_decode_attention, cpu_decode_attention_with_lse
+from longctx_jax.attention.spec import AttentionSpec
+
+TOL = 2e-5
+
+
+def _inputs(B, T, N, K, H, S, seed=0):
+    ks = jax.random.split(jax.random.key(seed), 3)
+    return (jax.random.normal(ks[0], (B, T, N, H)), jax.random.normal(ks[1], (B, S, K, H)),
+            jax.random.normal(ks[2], (B, S, K, H)))
+
+
+CASES = {
+    # SmolLM2's heads, one token at position 1000 over a 1100-slot cache (slots past it masked).
+    "gqa_one_token": ((1, 1, 9, 3, 64, 1100), [[1000]], None, {}),
+    # Two sequences, three rows each, a sliding window; chunks of 512 keys split the window.
+    "window_rows": ((2, 3, 4, 2, 32, 1100), [[5, 6, 7], [1097, 1098, 1099]], None,
+                    {"causal": True, "window": 300}),
+    # StreamingLLM: re-indexed, non-monotonic key positions, four sinks, head_dim 48 (padded).
+    "sinks_permuted": ((1, 1, 4, 4, 48, 1100), [[2000]], lambda S: (np.arange(S) * 7) % 2100,
+                       {"causal": True, "window": 100, "sinks": 4}),
+    # A row that may attend to nothing (position -5): output 0 and lse 0, as dense gives.
+    "empty_row": ((1, 2, 2, 1, 64, 40), [[-5, 3]], None, {"causal": True}),
+    # Non-causal over default positions (the last-row call of a prefill).
+    "noncausal_default": ((1, 1, 6, 2, 64, 777), None, None, {"causal": False}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_equals_dense_forward_lse_and_gradients(name):
+    shape, q_pos, k_pos, fields = CASES[name]
+    B, T, N, K, H, S = shape
+    q, k, v = _inputs(*shape)
+    positions = {}
+    if q_pos is not None:
+        positions["q_positions"] = jnp.asarray(q_pos)
+        positions["k_positions"] = jnp.broadcast_to(
+            jnp.asarray(k_pos(S) if k_pos else np.arange(S)), (B, S))
+    spec = AttentionSpec(**fields, **positions)
+    out, lse = jax.jit(lambda q, k, v: cpu_decode_attention_with_lse(q, k, v, spec))(q, k, v)
+    want, want_lse = dense.attention_with_lse(q, k, v, spec)
+    chex.assert_trees_all_close(out, want, atol=TOL, rtol=TOL)
+    chex.assert_trees_all_close(lse, want_lse, atol=TOL, rtol=TOL)
+    if name == "empty_row":
+        assert float(jnp.abs(out[0, 0]).max()) == 0.0 and float(jnp.abs(lse[0, 0]).max()) == 0.0
+
+    def loss(fn):
+        return lambda q, k, v: jnp.sum(fn(q, k, v, spec) * jnp.cos(jnp.arange(H)))
+    got = jax.grad(loss(cpu_decode_attention), argnums=(0, 1, 2))(q, k, v)
+    ref = jax.grad(loss(dense.attention), argnums=(0, 1, 2))(q, k, v)
+    chex.assert_trees_all_close(got, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_auto_sends_a_decode_step_to_it():
+    q, k, v = _inputs(1, 1, 9, 3, 64, 600, seed=3)
+    spec = AttentionSpec(q_positions=jnp.array([[550]]), k_positions=jnp.arange(600)[None])
+    lowered = jax.jit(lambda q, k, v: dispatch.attend(q, k, v, spec, impl="auto")).lower(q, k, v).as_text()
+    assert "LongctxCpuDecodeAttention" in lowered
+    chex.assert_trees_all_close(dispatch.attend(q, k, v, spec, impl="auto"), dense.attention(q, k, v, spec),
+                                atol=TOL, rtol=TOL)
+
+
+def test_bad_input_is_refused_before_work():
+    q, k, v = _inputs(1, 1, 4, 3, 64, 32)
+    with pytest.raises(ValueError, match="multiple"):
+        cpu_decode_attention(q, k, v, AttentionSpec())
+    q, k, v = _inputs(1, 1, 4, 2, 64, 32)
+    with pytest.raises(ValueError, match="bias"):
+        cpu_decode_attention(q, k, v, AttentionSpec(bias=jnp.zeros((1, 1, 1, 32))))
