@@ -4,7 +4,8 @@
   python -m experiments.bench_forward --config configs/bench_forward.py --config.prefill_lengths=2048,8192 --config.repeats=1
 
 Prefill runs the prompt through the KV-cache path (cache of exactly that length, last-token
-logits only, `attention_impl`); decode times single-token steps (dense attention) with `decode_context` tokens already cached.
+logits only, `attention_impl`); decode times single-token steps
+(attention "auto": on CPU the cpu_decode kernel) with `decode_context` tokens already cached.
 With the `bench` extra installed (`pip install -e ".[bench]"`: torch 2.13.0 CPU and transformers)
 the same prompts also run through Hugging Face `LlamaForCausalLM` (sdpa) holding the same
 weights. Writes `<workdir>/bench_forward.json`.

@@ -1,8 +1,9 @@
 """Docs tables of the CPU speed benchmarks, one row per committed run, each naming its machine.
 
 Inputs are the JSONs `experiments.bench_forward` and `experiments.bench_attention` write, copied
-to `docs/results/bench_forward/` and `docs/results/bench_attention_gqa/` as `<YYYY-MM-DD>-<name>.json`
-(the date the run was measured; the JSON records the machine). The bars are issue #20's, fixed
+to `docs/results/bench_forward/` and `docs/results/bench_attention_gqa/` as
+`<YYYY-MM-DD>-<run>.json`: the date the run was measured and a name for the code state it
+measured (the JSON records the machine and the cpu_flash build). The bars are issue #20's, fixed
 before the runs: SmolLM2 prefill at 8K at least 1.1x transformers' tokens/s and decode at 8K at
 least 1.0x; the cpu_flash attention layer at least as fast as torch's sdpa (a time ratio
 sdpa / cpu_flash of at least 1.0). A row says whether its run met the bar; nothing is averaged
@@ -26,11 +27,11 @@ def machine_label(machine: dict) -> str:
 
 
 def runs(folder: Path) -> list[tuple[str, dict]]:
-    """(date, result) of every committed `<date>-<name>.json` in `folder`, oldest first."""
+    """("<date> <run>", result) of every committed `<date>-<run>.json` in `folder`, by name."""
     out = []
     for path in sorted(folder.glob("*.json")):
         with open(path, encoding="utf-8") as f:
-            out.append((path.stem[:10], json.load(f)))
+            out.append((f"{path.stem[:10]} `{path.stem[11:]}`", json.load(f)))
     return out
 
 
@@ -45,7 +46,7 @@ def _walls(row: dict) -> str:
 
 def forward_table(results: list[tuple[str, dict]]) -> str:
     """SmolLM2 prefill and decode tokens/s, ours vs transformers, per run."""
-    lines = ["| machine | date | phase | length | ours: wall s (runs) | ours: tokens/s | "
+    lines = ["| machine | date, run | phase | length | ours: wall s (runs) | ours: tokens/s | "
              "transformers: wall s (runs) | transformers: tokens/s | ours / transformers | meets the bar |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for date, r in results:
@@ -60,7 +61,8 @@ def forward_table(results: list[tuple[str, dict]]) -> str:
             ours, theirs = r["decode"], hf["decode"]
             ratio = ours["tokens_per_s"] / theirs["tokens_per_s"]
             bar = _met(ratio, DECODE_BAR) if ours["context"] == 8192 else "-"
-            lines.append(f"| {label} | {date} | decode, {ours['steps']} steps | {ours['context']:,} cached | "
+            impl = r.get("decode_attention_resolved", "dense")
+            lines.append(f"| {label} | {date} | decode ({impl}), {ours['steps']} steps | {ours['context']:,} cached | "
                          f"{ours['wall_s']:.2f} | {ours['tokens_per_s']:.2f} | {theirs['wall_s']:.2f} | "
                          f"{theirs['tokens_per_s']:.2f} | {ratio:.2f} | {bar} |")
     lines.append("")
@@ -74,7 +76,7 @@ def forward_table(results: list[tuple[str, dict]]) -> str:
 
 def attention_table(results: list[tuple[str, dict]]) -> str:
     """One causal attention layer (the runs' heads), cpu_flash vs blockwise vs torch sdpa, per run."""
-    lines = ["| machine | date | heads (q / kv) x dim | n | cpu_flash s | blockwise s | torch sdpa s | "
+    lines = ["| machine | date, run | heads (q / kv) x dim | n | cpu_flash s | blockwise s | torch sdpa s | "
              "sdpa / cpu_flash | meets the bar |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for date, r in results:
