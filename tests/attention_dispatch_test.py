@@ -77,7 +77,8 @@ def test_auto_policy(monkeypatch):
     decode_built = dispatch._importable("cpu_decode")
     assert choose(1, 65536, {"q_positions": np.zeros(1, int)}, backend="cpu") == (
         "cpu_decode" if decode_built else "dense")
-    assert choose(16, 65536, {"sinks": 4, "window": 8}, backend="cpu") == ("cpu_decode" if decode_built else "dense")
+    assert choose(16, 65536, {"sinks": 4, "window": 8}, backend="cpu") == (
+        "cpu_decode" if decode_built else "dense")
     assert choose(17, 4096, {"q_positions": np.zeros(1, int)}, backend="cpu") == "dense"
     assert choose(1, 65536, {"bias": np.zeros(1)}, backend="cpu") == "dense"
     assert choose(4096, 4096, {"q_positions": np.zeros(1, int)}, backend="cpu") == "blockwise"

@@ -62,9 +62,9 @@ def forward_table(results: list[tuple[str, dict]]) -> str:
             ratio = ours["tokens_per_s"] / theirs["tokens_per_s"]
             bar = _met(ratio, DECODE_BAR) if ours["context"] == 8192 else "-"
             impl = r.get("decode_attention_resolved", "dense")
-            lines.append(f"| {label} | {date} | decode ({impl}), {ours['steps']} steps | {ours['context']:,} cached | "
-                         f"{ours['wall_s']:.2f} | {ours['tokens_per_s']:.2f} | {theirs['wall_s']:.2f} | "
-                         f"{theirs['tokens_per_s']:.2f} | {ratio:.2f} | {bar} |")
+            lines.append(f"| {label} | {date} | decode ({impl}), {ours['steps']} steps | "
+                         f"{ours['context']:,} cached | {ours['wall_s']:.2f} | {ours['tokens_per_s']:.2f} | "
+                         f"{theirs['wall_s']:.2f} | {theirs['tokens_per_s']:.2f} | {ratio:.2f} | {bar} |")
     lines.append("")
     lines.append("Per run: transformers " + "; ".join(
         f"{d}: {r['hf']['transformers']} / torch {r['hf']['torch']} ({r['hf']['threads']} threads), "
