@@ -23,7 +23,7 @@ import numpy as np
 
 from longctx_jax import config_cli
 from longctx_jax.atomic import write_atomically
-from longctx_jax.bench import memory, speed_tables
+from longctx_jax.bench import gemm, memory, speed_tables
 from longctx_jax.eval import repro_report
 from longctx_jax.eval.claims import CLAIMS as REPRO_DRIVERS
 from longctx_jax.eval.report import paired_table, render_report, summary_block
@@ -44,6 +44,7 @@ FINETUNE_RUNS = {"cpu_pi": "pi_ft", "cpu_yarn": "yarn_ft"}  # config variant -> 
 FINETUNE_PAIRS = (("pi_ft", "linear"), ("yarn_ft", "yarn"))  # each fine-tune vs its scaling untrained
 BENCH_FORWARD = RESULTS / "bench_forward"  # <date>-<machine>.json of `experiments.bench_forward`
 BENCH_ATTENTION_GQA = RESULTS / "bench_attention_gqa"  # SmolLM2's 9 / 3 heads, `bench_attention`
+BENCH_GEMM = RESULTS / "bench_gemm" / "2026-11-28-epyc.json"  # `experiments.bench_gemm`
 
 _BLOCK = re.compile(r"(<!-- generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)"
                     r"(<!-- /generated:(?P=name) -->)", re.S)
@@ -141,6 +142,11 @@ def bench_attention_gqa() -> str:
     return speed_tables.attention_table(speed_tables.runs(BENCH_ATTENTION_GQA))
 
 
+def bench_gemm() -> str:
+    """docs/benchmarks.md: XLA:CPU vs torch GEMM rates per XLA flag setting."""
+    return gemm.table(load(BENCH_GEMM))
+
+
 def hf_architectures() -> str:
     """docs/huggingface.md: the HF architecture table, from the code's table (no results file)."""
     return markdown_table().rstrip("\n") + "\n"
@@ -186,6 +192,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "memory-table": memory_table,
     "bench-forward": bench_forward,
     "bench-attention-gqa": bench_attention_gqa,
+    "bench-gemm": bench_gemm,
     "hf-architectures": hf_architectures,
     "finetune-runs": finetune_runs,
     "finetune-comparison": finetune_comparison,
