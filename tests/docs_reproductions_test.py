@@ -29,7 +29,10 @@ def section_verdicts(block: str) -> dict[tuple[str, str], str]:
     for line in block.splitlines():
         cells = [c.strip().strip("*") for c in line.strip().strip("|").split("|")]
         if len(cells) == 6 and cells[0] not in ("claim", "---"):
-            out[(cells[0], cells[1].split(":", 1)[0].strip().strip("*"))] = cells[-1]
+            # "rule name: `method` vs `control`" (a rule name may hold a colon itself), or the
+            # bold "claim verdict (all comparisons)" row.
+            label = cells[1].split(": `", 1)[0].replace("*", "").strip()
+            out[(cells[0], "claim verdict" if label.startswith("claim verdict") else label)] = cells[-1]
     return out
 
 
