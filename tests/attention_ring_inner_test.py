@@ -127,7 +127,8 @@ def test_default_cpu_ring_runs_cpu_flash_on_the_own_shard():
 
 @pytest.mark.parametrize(
     "inner, match",
-    [("dense", "no lse variant and backward"), ("xla", "valid: \\['blockwise', 'cpu_flash', 'flash'\\]"),
+    [("dense", "no lse variant and backward"),
+     ("xla", "valid: \\['blockwise', 'cpu_decode', 'cpu_flash', 'flash'\\]"),
      ("cpu_flash", "cannot take.*q_positions"), ("nope", "unknown attention impl")],
 )
 def test_bad_inner_raises(inner, match):

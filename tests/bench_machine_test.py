@@ -11,7 +11,7 @@ from longctx_jax.attention.kernels import cpu_flash_plan
 from longctx_jax.bench import machine
 
 BENCH = pathlib.Path(machine.__file__).parent
-NOT_BENCHMARKS = {"__init__.py", "machine.py", "published.py"}  # the helper and the docs renderer
+NOT_BENCHMARKS = {"__init__.py", "machine.py", "published.py", "speed_tables.py"}  # helper, docs renderers
 
 
 def test_record_describes_this_cpu_and_the_default_build(monkeypatch):

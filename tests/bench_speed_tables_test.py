@@ -19,14 +19,14 @@ def _forward(prefill_ratio, decode_ratio):
 
 
 def test_forward_bars(tmp_path):
-    for name, ratios in (("2026-01-01-fast", (1.2, 1.0)), ("2026-01-02-slow", (1.05, 0.9))):
+    for name, ratios in (("2026-01-01-test-fast", (1.2, 1.0)), ("2026-01-02-test-slow", (1.05, 0.9))):
         (tmp_path / f"{name}.json").write_text(json.dumps(_forward(*ratios)))
     rows = speed_tables.forward_table(speed_tables.runs(tmp_path)).splitlines()
-    table = [r for r in rows if r.startswith("| Test CPU")]
+    table = [r for r in rows if r.startswith("| TEST |")]
     fast, slow = [r for r in table if "`fast`" in r], [r for r in table if "`slow`" in r]
     assert all("| yes (bar" in r for r in fast) and len(fast) == 2
     assert all("| **no** (bar" in r for r in slow) and len(slow) == 2
-    assert "Test CPU, 2 cores, AVX-512" in rows[2] and "decode (cpu_decode)" in "\n".join(rows)
+    assert "Test CPU, 2 cores, AVX-512" in rows[-1] and "decode (cpu_decode)" in "\n".join(rows)
 
 
 def test_attention_bar(tmp_path):
@@ -34,7 +34,7 @@ def test_attention_bar(tmp_path):
              "forward_seconds": 0.8}
     result = {"machine": MACHINE, "config": {"lengths": [8192]}, "cpu": [flash],
               "cpu_torch_sdpa": [{"impl": "torch_sdpa", "seq_len": 8192, "forward_seconds": 0.6}]}
-    (tmp_path / "2026-01-01-x.json").write_text(json.dumps(result))
+    (tmp_path / "2026-01-01-test-x.json").write_text(json.dumps(result))
     table = speed_tables.attention_table(speed_tables.runs(tmp_path))
     assert "| 0.600 | 0.75 | **no** (bar 1.0) |" in table
 

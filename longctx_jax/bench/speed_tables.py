@@ -2,12 +2,13 @@
 
 Inputs are the JSONs `experiments.bench_forward` and `experiments.bench_attention` write, copied
 to `docs/results/bench_forward/` and `docs/results/bench_attention_gqa/` as
-`<YYYY-MM-DD>-<run>.json`: the date the run was measured and a name for the code state it
-measured (the JSON records the machine and the cpu_flash build). The bars are issue #20's, fixed
-before the runs: SmolLM2 prefill at 8K at least 1.1x transformers' tokens/s and decode at 8K at
-least 1.0x; the cpu_flash attention layer at least as fast as torch's sdpa (a time ratio
-sdpa / cpu_flash of at least 1.0). A row says whether its run met the bar; nothing is averaged
-across machines.
+`<YYYY-MM-DD>-<machine>-<run>.json`: the date the run was measured, the machine's short name (a row's
+first cell, upper-cased: the docs list each machine under that name, and the JSON records its
+CPU and the cpu_flash build) and a name for the code state it measured. The bars are issue
+#20's, fixed before the runs: SmolLM2 prefill at 8K at least 1.1x transformers' tokens/s and
+decode at 8K at least 1.0x; the cpu_flash attention layer at least as fast as torch's sdpa (a
+time ratio sdpa / cpu_flash of at least 1.0). A row says whether its run met the bar; nothing is
+averaged across machines.
 """
 
 import json
@@ -26,12 +27,13 @@ def machine_label(machine: dict) -> str:
     return f"{cpu['model']}, {cpu['cores']} cores, {isa}"
 
 
-def runs(folder: Path) -> list[tuple[str, dict]]:
-    """("<date> <run>", result) of every committed `<date>-<run>.json` in `folder`, by name."""
+def runs(folder: Path) -> list[tuple[str, str, dict]]:
+    """(machine, "<date> <run>", result) of every committed `<date>-<machine>-<run>.json`, by name."""
     out = []
     for path in sorted(folder.glob("*.json")):
+        name, _, run = path.stem[11:].partition("-")
         with open(path, encoding="utf-8") as f:
-            out.append((f"{path.stem[:10]} `{path.stem[11:]}`", json.load(f)))
+            out.append((name.upper(), f"{path.stem[:10]} `{run}`", json.load(f)))
     return out
 
 
@@ -49,8 +51,8 @@ def forward_table(results: list[tuple[str, dict]]) -> str:
     lines = ["| machine | date, run | phase | length | ours: wall s (runs) | ours: tokens/s | "
              "transformers: wall s (runs) | transformers: tokens/s | ours / transformers | meets the bar |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for date, r in results:
-        label, hf = machine_label(r["machine"]), r["hf"]
+    for label, date, r in results:
+        hf = r["hf"]
         for ours, theirs in zip(r["prefill"], hf["prefill"], strict=True):
             ratio = ours["tokens_per_s"] / theirs["tokens_per_s"]
             bar = _met(ratio, PREFILL_BAR) if ours["length"] == 8192 else "-"
@@ -66,11 +68,12 @@ def forward_table(results: list[tuple[str, dict]]) -> str:
                          f"{ours['context']:,} cached | {ours['wall_s']:.2f} | {ours['tokens_per_s']:.2f} | "
                          f"{theirs['wall_s']:.2f} | {theirs['tokens_per_s']:.2f} | {ratio:.2f} | {bar} |")
     lines.append("")
-    lines.append("Per run: transformers " + "; ".join(
-        f"{d}: {r['hf']['transformers']} / torch {r['hf']['torch']} ({r['hf']['threads']} threads), "
+    lines.append("Per run: " + "; ".join(
+        f"{d}: {machine_label(r['machine'])}; transformers {r['hf']['transformers']} / "
+        f"torch {r['hf']['torch']} ({r['hf']['threads']} threads), "
         f"max |logit diff| {r['hf']['hf_max_abs_logit_diff']:.1e} at {r['hf']['parity_length']:,} tokens, "
         f"cpu_flash build `{r['machine']['cpu_flash']['tag']}`"
-        for d, r in results) + ".")
+        for _, d, r in results) + ".")
     return "\n".join(lines) + "\n"
 
 
@@ -79,8 +82,7 @@ def attention_table(results: list[tuple[str, dict]]) -> str:
     lines = ["| machine | date, run | heads (q / kv) x dim | n | cpu_flash s | blockwise s | torch sdpa s | "
              "sdpa / cpu_flash | meets the bar |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for date, r in results:
-        label = machine_label(r["machine"])
+    for label, date, r in results:
         by = {(row["impl"], row["seq_len"]): row for row in r["cpu"] + r.get("cpu_torch_sdpa", [])}
         for n in r["config"]["lengths"]:
             flash, sdpa = by.get(("cpu_flash", n)), by.get(("torch_sdpa", n))
