@@ -23,33 +23,23 @@ import jax.numpy as jnp
 import numpy as np
 
 from longctx_jax.attention.blockwise import blockwise_attention_backward
-from longctx_jax.attention.cpu_flash import resolve_build
+from longctx_jax.attention.cpu_flash import LIBRARY, call_kernel, resolve_build
 from longctx_jax.attention.kernels import native
 from longctx_jax.attention.kernels.cpu_flash_plan import KernelBuild
 from longctx_jax.attention.spec import AttentionSpec, implementation
 from longctx_jax.typing import Array
 
-_KERNEL = "cpu_flash_attention"  # the library (one source, per-ISA builds) cpu_flash also calls
 _SYMBOL = "LongctxCpuDecodeAttention"
 
 
 def target(build: KernelBuild) -> str:
     """Registers the decode handler of `build`'s library (built once per machine and build)."""
-    return native.register(_KERNEL, _SYMBOL, build.compiler_flags, build.tag)
+    return native.register(LIBRARY, _SYMBOL, build.compiler_flags, build.tag)
 
 
 def _kernel(q, k, v, q_pos, k_pos, causal, window, sinks, scale, build):
-    B, T, N, H = q.shape
-    pad = [(0, 0)] * 3 + [(0, -H % 16)]  # the kernel's vectors take 16 channels at a time
-    q, k, v = (jnp.pad(x.astype(jnp.float32), pad) for x in (q, k, v))
-    call = jax.ffi.ffi_call(
-        target(build),
-        (jax.ShapeDtypeStruct(q.shape, jnp.float32), jax.ShapeDtypeStruct((B, T, N), jnp.float32)),
-        vmap_method="sequential",
-    )
-    out, lse = call(q, k, v, q_pos.astype(jnp.int32), k_pos.astype(jnp.int32), causal=causal,
-                    window=np.int64(window), sinks=np.int64(sinks), scale=np.float32(scale))
-    return out[..., :H], lse
+    return call_kernel(target(build), q, k, v, q_pos.astype(jnp.int32), k_pos.astype(jnp.int32),
+                       causal=causal, window=np.int64(window), sinks=np.int64(sinks), scale=np.float32(scale))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8, 9))

@@ -38,7 +38,7 @@ from longctx_jax.attention.kernels.cpu_flash_plan import KernelBuild
 from longctx_jax.attention.spec import AttentionSpec, implementation
 from longctx_jax.typing import Array
 
-_KERNEL = "cpu_flash_attention"
+LIBRARY = "cpu_flash_attention"  # one source, per-ISA builds; cpu_decode's handler lives in it too
 
 
 def target(build: KernelBuild) -> str:
@@ -48,9 +48,9 @@ def target(build: KernelBuild) -> str:
       NativeKernelUnavailable: no compiler, a failed build, or a library whose compiled-in
         constants are not the build's.
     """
-    name = native.register(_KERNEL, "LongctxCpuFlashAttention", build.compiler_flags, build.tag)
+    name = native.register(LIBRARY, "LongctxCpuFlashAttention", build.compiler_flags, build.tag)
     geometry = (ctypes.c_int64 * 4)()
-    native.load(_KERNEL, build.compiler_flags, build.tag).LongctxCpuFlashGeometry(geometry)
+    native.load(LIBRARY, build.compiler_flags, build.tag).LongctxCpuFlashGeometry(geometry)
     if tuple(geometry) != (build.lanes, build.rows, build.block_q, build.block_k):
         raise native.NativeKernelUnavailable(
             f"library for {build.tag} reports lanes, rows, blocks {tuple(geometry)}; rebuild the cache"
@@ -75,22 +75,31 @@ DEFAULT_BUILD = resolve_build()
 target(DEFAULT_BUILD)  # import fails (NativeKernelUnavailable) where the kernel cannot be built
 
 
-def _kernel(q: Array, k: Array, v: Array, causal: bool, window: int, scale: float, block_q: int,
-            block_k: int, build: KernelBuild) -> tuple[Array, Array]:
+def call_kernel(target_name: str, q: Array, k: Array, v: Array, *operands: Array, **attributes
+                ) -> tuple[Array, Array]:
+    """Runs an attention handler of this library (`target_name`) on q, k, v and `operands`.
+
+    Both handlers (`LongctxCpuFlashAttention`, and cpu_decode's `LongctxCpuDecodeAttention`)
+    take float32 `[B, T|S, heads, H]` q, k, v with H a multiple of 16 and return out `[B, T, N, H]`
+    and lse `[B, T, N]`. This casts to float32, zero-pads the channels (zero channels change
+    no dot product) and strips the padding from out.
+    """
     B, T, N, H = q.shape
-    # The micro-kernels take 16 channels at a time; zero channels change no dot product.
-    pad = [(0, 0)] * 3 + [(0, -H % 16)]
+    pad = [(0, 0)] * 3 + [(0, -H % 16)]  # the micro-kernels take 16 channels at a time
     q, k, v = (jnp.pad(x.astype(jnp.float32), pad) for x in (q, k, v))
     call = jax.ffi.ffi_call(
-        target(build),
+        target_name,
         (jax.ShapeDtypeStruct(q.shape, jnp.float32), jax.ShapeDtypeStruct((B, T, N), jnp.float32)),
         vmap_method="sequential",
     )
-    out, lse = call(
-        q, k, v, causal=causal, window=np.int64(window), scale=np.float32(scale),
-        block_q=np.int64(block_q), block_k=np.int64(block_k),
-    )
+    out, lse = call(q, k, v, *operands, **attributes)
     return out[..., :H], lse
+
+
+def _kernel(q: Array, k: Array, v: Array, causal: bool, window: int, scale: float, block_q: int,
+            block_k: int, build: KernelBuild) -> tuple[Array, Array]:
+    return call_kernel(target(build), q, k, v, causal=causal, window=np.int64(window),
+                       scale=np.float32(scale), block_q=np.int64(block_q), block_k=np.int64(block_k))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7, 8))

@@ -197,7 +197,7 @@ def run(config: ml_collections.ConfigDict) -> dict:
     result = {
         "device": str(jax.devices()[0].device_kind),
         "backend": jax.default_backend(),
-        "machine": machine.machine(),
+        "machine": machine.machine(), **machine.provenance(),
         "jax_version": jax.__version__,
         "preset": config.preset,
         "config": config.to_dict(),

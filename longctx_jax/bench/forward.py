@@ -30,7 +30,7 @@ from flax import nnx
 
 from longctx_jax.attention import dispatch
 from longctx_jax.bench import machine
-from longctx_jax.models import gguf_file, llama, memory
+from longctx_jax.models import cpu_blas, gguf_file, llama, memory
 from longctx_jax.models.decoder import Decoder
 from longctx_jax.models.generate import Generator
 from longctx_jax.models.kv_cache import KVCache
@@ -171,18 +171,22 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
       The result written (after every length) to `<cfg.workdir>/bench_forward.json`.
     """
     path = cfg.checkpoint or llama.smollm2_path()
-    model, _ = llama.load_gguf(path, dtype=cfg.dtype)  # "auto" attention: what a decode step resolves to
+    # "auto" attention: what a decode step resolves to; `matmul_impl` for every projection.
+    model, _ = llama.load_gguf(path, dtype=cfg.dtype, matmul_impl=cfg.get("matmul_impl", "auto"))
     # The same weights under the prefill attention implementation.
     abstract = nnx.eval_shape(lambda: Decoder(model.cfg.replace(attention_impl=cfg.attention_impl),
                                               rngs=nnx.Rngs(0)))
     prefill_model = nnx.merge(nnx.graphdef(abstract), nnx.state(model))
     shape = memory.CacheShape(model.cfg.num_layers, model.cfg.num_kv_heads, model.cfg.head_dim)
     result = dict(model=os.path.basename(path), dtype=cfg.dtype, prefill_attention_impl=cfg.attention_impl,
-                  decode_attention_impl=model.cfg.attention_impl,
+                  decode_attention_impl=model.cfg.attention_impl, matmul_impl=model.cfg.matmul_impl,
+                  prefill_matmul_blas=cpu_blas.use_blas(model.cfg.matmul_impl, min(cfg.prefill_lengths),
+                                                        jnp.dtype(cfg.dtype)),
                   decode_attention_resolved=dispatch.choose(
                       1, int(cfg.decode_context) + int(cfg.decode_steps) + 1,
                       {"q_positions": np.zeros((1, 1), np.int32), "k_positions": np.zeros((1, 1), np.int32)}),
                   backend=jax.default_backend(), devices=str(jax.devices()), machine=machine.machine(),
+                  **machine.provenance(),
                   prefill=[], decode=None)
     os.makedirs(cfg.workdir, exist_ok=True)
     out_path = os.path.join(cfg.workdir, "bench_forward.json")

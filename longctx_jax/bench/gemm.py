@@ -1,13 +1,18 @@
-"""The decoder's GEMMs on CPU: XLA:CPU under each set of XLA flags vs torch, in one run.
+"""The decoder's GEMMs on CPU: XLA:CPU under each set of XLA flags, and cpu_blas, vs torch, in one run.
 
   python -m experiments.bench_gemm --config configs/bench_gemm.py
 
 Issue #20 asks whether the projections and MLP GEMMs reach torch's rate. Each flag setting
 runs in its own process (XLA reads `XLA_FLAGS` once, at backend start); in it, every shape
-`[M, K] @ [K, N]` (float32) is timed `repeats` times for the jitted XLA dot and for torch's
-`@` (MKL, `threads` threads), interleaved so both see the same machine state, and checked
-equal. Reported: median GFLOP/s of each and their ratio, per setting and shape; the machine
-record names the CPU. Writes `<workdir>/bench_gemm.json`.
+`[M, K] @ [K, N]` (float32) is timed `repeats` times for the jitted XLA dot, for the jitted
+`models.cpu_blas.matmul` (numpy's OpenBLAS through an FFI call: what the decoder's projections
+run on one CPU device) and for torch's `@` (MKL, `threads` threads), interleaved so all see
+the same machine state, and checked equal. Each timed call starts `settle_s` after the
+last one ended: each library keeps its worker threads spinning for a while after a product,
+and without the pause they compete with whichever library runs next (see docs/benchmarks.md
+for a run without it). Reported: median and 10-90 % range of GFLOP/s of each and the ratios
+of medians, per setting and shape; the record names the CPU, the time and the git commit.
+Writes `<workdir>/bench_gemm.json`.
 """
 
 import json
@@ -24,11 +29,20 @@ from longctx_jax.atomic import write_atomically
 from longctx_jax.bench import machine
 
 
-def time_shapes(shapes: list[tuple[int, int, int]], repeats: int, threads: int) -> list[dict]:
-    """Rows {shape, xla_gflops, torch_gflops, ratio} for each `(M, K, N)`, timed in this process."""
+def _spread(flops: int, seconds: list[float]) -> list[float]:
+    """[10th, 90th] percentile of the GFLOP/s of `seconds`."""
+    rates = flops / np.asarray(seconds) / 1e9
+    return [float(np.percentile(rates, 10)), float(np.percentile(rates, 90))]
+
+
+def time_shapes(shapes: list[tuple[int, int, int]], repeats: int, threads: int, settle_s: float = 0.0
+                ) -> list[dict]:
+    """Rows {shape, xla / blas / torch seconds and GFLOP/s, ratios} per `(M, K, N)`, timed here."""
     import jax
     import jax.numpy as jnp
     import torch
+
+    from longctx_jax.models import cpu_blas
 
     torch.set_num_threads(threads)
     rng = np.random.default_rng(0)
@@ -37,43 +51,65 @@ def time_shapes(shapes: list[tuple[int, int, int]], repeats: int, threads: int) 
         a = rng.standard_normal((M, K), np.float32)
         b = rng.standard_normal((K, N), np.float32)
         dot = jax.jit(jnp.matmul)
+        blas = jax.jit(cpu_blas.matmul) if cpu_blas.available() else None
         xa, xb = jnp.asarray(a), jnp.asarray(b)
         ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-        ours = np.asarray(dot(xa, xb).block_until_ready())
         theirs = (ta @ tb).numpy()
-        err = float(np.abs(ours - theirs).max() / np.abs(theirs).max())
-        if err > 1e-4:
-            raise AssertionError(f"XLA and torch disagree on {M}x{K}x{N}: max relative error {err:.1e}")
-        xla_s, torch_s = [], []
+        err = 0.0
+        for name, fn in (("XLA", dot), ("cpu_blas", blas)):
+            if fn is not None:
+                ours = np.asarray(fn(xa, xb).block_until_ready())
+                err = max(err, float(np.abs(ours - theirs).max() / np.abs(theirs).max()))
+                if err > 1e-4:
+                    raise AssertionError(f"{name} and torch disagree on {M}x{K}x{N}: "
+                                         f"max relative error {err:.1e}")
+        xla_s, blas_s, torch_s = [], [], []
         for _ in range(repeats):
+            time.sleep(settle_s)
             start = time.perf_counter()
             dot(xa, xb).block_until_ready()
             xla_s.append(time.perf_counter() - start)
+            if blas is not None:
+                time.sleep(settle_s)
+                start = time.perf_counter()
+                blas(xa, xb).block_until_ready()
+                blas_s.append(time.perf_counter() - start)
+            time.sleep(settle_s)
             start = time.perf_counter()
             ta @ tb  # noqa: B018  (the timed product)
             torch_s.append(time.perf_counter() - start)
         flops = 2 * M * K * N
         x, t = statistics.median(xla_s), statistics.median(torch_s)
-        rows.append(dict(shape=[M, K, N], xla_s=x, torch_s=t, xla_gflops=flops / x / 1e9,
-                         torch_gflops=flops / t / 1e9, xla_over_torch=t / x, max_rel_err=err))
+        row = dict(shape=[M, K, N], xla_s=x, torch_s=t, xla_gflops=flops / x / 1e9,
+                   torch_gflops=flops / t / 1e9, xla_over_torch=t / x, max_rel_err=err,
+                   xla_gflops_p10_p90=_spread(flops, xla_s), torch_gflops_p10_p90=_spread(flops, torch_s))
+        if blas_s:
+            bl = statistics.median(blas_s)
+            row.update(blas_s=bl, blas_gflops=flops / bl / 1e9, blas_over_torch=t / bl,
+                       blas_gflops_p10_p90=_spread(flops, blas_s))
+        rows.append(row)
     return rows
 
 
 def run(cfg: ml_collections.ConfigDict) -> dict:
     """Times every flag setting of `cfg.settings` in its own process; writes the JSON."""
     shapes = [tuple(int(x) for x in s) for s in cfg.shapes]
-    result = dict(machine=machine.machine(), repeats=cfg.repeats, threads=cfg.threads, settings=[])
+    result = dict(machine=machine.machine(), **machine.provenance(), repeats=cfg.repeats, threads=cfg.threads,
+                  settle_s=cfg.settle_s, settings=[])
     for name, flags in cfg.settings.items():
         env = dict(os.environ, XLA_FLAGS=flags)
-        args = json.dumps(dict(shapes=shapes, repeats=cfg.repeats, threads=cfg.threads))
+        args = json.dumps(dict(shapes=shapes, repeats=cfg.repeats, threads=cfg.threads,
+                               settle_s=cfg.settle_s))
         out = subprocess.run([sys.executable, "-m", "longctx_jax.bench.gemm", args], env=env,
                              capture_output=True, text=True, check=False)
         if out.returncode != 0:
             raise RuntimeError(f"setting {name!r} (XLA_FLAGS={flags!r}) failed:\n{out.stderr[-2000:]}")
         rows = json.loads(out.stdout.strip().splitlines()[-1])
         result["settings"].append(dict(name=name, xla_flags=flags, rows=rows))
-        print(f"{name:>12}: " + "  ".join(f"{'x'.join(map(str, r['shape']))} {r['xla_over_torch']:.2f}x"
-                                          for r in rows), flush=True)
+        print(f"{name:>12}: " + "  ".join(
+            f"{'x'.join(map(str, r['shape']))} XLA {r['xla_over_torch']:.2f}x"
+            + (f" cpu_blas {r['blas_over_torch']:.2f}x" if "blas_over_torch" in r else "")
+            for r in rows), flush=True)
     os.makedirs(cfg.workdir, exist_ok=True)
     path = os.path.join(cfg.workdir, "bench_gemm.json")
     write_atomically(path, json.dumps(result, indent=1) + "\n")
@@ -81,21 +117,35 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
     return result
 
 
+def _rate(r: dict, key: str) -> str:
+    if f"{key}_gflops" not in r:
+        return "-"
+    spread = r.get(f"{key}_gflops_p10_p90")
+    return f"{r[f'{key}_gflops']:.0f}" + (f" ({spread[0]:.0f}-{spread[1]:.0f})" if spread else "")
+
+
 def table(result: dict) -> str:
-    """Markdown: one row per flag setting and shape."""
+    """Markdown: one row per flag setting and shape; GFLOP/s as median (10th-90th percentile)."""
     cpu = result["machine"]["cpu"]
-    lines = [f"{cpu['model']}, {cpu['cores']} cores; torch {result['threads']} threads; median of "
-             f"{result['repeats']} interleaved runs.", "",
-             "| XLA flags | M x K x N | XLA GFLOP/s | torch GFLOP/s | XLA / torch |",
-             "| --- | --- | --- | --- | --- |"]
+    when = (f", {result['measured_utc'][:10]}, commit {result['git_commit'][:10]}"
+            if "git_commit" in result else "")
+    settle = f", each {result['settle_s']:g} s after the last" if result.get("settle_s") else ""
+    lines = [f"{cpu['model']}, {cpu['cores']} cores{when}; torch {result['threads']} threads; median "
+             f"(10th-90th percentile) of {result['repeats']} interleaved runs{settle}.", "",
+             "| XLA flags | M x K x N | XLA GFLOP/s | cpu_blas GFLOP/s | torch GFLOP/s | XLA / torch "
+             "| cpu_blas / torch |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for setting in result["settings"]:
         flags = f"`{setting['xla_flags']}`" if setting["xla_flags"] else "(default)"
         for r in setting["rows"]:
-            lines.append(f"| {flags} | {' x '.join(map(str, r['shape']))} | {r['xla_gflops']:.0f} | "
-                         f"{r['torch_gflops']:.0f} | {r['xla_over_torch']:.2f} |")
+            blas = f"{r['blas_over_torch']:.2f}" if "blas_over_torch" in r else "-"
+            shape = " x ".join(map(str, r["shape"]))
+            rates = " | ".join(_rate(r, key) for key in ("xla", "blas", "torch"))
+            lines.append(f"| {flags} | {shape} | {rates} | {r['xla_over_torch']:.2f} | {blas} |")
     return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":  # one setting's child process: argv[1] is the JSON of its arguments
     spec = json.loads(sys.argv[1])
-    print(json.dumps(time_shapes([tuple(s) for s in spec["shapes"]], spec["repeats"], spec["threads"])))
+    print(json.dumps(time_shapes([tuple(s) for s in spec["shapes"]], spec["repeats"], spec["threads"],
+                                 spec["settle_s"])))

@@ -171,7 +171,7 @@ def run(config: ml_collections.ConfigDict) -> dict:
     if (reason := gpu_missing()) is not None:
         raise RuntimeError(reason)
     result = {"device": jax.devices()[0].device_kind, "jax_version": jax.__version__,
-              "machine": machine.machine(), "config": config.to_dict()}
+              "machine": machine.machine(), **machine.provenance(), "config": config.to_dict()}
     result["check"] = check_kernels(config)
     if not all(row["ok"] for row in result["check"]):
         result["error"] = "flash disagrees with dense; not timed"

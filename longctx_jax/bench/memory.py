@@ -159,7 +159,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     if not rows:
         raise ValueError(f"config.rows has no row with devices={num_devices}")
     out = {"num_devices": num_devices, "jax_version": jax.__version__, "backend": jax.default_backend(),
-           "machine": machine.machine(),
+           "machine": machine.machine(), **machine.provenance(),
            "models": config.models.to_dict(), "optim": config.optim.to_dict(),
            "dtype": "bfloat16 compute, float32 parameters and AdamW moments", "remat": True,
            "xla_flags": os.environ.get("XLA_FLAGS", ""),

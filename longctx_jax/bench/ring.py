@@ -100,7 +100,7 @@ def run(config: ml_collections.ConfigDict) -> dict:
         "config": config.to_dict(),
         "devices": [str(d) for d in jax.devices()],
         "jax_version": jax.__version__,
-        "machine": machine.machine(),
+        "machine": machine.machine(), **machine.provenance(),
         "rows": rows,
         "peak_bytes_per_token_per_device_max_over_min": {
             cp: max(r[cp]["peak_bytes_per_token_per_device"] for r in rows)

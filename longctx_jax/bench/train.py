@@ -55,7 +55,7 @@ def run(config: ml_collections.ConfigDict) -> dict:
     tokens = steps * config.data.batch_size * config.data.seq_len
     result = {
         "device": str(jax.devices()[0].device_kind),
-        "machine": machine.machine(),
+        "machine": machine.machine(), **machine.provenance(),
         "jax_version": jax.__version__,
         "num_params": sum(x.size for x in jax.tree.leaves(params)),
         "batch_size": config.data.batch_size,

@@ -12,6 +12,7 @@ from typing import Any
 from longctx_jax.attention.dispatch import available
 from longctx_jax.attention.patterns.choice import Pattern, build_pattern
 from longctx_jax.attention.spec import AttentionSpec
+from longctx_jax.models.cpu_blas import IMPLS as MATMUL_IMPLS
 from longctx_jax.positional.rope_types import resolve_rope_scaling
 
 POSITION_SCHEMES = ("rope", "alibi", "none")
@@ -57,6 +58,7 @@ class ModelConfig:
     rope_interleaved: bool = False
     qkv_bias: bool = False
     attention_impl: str = "auto"
+    matmul_impl: str = "auto"  # the projections' GEMMs: "auto", "xla", "cpu_blas" (models/cpu_blas.py)
     attention_pattern: str = "full"
     attention_options: tuple | None = None
     window: int | None = None
@@ -98,6 +100,8 @@ class ModelConfig:
             resolve_rope_scaling(self.head_dim, self.rope_theta, self.rope_scaling_dict)
         if self.attention_impl not in available():
             raise ValueError(f"unknown model.attention.impl {self.attention_impl!r}; valid: {available()}")
+        if self.matmul_impl not in MATMUL_IMPLS:
+            raise ValueError(f"unknown model.matmul_impl {self.matmul_impl!r}; valid: {MATMUL_IMPLS}")
         pattern = self.pattern  # validates the pattern name and options
         positional = self.window is not None or self.sinks or self.logit_soft_cap is not None
         if pattern.attention is not None and (positional or self.position == "alibi"):

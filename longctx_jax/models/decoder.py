@@ -32,7 +32,7 @@ from flax import nnx
 
 from longctx_jax.attention.dispatch import attend
 from longctx_jax.attention.spec import AttentionSpec
-from longctx_jax.models import kv_cache
+from longctx_jax.models import cpu_blas, kv_cache
 from longctx_jax.models.config import ModelConfig
 from longctx_jax.positional.alibi import alibi_slopes
 from longctx_jax.positional.rope import apply_rope, rope_frequencies
@@ -95,11 +95,11 @@ class Attention(nnx.Module):
 
     def project_qkv(self, x_BTD: Array) -> tuple[Array, Array, Array]:
         """Queries `[B, T, N, H]`, keys and values `[B, T, K, H]`, before any rotation."""
-        dt = x_BTD.dtype
+        dt, impl = x_BTD.dtype, self.cfg.matmul_impl
         N, K, H = self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim
-        q = jnp.einsum("BTD,DNH->BTNH", x_BTD, self.wq[...].astype(dt))
-        k = jnp.einsum("BTD,DKH->BTKH", x_BTD, self.wk[...].astype(dt))
-        v = jnp.einsum("BTD,DKH->BTKH", x_BTD, self.wv[...].astype(dt))
+        q = cpu_blas.einsum("BTD,DNH->BTNH", x_BTD, self.wq[...].astype(dt), impl)
+        k = cpu_blas.einsum("BTD,DKH->BTKH", x_BTD, self.wk[...].astype(dt), impl)
+        v = cpu_blas.einsum("BTD,DKH->BTKH", x_BTD, self.wv[...].astype(dt), impl)
         q = q + adapter_delta(self, "wq", x_BTD, (N, H))
         k = k + adapter_delta(self, "wk", x_BTD, (K, H))
         v = v + adapter_delta(self, "wv", x_BTD, (K, H))
@@ -144,7 +144,8 @@ class Attention(nnx.Module):
             raise ValueError(f"attention pattern {self.cfg.attention_pattern!r} has no KV-cache form")
 
     def output(self, out_BTNH: Array) -> Array:
-        out = jnp.einsum("BTNH,NHD->BTD", out_BTNH, self.wo[...].astype(out_BTNH.dtype))
+        out = cpu_blas.einsum("BTNH,NHD->BTD", out_BTNH, self.wo[...].astype(out_BTNH.dtype),
+                             self.cfg.matmul_impl)
         return out + adapter_delta(self, "wo", out_BTNH, (self.cfg.d_model,))
 
     def __call__(
@@ -246,6 +247,7 @@ class SwiGLU(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         D, F = cfg.d_model, cfg.mlp_dim
         pdt = jnp.dtype(cfg.param_dtype)
+        self.matmul_impl = cfg.matmul_impl
         self.w_gate = _param(rngs, (D, F), ("embed", "mlp"), cfg.init_std, pdt)
         self.w_up = _param(rngs, (D, F), ("embed", "mlp"), cfg.init_std, pdt)
         out_std = cfg.init_std / (2 * cfg.num_layers) ** 0.5
@@ -253,13 +255,14 @@ class SwiGLU(nnx.Module):
 
     def __call__(self, x_BTD: Array) -> Array:
         dt = x_BTD.dtype
+        impl = self.matmul_impl
         F, D = self.w_up.shape[1], self.w_up.shape[0]
-        gate = jnp.einsum("BTD,DF->BTF", x_BTD, self.w_gate[...].astype(dt))
-        up = jnp.einsum("BTD,DF->BTF", x_BTD, self.w_up[...].astype(dt))
+        gate = cpu_blas.einsum("BTD,DF->BTF", x_BTD, self.w_gate[...].astype(dt), impl)
+        up = cpu_blas.einsum("BTD,DF->BTF", x_BTD, self.w_up[...].astype(dt), impl)
         gate = gate + adapter_delta(self, "w_gate", x_BTD, (F,))
         up = up + adapter_delta(self, "w_up", x_BTD, (F,))
         hidden = jax.nn.silu(gate) * up
-        out = jnp.einsum("BTF,FD->BTD", hidden, self.w_down[...].astype(dt))
+        out = cpu_blas.einsum("BTF,FD->BTD", hidden, self.w_down[...].astype(dt), impl)
         return out + adapter_delta(self, "w_down", hidden, (D,))
 
 
@@ -316,11 +319,11 @@ class Decoder(nnx.Module):
     def logits(self, h_BTD: Array) -> Array:
         h_BTD = self.final_norm(h_BTD)
         if self.cfg.tie_embeddings:
-            logits = jnp.einsum("BTD,VD->BTV", h_BTD, self.embed[...].astype(h_BTD.dtype),
-                                preferred_element_type=jnp.float32)
+            logits = cpu_blas.einsum("BTD,VD->BTV", h_BTD, self.embed[...].astype(h_BTD.dtype),
+                                     self.cfg.matmul_impl, preferred_element_type=jnp.float32)
         else:
-            logits = jnp.einsum("BTD,DV->BTV", h_BTD, self.lm_head[...].astype(h_BTD.dtype),
-                                preferred_element_type=jnp.float32)
+            logits = cpu_blas.einsum("BTD,DV->BTV", h_BTD, self.lm_head[...].astype(h_BTD.dtype),
+                                     self.cfg.matmul_impl, preferred_element_type=jnp.float32)
         return constrain(logits, ACTIVATION_BTV)
 
     def __call__(

@@ -361,10 +361,20 @@ inline bool decode_allowed(const DecodeProblem& P, int32_t qp, int32_t kp) {
   return true;
 }
 
+// Scratch that outlives the call: one growing buffer per thread and use, so a decode step
+// (called once per token and layer) allocates nothing once the first step has run.
+enum ScratchSlot { kMPart, kLPart, kOPart, kLogits, kScaledQ, kScratchSlots };
+float* thread_scratch(ScratchSlot slot, int64_t n) {
+  thread_local std::vector<float> buffers[kScratchSlots];
+  std::vector<float>& buffer = buffers[slot];
+  if (static_cast<int64_t>(buffer.size()) < n) buffer.resize(n);
+  return buffer.data();
+}
+
 // Every query row r = t * N + n against keys [s0, s1) of one chunk: each cached row
-// [K, H] (all KV heads, contiguous) is read once, in order.
-void decode_item(const DecodeProblem& P, int64_t item, std::vector<float>& logits,
-                 std::vector<float>& qs) {
+// [K, H] (all KV heads, contiguous) is read once, in order. `logits` holds R x kDecodeChunk
+// floats, `qs` R x H.
+void decode_item(const DecodeProblem& P, int64_t item, float* logits, float* qs) {
   const int64_t chunk = item % P.chunks, b = item / P.chunks;
   const int64_t s0 = chunk * kDecodeChunk, s1 = std::min(P.S, s0 + kDecodeChunk), L = s1 - s0;
   const int64_t R = P.R, H = P.H, N = P.N;
@@ -384,7 +394,7 @@ void decode_item(const DecodeProblem& P, int64_t item, std::vector<float>& logit
         if (ok) {
           const float* kv = krow + (n / P.G) * H;
           vf acc = splat(0.0f);
-          for (int64_t h = 0; h < H; h += kLanes) acc += load(qs.data() + r * H + h) * load(kv + h);
+          for (int64_t h = 0; h < H; h += kLanes) acc += load(qs + r * H + h) * load(kv + h);
           x = hsum(acc);
         }
         logits[r * kDecodeChunk + j] = x;
@@ -393,7 +403,7 @@ void decode_item(const DecodeProblem& P, int64_t item, std::vector<float>& logit
   }
   const int64_t base = (b * P.chunks + chunk) * R;
   for (int64_t r = 0; r < R; ++r) {  // softmax numerators, row max and sum
-    float* row = logits.data() + r * kDecodeChunk;
+    float* row = logits + r * kDecodeChunk;
     float m = -INFINITY;
     for (int64_t j = 0; j < L; ++j) m = std::max(m, row[j]);
     float l = 0.0f;
@@ -453,13 +463,16 @@ ffi::Error DecodeAttentionImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ff
   P.q = q.typed_data(), P.k = k.typed_data(), P.v = v.typed_data();
   P.q_pos = q_pos.typed_data(), P.k_pos = k_pos.typed_data();
   const int64_t parts = P.B * P.chunks * P.R;
-  std::vector<float> m_part(parts), l_part(parts), o_part(parts * P.H);
-  P.m_part = m_part.data(), P.l_part = l_part.data(), P.o_part = o_part.data();
+  float* m_part = thread_scratch(kMPart, parts);
+  float* l_part = thread_scratch(kLPart, parts);
+  float* o_part = thread_scratch(kOPart, parts * P.H);
+  P.m_part = m_part, P.l_part = l_part, P.o_part = o_part;
 
   const int64_t items = P.S == 0 ? 0 : P.B * P.chunks;
   std::atomic<int64_t> next_item{0};
   parallel_run(pool, std::max<int64_t>(1, pool.num_threads()), [&P, &next_item, items]() {
-    std::vector<float> logits(P.R * kDecodeChunk), qs(P.R * P.H);
+    float* logits = thread_scratch(kLogits, P.R * kDecodeChunk);
+    float* qs = thread_scratch(kScaledQ, P.R * P.H);
     for (int64_t item = next_item.fetch_add(1); item < items; item = next_item.fetch_add(1))
       decode_item(P, item, logits, qs);
   });

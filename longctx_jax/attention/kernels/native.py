@@ -115,20 +115,23 @@ def _verified(target: str) -> bool:
     return False
 
 
-def library_path(name: str, flags: tuple[str, ...] = NATIVE_FLAGS, tag: str = "") -> str:
+def library_path(name: str, flags: tuple[str, ...] = NATIVE_FLAGS, tag: str = "",
+                 source_dir: str | None = None) -> str:
     """Path of the built, hash-verified library for kernel `name`, building it if needed.
 
     Args:
-      name: the kernel source `NAME.cc` in this folder.
+      name: the kernel source `NAME.cc` in `source_dir` (default: this folder).
       flags: compiler flags beyond the common ones (`NATIVE_FLAGS`: this CPU's full ISA).
       tag: a build name in the file name (letters, digits, `_`), e.g. the ISA and tiles.
+      source_dir: the folder holding `NAME.cc` (kernels of other packages, e.g. models/); None:
+        this folder.
 
     Raises:
       NativeKernelUnavailable: no compiler, a failed build, or a cache that is not private.
     """
     if tag and not tag.replace("_", "").isalnum():
         raise ValueError(f"build tag {tag!r} must be letters, digits and '_'")
-    source = os.path.join(_SOURCE_DIR, f"{name}.cc")
+    source = os.path.join(source_dir or _SOURCE_DIR, f"{name}.cc")
     with open(source, "rb") as f:
         text = f.read()
     cxx = compiler()
@@ -176,11 +179,12 @@ _FAILED: dict[tuple[str, str], NativeKernelUnavailable] = {}
 
 
 @functools.cache
-def _load(name: str, flags: tuple[str, ...], tag: str) -> ctypes.CDLL:
-    return ctypes.cdll.LoadLibrary(library_path(name, flags, tag))
+def _load(name: str, flags: tuple[str, ...], tag: str, source_dir: str | None) -> ctypes.CDLL:
+    return ctypes.cdll.LoadLibrary(library_path(name, flags, tag, source_dir))
 
 
-def load(name: str, flags: tuple[str, ...] = NATIVE_FLAGS, tag: str = "") -> ctypes.CDLL:
+def load(name: str, flags: tuple[str, ...] = NATIVE_FLAGS, tag: str = "", source_dir: str | None = None
+         ) -> ctypes.CDLL:
     """Builds (once) and loads kernel `name` with `flags`; see `library_path`.
 
     A failed build raises `NativeKernelUnavailable` and is remembered, so callers that probe
@@ -189,25 +193,26 @@ def load(name: str, flags: tuple[str, ...] = NATIVE_FLAGS, tag: str = "") -> cty
     if (name, tag) in _FAILED:
         raise _FAILED[(name, tag)]
     try:
-        return _load(name, tuple(flags), tag)
+        return _load(name, tuple(flags), tag, source_dir)
     except NativeKernelUnavailable as error:
         _FAILED[(name, tag)] = error
         raise
 
 
 @functools.cache
-def _register(name: str, symbol: str, flags: tuple[str, ...], tag: str) -> str:
-    library = load(name, flags, tag)
+def _register(name: str, symbol: str, flags: tuple[str, ...], tag: str, source_dir: str | None) -> str:
+    library = load(name, flags, tag, source_dir)
     # One library may hold several handlers, so the symbol is part of the target name.
     target = (f"longctx_{name}_{tag}" if tag else f"longctx_{name}") + f"_{symbol}"
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
     return target
 
 
-def register(name: str, symbol: str, flags: tuple[str, ...] = NATIVE_FLAGS, tag: str = "") -> str:
+def register(name: str, symbol: str, flags: tuple[str, ...] = NATIVE_FLAGS, tag: str = "",
+             source_dir: str | None = None) -> str:
     """Builds kernel `name`, registers its handler `symbol` as an FFI target on CPU.
 
     The target is `longctx_<name>_<symbol>` (`longctx_<name>_<tag>_<symbol>` for a tagged build). A failed
     build raises `NativeKernelUnavailable` (remembered, see `load`).
     """
-    return _register(name, symbol, tuple(flags), tag)
+    return _register(name, symbol, tuple(flags), tag, source_dir)
