@@ -27,6 +27,14 @@ def test_forward_bars(tmp_path):
     assert all("| yes (bar" in r for r in fast) and len(fast) == 2
     assert all("| **no** (bar" in r for r in slow) and len(slow) == 2
     assert "Test CPU, 2 cores, AVX-512" in rows[-1] and "decode (cpu_decode)" in "\n".join(rows)
+    assert all("| prefill (GEMMs: xla) |" in r for r in table if "prefill" in r)  # no record: XLA's dots
+
+
+def test_forward_rows_name_the_gemms_and_the_commit(tmp_path):
+    result = dict(_forward(1.2, 1.0), prefill_matmul_blas=True, git_commit="0123456789abcdef", git_dirty=True)
+    (tmp_path / "2026-01-01-test-blas.json").write_text(json.dumps(result))
+    text = speed_tables.forward_table(speed_tables.runs(tmp_path))
+    assert "| prefill (GEMMs: cpu_blas) |" in text and "commit 0123456789 (uncommitted changes)" in text
 
 
 def test_attention_bar(tmp_path):
@@ -45,4 +53,6 @@ def test_gemm_bench_runs_each_setting_in_its_own_process(tmp_path):
     result = gemm.run(cfg)
     (row,) = result["settings"][0]["rows"]
     assert row["shape"] == [64, 32, 48] and row["max_rel_err"] < 1e-4 and row["xla_gflops"] > 0
+    assert row["blas_gflops"] > 0 and len(row["torch_gflops_p10_p90"]) == 2  # cpu_blas timed beside them
+    assert result["git_commit"] and result["measured_utc"].endswith("+00:00")
     assert "| (default) | 64 x 32 x 48 |" in gemm.table(result)

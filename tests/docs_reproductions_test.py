@@ -6,6 +6,7 @@ import pytest
 
 from longctx_jax.bench import published
 from longctx_jax.eval import claims, verdicts
+from longctx_jax.search import longrope_claim
 
 DOC = published.ROOT / "docs" / "reproductions.md"
 
@@ -103,3 +104,22 @@ def test_summary_parser_reads_the_rendered_table():
     table = repro_report.summary_table([("x", result, [claim], "cmd"),
                                         ("y", None, [{**claim, "name": "d"}], "cmd")])
     assert summary_verdicts(table) == {"c": "yes", "d": "not run at this size (`cmd`)"}
+
+
+def test_longrope_block_is_the_rule_applied_to_the_committed_blocks():
+    block = _blocks()["repro-longrope"]
+    if not published.LONGROPE.exists():
+        assert block.startswith("Not run at this size.")
+        return
+    summary = published.load(published.LONGROPE)
+    stored = published.load(published.LONGROPE_BLOCKS)
+    assert stored["inputs"]["test_documents"] == summary["test_documents"]
+    assert not set(summary["search_documents"]) & set(summary["test_documents"])  # held out
+    fresh = longrope_claim.recompute(summary, stored["blocks"])
+    assert fresh["verdict"] == summary["verdict"]
+    for control, c in fresh["comparisons"].items():
+        assert c == pytest.approx(summary["test"]["comparisons"][control], rel=1e-9, abs=1e-12)
+    assert f"**Verdict: {fresh['verdict']['verdict']}**" in block
+    configured = published.config_cli.load_config(
+        f"{published.ROOT / 'configs' / 'longrope_search_smollm2.py'}:cpu16k").verdict_rule
+    assert summary["verdict_rule"] == longrope_claim.check_rule(dict(configured)), "rule changed"

@@ -116,6 +116,15 @@ def test_run_writes_disjoint_sets_controls_and_a_verdict_by_the_rule(tmp_path):
         assert tested[name]["ppl"] == pytest.approx(math.exp(mean), rel=1e-9)
     yarn = summary["test"]["comparisons"]["yarn"]
     assert yarn["ppl_ratio"] == pytest.approx(tested["search"]["ppl"] / tested["yarn"]["ppl"], rel=1e-9)
+    # The docs' check: the stored blocks and rule give the stored comparisons and verdict again,
+    # and the rendered block states that verdict and every method's interval.
+    fresh = longrope_claim.recompute(summary, blocks["blocks"])
+    assert fresh["verdict"] == summary["verdict"]
+    for control, c in fresh["comparisons"].items():
+        assert c == pytest.approx(comparisons[control], rel=1e-9, abs=1e-12)
+    text = longrope_claim.report(summary)
+    assert f"**Verdict: {summary['verdict']['verdict']}**" in text
+    assert all(f"`{m}`" in text for m in config.compare_methods) and "searched factors" in text
     # A rerun resumes both stages: same summary apart from the wall time.
     again = longrope_run.run_longrope_search(config, loaded=(model, TOK))
     assert {k: v for k, v in again.items() if k != "seconds_this_run"} == \

@@ -49,8 +49,8 @@ def _allowed_pairs(n: int, causal: bool, window: int | None) -> int:
     return int(np.sum(hi - lo))
 
 
-def _time(fn, args, repeats: int, warmup: bool = True) -> tuple[float, float]:
-    """Median wall seconds and median process CPU seconds (all threads) of one call."""
+def _time(fn, args, repeats: int, warmup: bool = True) -> tuple[float, float, list[float]]:
+    """Median wall seconds, median process CPU seconds (all threads) and every run's wall seconds."""
     if warmup:
         jax.block_until_ready(fn(*args))
     wall, cpu = [], []
@@ -59,7 +59,7 @@ def _time(fn, args, repeats: int, warmup: bool = True) -> tuple[float, float]:
         jax.block_until_ready(fn(*args))
         wall.append(time.perf_counter() - start)
         cpu.append(time.process_time() - start_cpu)
-    return statistics.median(wall), statistics.median(cpu)
+    return statistics.median(wall), statistics.median(cpu), wall
 
 
 def _inputs(batch, n, heads, kv_heads, head_dim, dtype, seed=0):
@@ -100,7 +100,7 @@ def cpu_section(cfg: ml_collections.ConfigDict, lengths: tuple[int, ...], repeat
             if n > cfg.time_max_len:
                 row["not_timed"] = f"seq_len > time_max_len={cfg.time_max_len}; compiled memory only"
             else:  # already compiled: no warm-up call; long sequences are timed once
-                row["forward_seconds"], row["forward_cpu_seconds"] = _time(
+                row["forward_seconds"], row["forward_cpu_seconds"], row["forward_runs_s"] = _time(
                     compiled, args, repeats if n < cfg.long_from else 1, warmup=False
                 )
             row["peak_rss_bytes_so_far"] = _peak_rss_bytes()
@@ -137,7 +137,7 @@ def torch_sdpa_section(cfg: ml_collections.ConfigDict, lengths: tuple[int, ...],
                 )
 
         times = _time(sdpa, args, repeats if n < cfg.long_from else 1)
-        row["forward_seconds"], row["forward_cpu_seconds"] = times
+        row["forward_seconds"], row["forward_cpu_seconds"], row["forward_runs_s"] = times
         rows.append(row)
         print(row, flush=True)
     return rows
@@ -166,8 +166,8 @@ def gpu_section(cfg: ml_collections.ConfigDict) -> list[dict]:
                         )
 
                     try:
-                        t_fwd, _ = _time(jax.jit(fwd), args, cfg.repeats)
-                        t_all, _ = _time(jax.jit(fwd_bwd), args, cfg.repeats)
+                        t_fwd, _, _ = _time(jax.jit(fwd), args, cfg.repeats)
+                        t_all, _, _ = _time(jax.jit(fwd_bwd), args, cfg.repeats)
                     except Exception as error:  # noqa: BLE001 - a backend may not support a case
                         row["skipped"] = f"{type(error).__name__}: {str(error)[:300]}"
                     else:

@@ -28,6 +28,7 @@ from longctx_jax.eval import repro_report
 from longctx_jax.eval.claims import CLAIMS as REPRO_DRIVERS
 from longctx_jax.eval.report import paired_table, render_report, summary_block
 from longctx_jax.models.hf_architectures import markdown_table
+from longctx_jax.search import longrope_claim
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "docs" / "results"
@@ -44,7 +45,7 @@ FINETUNE_RUNS = {"cpu_pi": "pi_ft", "cpu_yarn": "yarn_ft"}  # config variant -> 
 FINETUNE_PAIRS = (("pi_ft", "linear"), ("yarn_ft", "yarn"))  # each fine-tune vs its scaling untrained
 BENCH_FORWARD = RESULTS / "bench_forward"  # <date>-<machine>.json of `experiments.bench_forward`
 BENCH_ATTENTION_GQA = RESULTS / "bench_attention_gqa"  # SmolLM2's 9 / 3 heads, `bench_attention`
-BENCH_GEMM = RESULTS / "bench_gemm" / "2026-11-28-epyc.json"  # `experiments.bench_gemm`
+BENCH_GEMM = RESULTS / "bench_gemm" / "2026-11-28-epyc-cpu-blas.json"  # `experiments.bench_gemm`
 
 _BLOCK = re.compile(r"(<!-- generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)"
                     r"(<!-- /generated:(?P=name) -->)", re.S)
@@ -165,6 +166,20 @@ def repro_claims(name: str) -> list[dict]:
     return [dict(c) for c in config.claims]
 
 
+LONGROPE = REPRO / "longrope_smollm2.json"  # summary.json of `experiments.longrope_search` (:cpu16k)
+LONGROPE_BLOCKS = REPRO / "longrope_smollm2_test_blocks.json"  # its test_blocks.json: the scored blocks
+LONGROPE_COMMAND = ("python -m experiments.longrope_search --config "
+                    "configs/longrope_search_smollm2.py:cpu16k "
+                    "--config.workdir=runs/longrope_smollm2_cpu16k")
+
+
+def repro_longrope() -> str:
+    """docs/reproductions.md: the LongRoPE claim on held-out documents, from the committed run."""
+    if not LONGROPE.exists():
+        return f"Not run at this size. Command: `{LONGROPE_COMMAND}`.\n"
+    return longrope_claim.report(load(LONGROPE))
+
+
 def _repro_command(name: str) -> str:
     return f"python -m experiments.reproduce --claim={name}"
 
@@ -185,6 +200,7 @@ def repro_section(name: str) -> Callable[[], str]:
 BLOCKS: dict[str, Callable[[], str]] = {
     "repro-summary": repro_summary,
     **{f"repro-{name}": repro_section(name) for name in REPRO_DRIVERS},
+    "repro-longrope": repro_longrope,
     "extend-summary": extend_summary,
     "extend-report": extend_report,
     "extend-dynamic": extend_dynamic,

@@ -56,7 +56,9 @@ def forward_table(results: list[tuple[str, dict]]) -> str:
         for ours, theirs in zip(r["prefill"], hf["prefill"], strict=True):
             ratio = ours["tokens_per_s"] / theirs["tokens_per_s"]
             bar = _met(ratio, PREFILL_BAR) if ours["length"] == 8192 else "-"
-            lines.append(f"| {label} | {date} | prefill | {ours['length']:,} | {_walls(ours)} | "
+            gemms = "cpu_blas" if r.get("prefill_matmul_blas") else "xla"  # runs before cpu_blas: XLA
+            phase = f"prefill (GEMMs: {gemms})"
+            lines.append(f"| {label} | {date} | {phase} | {ours['length']:,} | {_walls(ours)} | "
                          f"{ours['tokens_per_s']:.1f} | {_walls(theirs)} | {theirs['tokens_per_s']:.1f} | "
                          f"{ratio:.2f} | {bar} |")
         if r.get("decode") and hf.get("decode"):
@@ -73,13 +75,23 @@ def forward_table(results: list[tuple[str, dict]]) -> str:
         f"torch {r['hf']['torch']} ({r['hf']['threads']} threads), "
         f"max |logit diff| {r['hf']['hf_max_abs_logit_diff']:.1e} at {r['hf']['parity_length']:,} tokens, "
         f"cpu_flash build `{r['machine']['cpu_flash']['tag']}`"
+        + (f", commit {r['git_commit'][:10]}{' (uncommitted changes)' if r.get('git_dirty') else ''}"
+           if "git_commit" in r else "")
         for _, d, r in results) + ".")
     return "\n".join(lines) + "\n"
 
 
+def _seconds(row: dict) -> str:
+    """Median forward seconds, and every run's seconds where the JSON keeps them."""
+    runs = row.get("forward_runs_s") or []
+    each = f" ({', '.join(f'{t:.3f}' for t in runs)})" if len(runs) > 1 else ""
+    return f"{row['forward_seconds']:.3f}{each}"
+
+
 def attention_table(results: list[tuple[str, dict]]) -> str:
     """One causal attention layer (the runs' heads), cpu_flash vs blockwise vs torch sdpa, per run."""
-    lines = ["| machine | date, run | heads (q / kv) x dim | n | cpu_flash s | blockwise s | torch sdpa s | "
+    lines = ["| machine | date, run | heads (q / kv) x dim | n | cpu_flash s (runs) | blockwise s (runs) | "
+             "torch sdpa s (runs) | "
              "sdpa / cpu_flash | meets the bar |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for label, date, r in results:
@@ -90,11 +102,10 @@ def attention_table(results: list[tuple[str, dict]]) -> str:
                 continue
             block = by.get(("blockwise", n), {})
             heads = f"{flash['heads']} / {flash['kv_heads']} x {flash['head_dim']}"
-            cells = [f"{flash['forward_seconds']:.3f}",
-                     f"{block['forward_seconds']:.3f}" if "forward_seconds" in block else "-"]
+            cells = [_seconds(flash), _seconds(block) if "forward_seconds" in block else "-"]
             if sdpa is not None:
                 ratio = sdpa["forward_seconds"] / flash["forward_seconds"]
-                cells += [f"{sdpa['forward_seconds']:.3f}", f"{ratio:.2f}", _met(ratio, ATTENTION_BAR)]
+                cells += [_seconds(sdpa), f"{ratio:.2f}", _met(ratio, ATTENTION_BAR)]
             else:
                 cells += ["-", "-", "-"]
             lines.append(f"| {label} | {date} | {heads} | {n:,} | " + " | ".join(cells) + " |")

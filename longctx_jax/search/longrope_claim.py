@@ -143,3 +143,51 @@ def verdict(rule: Mapping[str, Any], comparisons: Mapping[str, Mapping[str, floa
                 "reason": f"lower on the mean, interval reaches the margin for {detail}"}
     return {"verdict": "yes", "reason": "every control's interval lies below the margin: "
             + ", ".join(f"{c} {comparisons[c]['ppl_ratio']:.4f}" for c in rule["controls"])}
+
+
+def recompute(summary: Mapping[str, Any], blocks: Mapping[str, Sequence[Sequence[float]]]) -> dict[str, Any]:
+    """The comparisons and verdict the stored rule gives on the stored test blocks.
+
+    Args:
+      summary: a run's summary.json (`longrope_run.run_longrope_search`).
+      blocks: its test_blocks.json "blocks" (`{method: [N][blocks]}`, the winner as "search").
+
+    Returns:
+      {"comparisons": {control: `compare(...)`}, "verdict": `verdict(...)`}.
+    """
+    rule = check_rule(summary["verdict_rule"])
+    stats = dict(confidence=float(rule["confidence"]), resamples=int(rule["resamples"]),
+                 seed=int(rule["seed"]))
+    comparisons = {m: compare(blocks["search"], blocks[m], **stats)
+                   for m in summary["test"]["comparisons"]}
+    return {"comparisons": comparisons, "verdict": verdict(rule, comparisons)}
+
+
+def report(summary: Mapping[str, Any]) -> str:
+    """Markdown of a run: held-out perplexities with intervals, each comparison, the verdict."""
+    test, rule = summary["test"], summary["verdict_rule"]
+    level = f"{100 * float(rule['confidence']):g} %"
+    lines = [f"SmolLM2-135M, {summary['original_length']:,} -> {summary['target_length']:,} tokens "
+             f"(factor {summary['factor']:g}), no fine-tuning. Search documents: "
+             f"{', '.join(summary['search_documents'])}; test documents (never scored by the search): "
+             f"{', '.join(summary['test_documents'])}. Search: population "
+             f"{summary['search']['population_size']}, {summary['search']['generations']} generations, "
+             f"{summary['search']['candidates_scored']} candidates scored; the winner is "
+             + (f"the seed `{summary['search']['winner_is_seed']}`" if summary["search"]["winner_is_seed"]
+                else "not one of the seeds") + f" (n_hat {summary['search']['best_n_hat']}).", "",
+             f"| method | held-out perplexity [{level}] | winner / method, perplexity ratio [{level}] "
+             "| a control of the rule |",
+             "| --- | --- | --- | --- |"]
+    for name, m in test["methods"].items():
+        c = test["comparisons"].get(name)
+        ratio = (f"{c['ppl_ratio']:.4f} [{c['ppl_ratio_lo']:.4f}, {c['ppl_ratio_hi']:.4f}]" if c else "-")
+        label = "searched factors (the winner)" if name == "search" else f"`{name}`"
+        control = "yes" if name in rule["controls"] else "-"
+        ppl = f"{m['ppl']:.4f} [{m['ppl_lo']:.4f}, {m['ppl_hi']:.4f}]"
+        lines.append(f"| {label} | {ppl} | {ratio} | {control} |")
+    v = summary["verdict"]
+    lines += ["", f"**Verdict: {v['verdict']}** ({v['reason']}). Rule: \"yes\" if the paired {level} "
+              f"interval of NLL(winner) - NLL(control) lies below -{rule['margin']:g} for every control, "
+              f"\"no\" if any mean difference is >= -{rule['margin']:g}, else \"undecided\"; blocks of "
+              f"{rule['block']} targets, {rule['resamples']} resamples."]
+    return "\n".join(lines) + "\n"
