@@ -2,24 +2,27 @@
 
     y[M, N] = x[M, K] @ w[K, N]          (or x @ w^T for a tied output layer)
 
-Why: issue #20 measured XLA:CPU's float32 GEMM for SmolLM2's prefill shapes at 0.83-0.86x of
-torch's (MKL) with K = 576, under every XLA flag that selects another GEMM library
-(`configs/bench_gemm.py`). The gap is in the GEMM routine itself, not in fusion or layout: a
-plain 2-D dot with nothing around it. numpy's wheels carry a tuned OpenBLAS (scipy-openblas,
-ILP64, `DYNAMIC_ARCH`: its kernels picked at load time for the CPU it runs on), which on the
-same machine runs these shapes at torch's rate. One C++ FFI handler (`cpu_blas_matmul.cc`,
+Why: issue #20 found XLA:CPU's float32 GEMM below torch's (MKL) rate on SmolLM2's prefill
+shapes, under every XLA flag that selects another GEMM library (`configs/bench_gemm.py`,
+docs/benchmarks.md). The gap is in the GEMM routine itself, not in fusion or layout: a plain
+2-D dot with nothing around it. numpy's wheels carry a tuned OpenBLAS (scipy-openblas, ILP64,
+`DYNAMIC_ARCH`: its kernels picked at load time for the CPU it runs on), which on the same
+machine runs these shapes at or above torch's rate. One C++ FFI handler (`cpu_blas_matmul.cc`,
 built like the attention kernels, `attention/kernels/native.py`) calls its `cblas_sgemm`,
 whose address Python reads from the library numpy loaded; nothing new is installed.
 
 `matmul` is differentiable (its gradients are two more sgemm calls: dx = dy w^T, dw = x^T dy)
 and float32 only. `use_blas` is the "auto" rule the decoder applies per projection: on a
-single-device CPU backend, float32, at least `MIN_ROWS` rows (a decode step's few rows cost
-more in the call than the product; XLA keeps those), when the library is found. On a
-multi-device mesh XLA keeps every GEMM: a custom call has no sharding rule, so GSPMD would
-gather its operands. `ModelConfig.matmul_impl` forces either ("xla", "cpu_blas").
+single-device CPU backend, float32, at least `MIN_ROWS` rows, when the library is found.
+Decode's one-row products stay with XLA: through OpenBLAS a SmolLM2 decode step at 8K cached
+was slower (`bench_forward --config.matmul_impl=cpu_blas`: 118-142 ms per token against
+91-98 ms, two runs each, not committed). On a multi-device mesh XLA keeps every GEMM: a
+custom call has no sharding rule, so GSPMD would gather its operands.
+`ModelConfig.matmul_impl` forces either ("xla", "cpu_blas").
 
 Measured: `configs/bench_gemm.py` (per shape, against torch in the same run) and
-`configs/bench_forward.py` (SmolLM2's prefill; docs/kv_cache.md, docs/benchmarks.md).
+`configs/bench_forward.py` (SmolLM2's prefill, runs `3-xla-gemm` and `4-cpu-blas` in
+docs/kv_cache.md).
 """
 
 import ctypes
