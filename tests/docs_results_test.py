@@ -54,7 +54,9 @@ def test_finetune_comparison_is_on_held_out_documents_of_the_committed_runs():
     docs = {r["doc"] for r in results["perplexity"]}
     assert len(docs) >= 2 and all(corpus_split(d, 0.05) == "validation" for d in docs)
     labels = {r["method"] for r in results["perplexity"]}
-    assert {"none", *(b for _, b in published.FINETUNE_PAIRS), *published.FINETUNE_RUNS.values()} <= labels
-    for variant in published.FINETUNE_RUNS:
+    pairs = published.finetune_pairs()
+    assert {"none", *(b for _, b in pairs), *published.finetune_labels().values()} <= labels
+    assert pairs == (("pi_ft", "linear"), ("yarn_ft", "yarn"))
+    for variant in published.finetune_labels():
         config = published.load(published.FINETUNE / variant / "config.json")
         assert config["data"]["source"] == "stdlib" and config["data"]["val_fraction"] == 0.05

@@ -41,8 +41,6 @@ EXTEND_FIGURES = ("docs/figures/extend_smollm2_ppl_vs_length.png",
                   "docs/figures/extend_smollm2_passkey.png")
 PATTERN_RUNS = ("rope", "longformer", "bigbird", "longnet")
 FINETUNE = RESULTS / "finetune_smollm2"  # results.json of `extend :finetuned` + one directory per run
-FINETUNE_RUNS = {"cpu_pi": "pi_ft", "cpu_yarn": "yarn_ft"}  # config variant -> label in results.json
-FINETUNE_PAIRS = (("pi_ft", "linear"), ("yarn_ft", "yarn"))  # each fine-tune vs its scaling untrained
 BENCH_FORWARD = RESULTS / "bench_forward"  # <date>-<machine>.json of `experiments.bench_forward`
 BENCH_ATTENTION_GQA = RESULTS / "bench_attention_gqa"  # SmolLM2's 9 / 3 heads, `bench_attention`
 BENCH_GEMM = RESULTS / "bench_gemm" / "2026-11-28-epyc-cpu-blas.json"  # `experiments.bench_gemm`
@@ -55,6 +53,20 @@ def load(path: str | os.PathLike) -> dict:
     """A committed results JSON."""
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def finetune_labels() -> dict[str, str]:
+    """{fine-tuning config variant: its label in results.json}, read from the config that compared
+    them (`configs/extend_smollm2.py:finetuned`, `finetuned = {label: "runs/ft_<variant>"}`)."""
+    config = config_cli.load_config(f"{ROOT / 'configs' / 'extend_smollm2.py'}:finetuned")
+    return {os.path.basename(str(path)).removeprefix("ft_"): label
+            for label, path in config.finetuned.items()}
+
+
+def finetune_pairs() -> tuple[tuple[str, str], ...]:
+    """(fine-tune label, the same scaling untrained) per run: the scaling is the run's own rope_type."""
+    return tuple((label, load(FINETUNE / variant / "summary.json")["rope_scaling"]["rope_type"])
+                 for variant, label in finetune_labels().items())
 
 
 def extend_summary() -> str:
@@ -88,7 +100,7 @@ def finetune_runs() -> str:
              "| train loss, first -> last step | validation loss after | tokens/s (median of steps 2..) "
              "| peak host memory |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for variant, label in FINETUNE_RUNS.items():
+    for variant, label in finetune_labels().items():
         run = FINETUNE / variant
         summary, config = load(run / "summary.json"), load(run / "config.json")
         records = _metrics(run / "metrics.jsonl")
@@ -110,7 +122,7 @@ def finetune_comparison() -> str:
     results = load(FINETUNE / "results.json")
     lines = [summary_block(results), "Each fine-tune against the same scaling without fine-tuning "
              "(paired on the same documents and positions):", ""]
-    lines += paired_table(results["perplexity"], FINETUNE_PAIRS)
+    lines += paired_table(results["perplexity"], finetune_pairs())
     return "\n".join(lines) + "\n"
 
 
