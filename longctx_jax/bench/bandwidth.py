@@ -1,0 +1,123 @@
+"""Memory read bandwidth of this CPU, and what a SmolLM2 decode step must read at that rate.
+
+  python -m experiments.bench_bandwidth --config configs/bench_bandwidth.py
+
+Issue #20 asks that decode stream weights and cache "at close to memory bandwidth", and that
+the bandwidth be stated. A decode step reads every parameter once and every cached key and
+value once, so at read bandwidth R its floor is `bytes_per_token / R`. Measured: the sum of a
+`size_mib` float32 array (far larger than the last-level cache), each pass reading it once,
+by XLA (a jitted `jnp.sum`), numpy and torch (`threads` threads), interleaved, `repeats`
+times each; GB/s = bytes / seconds (10^9 bytes). The model side is exact arithmetic on
+SmolLM2's config (read from the GGUF's metadata, no weights loaded): float32 parameters plus
+the float32 cache of `context` tokens. `decode_table` sets these beside the committed decode
+rows of `bench_forward` (docs/kv_cache.md).
+"""
+
+import json
+import os
+import statistics
+import time
+
+import ml_collections
+import numpy as np
+
+from longctx_jax.atomic import write_atomically
+from longctx_jax.bench import machine
+from longctx_jax.models import gguf_file, llama
+from longctx_jax.models.config import ModelConfig
+
+
+def decode_bytes(cfg: ModelConfig, context: int, itemsize: int = 4) -> dict[str, int]:
+    """Bytes one decode step reads: every parameter, and the K / V cache of `context` tokens.
+
+    Returns:
+      {"parameters": ..., "cache": ..., "total": ...} at `itemsize` bytes per value.
+    """
+    D, F, H = cfg.d_model, cfg.mlp_dim, cfg.head_dim
+    N, K, L = cfg.num_heads, cfg.num_kv_heads, cfg.num_layers
+    per_layer = D * (N + 2 * K) * H + N * H * D + 3 * D * F + 2 * D
+    if cfg.qkv_bias:
+        per_layer += (N + 2 * K) * H
+    params = cfg.vocab_size * D + L * per_layer + D + (0 if cfg.tie_embeddings else D * cfg.vocab_size)
+    cache = L * context * K * H * 2
+    return {"parameters": params * itemsize, "cache": cache * itemsize, "total": (params + cache) * itemsize}
+
+
+def smollm2_config(path: str | None = None) -> ModelConfig:
+    """SmolLM2's `ModelConfig` from its GGUF metadata (the weights stay on disk)."""
+    metadata, tensors = gguf_file.read(path or llama.smollm2_path())
+    return llama.gguf_config(metadata, set(tensors), vocab_size=tensors["token_embd.weight"].shape[0])
+
+
+def read_bandwidth(size_mib: int, repeats: int, threads: int) -> dict[str, dict]:
+    """{library: {"gbs": median GB/s, "runs_gbs": [...]}} for XLA, numpy and torch summing one array."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    torch.set_num_threads(threads)
+    x = np.random.default_rng(0).standard_normal(size_mib * (1 << 20) // 4, np.float32)
+    nbytes = x.nbytes
+    xj, xt = jnp.asarray(x), torch.from_numpy(x)
+    total = jax.jit(jnp.sum)
+    readers = {"xla": lambda: total(xj).block_until_ready(), "numpy": lambda: x.sum(),
+               "torch": lambda: xt.sum().item()}
+    for read in readers.values():
+        read()  # compile, warm the pages
+    seconds: dict[str, list[float]] = {name: [] for name in readers}
+    for _ in range(repeats):
+        for name, read in readers.items():
+            start = time.perf_counter()
+            read()
+            seconds[name].append(time.perf_counter() - start)
+    return {name: {"gbs": nbytes / statistics.median(s) / 1e9, "runs_gbs": [nbytes / t / 1e9 for t in s]}
+            for name, s in seconds.items()}
+
+
+def run(cfg: ml_collections.ConfigDict) -> dict:
+    """Measures, writes `<workdir>/bench_bandwidth.json`, returns it."""
+    if cfg.size_mib < 64 or cfg.repeats < 1 or cfg.context < 0:
+        raise ValueError(f"size_mib must be >= 64 (beyond the caches), repeats >= 1 and context >= 0, got "
+                         f"{cfg.size_mib}, {cfg.repeats}, {cfg.context}")
+    need = decode_bytes(smollm2_config(cfg.checkpoint or None), cfg.context)
+    result = {"machine": machine.machine(), **machine.provenance(), "size_mib": cfg.size_mib,
+              "repeats": cfg.repeats, "threads": cfg.threads,
+              "read": read_bandwidth(cfg.size_mib, cfg.repeats, cfg.threads),
+              "smollm2_decode": {"context": cfg.context, "bytes": need}}
+    print(", ".join(f"{k} {v['gbs']:.1f} GB/s" for k, v in result["read"].items()), flush=True)
+    os.makedirs(cfg.workdir, exist_ok=True)
+    path = os.path.join(cfg.workdir, "bench_bandwidth.json")
+    write_atomically(path, json.dumps(result, indent=1) + "\n")
+    print(f"wrote {path}")
+    return result
+
+
+def decode_table(bandwidth: dict, forward_runs: list[tuple[str, str, dict]]) -> str:
+    """Markdown: the measured read bandwidth, and each committed decode row against its floor.
+
+    Args:
+      bandwidth: a `run` result.
+      forward_runs: `speed_tables.runs(...)` of the committed `bench_forward` results.
+    """
+    read = bandwidth["read"]
+    best = max(v["gbs"] for v in read.values())
+    need = bandwidth["smollm2_decode"]["bytes"]
+    context = bandwidth["smollm2_decode"]["context"]
+    lines = [f"Read bandwidth ({bandwidth['size_mib']} MiB float32 summed, median of {bandwidth['repeats']} "
+             "interleaved runs, [slowest, fastest] run): "
+             + "; ".join(f"{k} {v['gbs']:.1f} GB/s [{min(v['runs_gbs']):.1f}, {max(v['runs_gbs']):.1f}]"
+                         for k, v in read.items())
+             + f". A SmolLM2 decode step at {context:,} cached tokens reads "
+             f"{need['parameters'] / 1e6:.0f} MB "
+             f"of parameters and {need['cache'] / 1e6:.0f} MB of cache, {need['total'] / 1e6:.0f} MB in all: "
+             f"{need['total'] / best / 1e6:.1f} ms at the fastest reader's median.", "",
+             "| machine | date, run | decode ms / token | GB/s read | share of the measured bandwidth |",
+             "| --- | --- | --- | --- | --- |"]
+    for label, date, r in forward_runs:
+        decode = r.get("decode")
+        if not decode or decode.get("context") != context:
+            continue
+        ms = decode["wall_s"] / decode["steps"] * 1e3
+        rate = need["total"] / (ms / 1e3) / 1e9
+        lines.append(f"| {label} | {date} | {ms:.1f} | {rate:.1f} | {rate / best:.0%} |")
+    return "\n".join(lines) + "\n"
