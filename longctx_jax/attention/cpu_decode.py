@@ -9,8 +9,8 @@ cached key and value once, so the cost is one pass over the cache: the kernel
 as cpu_flash) reads the `[B, S, K, H]` cache rows where they lie, with work items of
 (batch, KV head, 512-key chunk) spread over XLA's thread pool and merged by their
 log-sum-exp (flash-decoding's split over keys, Dao et al. 2023). XLA's own dense path
-transposes the cache for its batched dots and runs 6 ms per SmolLM2 layer at 8K cached
-tokens, about 7x the cache's read time at this machine's bandwidth. `dispatch`'s "auto"
+transposes the cache for its batched dots (a diagnostic run: 6 ms per SmolLM2 layer at 8K
+cached tokens, several times the cache's read time; docs/kv_cache.md). `dispatch`'s "auto"
 sends CPU calls with at most `AutoPolicy.cpu_decode_max_q` query rows here.
 
 Gradients: blockwise's tile recomputation from the kernel's output and lse.

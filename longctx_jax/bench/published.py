@@ -23,7 +23,7 @@ import numpy as np
 
 from longctx_jax import config_cli
 from longctx_jax.atomic import write_atomically
-from longctx_jax.bench import gemm, memory, speed_tables
+from longctx_jax.bench import bandwidth, gemm, memory, speed_tables
 from longctx_jax.eval import repro_report
 from longctx_jax.eval.claims import CLAIMS as REPRO_DRIVERS
 from longctx_jax.eval.report import paired_table, render_report, summary_block
@@ -44,6 +44,7 @@ FINETUNE = RESULTS / "finetune_smollm2"  # results.json of `extend :finetuned` +
 BENCH_FORWARD = RESULTS / "bench_forward"  # <date>-<machine>.json of `experiments.bench_forward`
 BENCH_ATTENTION_GQA = RESULTS / "bench_attention_gqa"  # SmolLM2's 9 / 3 heads, `bench_attention`
 BENCH_GEMM = RESULTS / "bench_gemm" / "2026-11-28-epyc-cpu-blas.json"  # `experiments.bench_gemm`
+BENCH_BANDWIDTH = RESULTS / "bench_bandwidth" / "2026-11-28-epyc.json"  # `experiments.bench_bandwidth`
 
 _BLOCK = re.compile(r"(<!-- generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)"
                     r"(<!-- /generated:(?P=name) -->)", re.S)
@@ -150,6 +151,11 @@ def bench_forward() -> str:
     return speed_tables.forward_table(speed_tables.runs(BENCH_FORWARD))
 
 
+def bench_decode_bandwidth() -> str:
+    """docs/kv_cache.md: read bandwidth and each committed decode row's share of it."""
+    return bandwidth.decode_table(load(BENCH_BANDWIDTH), speed_tables.runs(BENCH_FORWARD))
+
+
 def bench_attention_gqa() -> str:
     """docs/benchmarks.md: one causal SmolLM2 attention layer, cpu_flash vs torch sdpa, per run."""
     return speed_tables.attention_table(speed_tables.runs(BENCH_ATTENTION_GQA))
@@ -219,6 +225,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "pattern-table": pattern_table,
     "memory-table": memory_table,
     "bench-forward": bench_forward,
+    "bench-decode-bandwidth": bench_decode_bandwidth,
     "bench-attention-gqa": bench_attention_gqa,
     "bench-gemm": bench_gemm,
     "hf-architectures": hf_architectures,
