@@ -15,6 +15,9 @@ or by the configured pattern (`config.model.attention.pattern`: Longformer, BigB
 dilated; see `attention/patterns/choice.py`). The pretrained-model loaders fill this
 same module with real weights.
 
+Every projection is one `cpu_blas.einsum` (`ModelConfig.matmul_impl`): XLA's dot, or on a
+single CPU device in float32 numpy's OpenBLAS, which runs these GEMMs faster (docs/benchmarks.md).
+
 `Decoder.hidden` is the one block loop: variants run it on embeddings they build (memory
 tokens) or with every layer's rotation or attention replaced through `rotary=` /
 `attention_fn=` (LongRoPE's searched frequencies, landmark attention), never a copied block.
