@@ -186,8 +186,9 @@ def report(summary: Mapping[str, Any]) -> str:
         ppl = f"{m['ppl']:.4f} [{m['ppl_lo']:.4f}, {m['ppl_hi']:.4f}]"
         lines.append(f"| {label} | {ppl} | {ratio} | {control} |")
     v = summary["verdict"]
+    bound = f"-{rule['margin']:g}" if rule["margin"] else "0"
     lines += ["", f"**Verdict: {v['verdict']}** ({v['reason']}). Rule: \"yes\" if the paired {level} "
-              f"interval of NLL(winner) - NLL(control) lies below -{rule['margin']:g} for every control, "
-              f"\"no\" if any mean difference is >= -{rule['margin']:g}, else \"undecided\"; blocks of "
+              f"interval of NLL(winner) - NLL(control) lies below {bound} for every control, "
+              f"\"no\" if any mean difference is >= {bound}, else \"undecided\"; blocks of "
               f"{rule['block']} targets, {rule['resamples']} resamples."]
     return "\n".join(lines) + "\n"
