@@ -18,29 +18,30 @@ import os
 import statistics
 import time
 
+import jax
 import ml_collections
 import numpy as np
+from flax import nnx
 
 from longctx_jax.atomic import write_atomically
 from longctx_jax.bench import machine
-from longctx_jax.models import gguf_file, llama
+from longctx_jax.models import gguf_file, llama, memory
 from longctx_jax.models.config import ModelConfig
+from longctx_jax.models.decoder import Decoder
 
 
-def decode_bytes(cfg: ModelConfig, context: int, itemsize: int = 4) -> dict[str, int]:
-    """Bytes one decode step reads: every parameter, and the K / V cache of `context` tokens.
+def decode_bytes(cfg: ModelConfig, context: int, dtype: str = "float32") -> dict[str, int]:
+    """Bytes one decode step reads: every parameter (of the `Decoder` `cfg` builds, abstractly),
+    and the K / V cache of `context` tokens (`models.memory.kv_cache_bytes`), both in `dtype`.
 
     Returns:
-      {"parameters": ..., "cache": ..., "total": ...} at `itemsize` bytes per value.
+      {"parameters": ..., "cache": ..., "total": ...}.
     """
-    D, F, H = cfg.d_model, cfg.mlp_dim, cfg.head_dim
-    N, K, L = cfg.num_heads, cfg.num_kv_heads, cfg.num_layers
-    per_layer = D * (N + 2 * K) * H + N * H * D + 3 * D * F + 2 * D
-    if cfg.qkv_bias:
-        per_layer += (N + 2 * K) * H
-    params = cfg.vocab_size * D + L * per_layer + D + (0 if cfg.tie_embeddings else D * cfg.vocab_size)
-    cache = L * context * K * H * 2
-    return {"parameters": params * itemsize, "cache": cache * itemsize, "total": (params + cache) * itemsize}
+    abstract = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
+    params = sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param))) * memory.itemsize(dtype)
+    cache = memory.kv_cache_bytes(memory.CacheShape(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim),
+                                  length=context, dtype=dtype)
+    return {"parameters": params, "cache": cache, "total": params + cache}
 
 
 def smollm2_config(path: str | None = None) -> ModelConfig:
@@ -51,7 +52,6 @@ def smollm2_config(path: str | None = None) -> ModelConfig:
 
 def read_bandwidth(size_mib: int, repeats: int, threads: int) -> dict[str, dict]:
     """{library: {"gbs": median GB/s, "runs_gbs": [...]}} for XLA, numpy and torch summing one array."""
-    import jax
     import jax.numpy as jnp
     import torch
 
