@@ -57,3 +57,26 @@ def test_rope_wavelength_figure(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="head_dim=63"):
         plot_rope_wavelengths(path, head_dim=63)
+
+
+def test_gpu_time_kernels_rows_on_cpu():
+    """The timing loop's bookkeeping, run with XLA on a CPU (flash needs a GPU and is recorded as
+    skipped): a window as long as the sequence is not timed again, XLA above its cap is not run,
+    progress is reported after every row, and the targets read the rows."""
+    config = bench_gpu.get_config()
+    config.lengths, config.heads, config.kv_heads, config.head_dims = (64, 128), 2, 1, (16,)
+    config.window, config.repeats, config.xla_max_length = 64, 2, 64
+    seen = []
+    rows = gpu.time_kernels(config, on_row=lambda r: seen.append(len(r)))
+    keys = [(r["impl"], r["seq_len"], r["window"]) for r in rows]
+    impls = config.impls
+    assert keys == [(i, 64, None) for i in impls] + [(i, 128, None) for i in impls] + [(i, 128, 64) for i in impls]
+    assert seen == list(range(1, len(rows) + 1))
+    by_key = dict(zip(keys, rows, strict=True))
+    timed = by_key[("xla", 64, None)]
+    assert timed["forward_seconds"] > 0 and timed["fwd_bwd_seconds"] > 0 and timed["calls_per_sample"] >= 1
+    lo, hi = timed["forward_p10_p90"]
+    assert lo <= timed["forward_seconds"] <= hi
+    assert "xla_max_length" in by_key[("xla", 128, None)]["skipped"]
+    assert "forward_seconds" not in by_key[("flash", 64, None)]  # no GPU: recorded with its error
+    assert gpu._targets(rows, config)["target_0.8x_met"] is None

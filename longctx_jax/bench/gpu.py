@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from longctx_jax.atomic import write_atomically
 from longctx_jax.attention import dense
 from longctx_jax.attention.flash import flash_attention
 from longctx_jax.bench import machine
@@ -44,14 +45,27 @@ def _inputs(batch, n, heads, kv_heads, head_dim, dtype, seed=0):
     return q, k, v, d_out
 
 
-def _time(fn, args, repeats: int) -> float:
+def _time(fn, args, repeats: int, min_sample_s: float = 0.02) -> dict:
+    """Median seconds per call over `repeats` samples, with the 10-90 % spread.
+
+    Each sample runs `inner` calls back to back and waits once, `inner` chosen from a warm call
+    so that a sample lasts about `min_sample_s`: the host's dispatch and wait overlap the device
+    work instead of being counted once per short kernel.
+    """
     jax.block_until_ready(fn(*args))  # compile and warm up
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    inner = max(1, int(min_sample_s / max(time.perf_counter() - start, 1e-6)))
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        out = None
+        for _ in range(inner):
+            out = fn(*args)
+        jax.block_until_ready(out)
+        times.append((time.perf_counter() - start) / inner)
+    lo, hi = np.percentile(times, [10, 90])
+    return {"median": statistics.median(times), "p10": float(lo), "p90": float(hi), "inner": inner}
 
 
 def check_kernels(cfg) -> list[dict]:
@@ -98,16 +112,30 @@ def _attention_fn(impl: str, window: int | None):
                              implementation=impl)
 
 
-def time_kernels(cfg) -> list[dict]:
+def time_kernels(cfg, on_row=None) -> list[dict]:
+    """Forward and forward+backward seconds of every (head dim, mask, length, implementation).
+
+    A window at least as long as the sequence is the causal case again and is not timed; XLA
+    above `cfg.xla_max_length` is recorded as skipped without running (its dense scores alone
+    are heads x n^2 elements). `on_row(rows)` is called after each row (to save progress).
+    """
     rows = []
     dtype = jnp.dtype(cfg.dtype)
     for head_dim in cfg.head_dims:
         for window in (None, cfg.window):
             for n in cfg.lengths:
+                if window is not None and window >= n:
+                    continue
                 q, k, v, _ = _inputs(cfg.batch, n, cfg.heads, cfg.kv_heads, head_dim, dtype)
                 fwd_flops = 4.0 * _allowed_pairs(n, window) * cfg.batch * cfg.heads * head_dim
                 for impl in cfg.impls:
                     row = dict(impl=impl, seq_len=n, head_dim=head_dim, window=window, dtype=cfg.dtype)
+                    if impl == "xla" and n > cfg.xla_max_length:
+                        row["skipped"] = f"not run: length {n} > config.xla_max_length {cfg.xla_max_length}"
+                        rows.append(row)
+                        if on_row is not None:
+                            on_row(rows)
+                        continue
                     fwd = _attention_fn(impl, window)
 
                     def fwd_bwd(q, k, v, fwd=fwd):
@@ -120,10 +148,17 @@ def time_kernels(cfg) -> list[dict]:
                     except Exception as error:  # noqa: BLE001 - an implementation may not take a case
                         row["skipped"] = f"{type(error).__name__}: {str(error)[:300]}"
                     else:
-                        row.update(forward_seconds=t_fwd, forward_tflops=fwd_flops / t_fwd / 1e12,
-                                   fwd_bwd_seconds=t_all, fwd_bwd_tflops=3.5 * fwd_flops / t_all / 1e12)
+                        row.update(forward_seconds=t_fwd["median"],
+                                   forward_tflops=fwd_flops / t_fwd["median"] / 1e12,
+                                   forward_p10_p90=[t_fwd["p10"], t_fwd["p90"]],
+                                   fwd_bwd_seconds=t_all["median"],
+                                   fwd_bwd_tflops=3.5 * fwd_flops / t_all["median"] / 1e12,
+                                   fwd_bwd_p10_p90=[t_all["p10"], t_all["p90"]],
+                                   calls_per_sample=t_fwd["inner"])
                     rows.append(row)
                     print(row, flush=True)
+                    if on_row is not None:
+                        on_row(rows)
     return rows
 
 
@@ -172,16 +207,24 @@ def run(config: ml_collections.ConfigDict) -> dict:
         raise RuntimeError(reason)
     result = {"device": jax.devices()[0].device_kind, "jax_version": jax.__version__,
               "machine": machine.machine(), **machine.provenance(), "config": config.to_dict()}
+    os.makedirs(config.workdir, exist_ok=True)
+    path = os.path.join(config.workdir, "bench_gpu.json")
+
+    def save() -> None:  # after every step: a run cut short keeps what it measured
+        write_atomically(path, json.dumps(result, indent=2, default=str))
+
     result["check"] = check_kernels(config)
+    save()
     if not all(row["ok"] for row in result["check"]):
         result["error"] = "flash disagrees with dense; not timed"
     else:
-        result["timings"] = time_kernels(config)
+        def progress(rows):
+            result["timings"] = rows
+            save()
+
+        result["timings"] = time_kernels(config, on_row=progress)
         result["targets"] = _targets(result["timings"], config)
-    os.makedirs(config.workdir, exist_ok=True)
-    path = os.path.join(config.workdir, "bench_gpu.json")
-    with open(path, "w") as f:
-        json.dump(result, f, indent=2, default=str)
+    save()
     print(json.dumps(result.get("targets", result.get("error")), indent=2))
     print(f"wrote {path}")
     return result

@@ -71,7 +71,12 @@ def passkey_batch(
     }
 
 
+def exact_match_hits(logits_BLV: ArrayLike, batch: dict[str, np.ndarray]) -> np.ndarray:
+    """Per sequence `[B]` bool: every answer token (loss_mask 1) is the argmax prediction."""
+    hit = (np.argmax(np.asarray(logits_BLV), axis=-1) == batch["targets"]) | (batch["loss_mask"] == 0)
+    return np.all(hit, axis=-1)
+
+
 def exact_match(logits_BLV: ArrayLike, batch: dict[str, np.ndarray]) -> float:
     """Fraction of sequences whose every answer token (loss_mask 1) is the argmax prediction."""
-    hit = (np.argmax(np.asarray(logits_BLV), axis=-1) == batch["targets"]) | (batch["loss_mask"] == 0)
-    return float(np.mean(np.all(hit, axis=-1)))
+    return float(np.mean(exact_match_hits(logits_BLV, batch)))

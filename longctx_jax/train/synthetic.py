@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from longctx_jax.data.synthetic_passkey import exact_match, passkey_batch
+from longctx_jax.data.synthetic_passkey import exact_match_hits, passkey_batch
 from longctx_jax.models import landmark, memory_tokens
 from longctx_jax.models.config import ModelConfig
 from longctx_jax.models.decoder import Decoder
@@ -120,7 +120,8 @@ def passkey_retrieval(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
     Returns:
       a JSON-able dict: method, train_length, steps, final_train_loss, train_seconds, chance,
-      eval_examples, exact_match {variant: {str(length): accuracy}} and the config.
+      eval_examples, exact_match {variant: {str(length): accuracy}}, hits {variant: {str(length):
+      [1 if the example's passkey was retrieved exactly else 0, per example]}} and the config.
     """
     model, batch, variants = passkey_setup(config)
     start = time.time()
@@ -137,13 +138,15 @@ def passkey_retrieval(config: ml_collections.ConfigDict) -> dict[str, Any]:
     train_seconds = time.time() - start
     call = nnx.jit(lambda m, x: m(x))
     accuracy: dict[str, dict[str, float]] = {}
+    hits: dict[str, dict[str, list[int]]] = {}
     for name, attrs in variants.items():
         for attr, value in attrs.items():
             setattr(model, attr, value)
         for length in [config.train_length, *config.eval_lengths]:
             test = batch(np.random.default_rng([config.seed, 10**6, length]), config.eval_examples, length)
-            logits = call(model, jnp.asarray(test["inputs"]))
-            accuracy.setdefault(name, {})[str(length)] = exact_match(logits, test)
+            hit = exact_match_hits(call(model, jnp.asarray(test["inputs"])), test)
+            hits.setdefault(name, {})[str(length)] = [int(h) for h in hit]
+            accuracy.setdefault(name, {})[str(length)] = float(np.mean(hit))
     return {
         "method": config.method,
         "train_length": config.train_length,
@@ -153,5 +156,6 @@ def passkey_retrieval(config: ml_collections.ConfigDict) -> dict[str, Any]:
         "chance": 1.0 / config.num_keys,
         "eval_examples": config.eval_examples,
         "exact_match": accuracy,
+        "hits": hits,
         "config": json.loads(config.to_json()),
     }
