@@ -9,6 +9,10 @@ memory reset every segment. Launch:
   python -m experiments.repro_passkey --config configs/repro_memory_tokens.py \
       --config.workdir=runs/repro_memory_tokens
 
+The claim (`CLAIMS`: carried vs reset memory at 2x and 4x, 3 seeds) is judged by
+
+  python -m experiments.reproduce --claim=memory_tokens   # trains or reuses runs/repro_passkey/memory_tokens/
+
 Reduced size for the shared CPU (measured on an idle 2-core CPU: 11 s of training, 34 s in all;
 docs/reproductions.md):
 
@@ -17,12 +21,33 @@ docs/reproductions.md):
 
 import ml_collections
 
+SEEDS = (0, 1, 2)
+
+# The claim `python -m experiments.reproduce --claim=memory_tokens` judges (`eval/passkey_claims.py`):
+# per-example passkey errors at k x the training length; the control is the same weights with the
+# memory reset every segment (so nothing can carry the passkey out of the first segment).
+CLAIMS = (
+    {"name": "memory tokens",
+     "source": "Bulatov et al. 2022",
+     "claim": "Memory tokens carried across segments retrieve a passkey from the first segment at 2x "
+              "and 4x the trained number of segments more often than the same weights with the memory "
+              "reset every segment.",
+     "rules": (
+         {"name": "carried vs reset memory at 2L", "method": "memory/passkey@2L",
+          "control": "reset_memory/passkey@2L", "expect": "lower", "margin": 0.0},
+         {"name": "carried vs reset memory at 4L", "method": "memory/passkey@4L",
+          "control": "reset_memory/passkey@4L", "expect": "lower", "margin": 0.0},
+     )},
+)
+
 
 def get_config(preset: str = "full") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.method = "memory_tokens"
     config.workdir = "runs/repro_memory_tokens"
     config.seed = 0
+    config.seeds = SEEDS  # the claim's seeds (`experiments.reproduce --claim=memory_tokens`)
+    config.claims = CLAIMS
     config.num_memory = 10
     config.segment_len = 128
     config.bptt_segments = ml_collections.config_dict.placeholder(int)  # None: through every segment

@@ -9,7 +9,8 @@ token-level passkey task at `config.train_length`, then measures exact-match acc
 `config.eval_lengths` (longer than the training length) for each evaluation variant (landmark:
 grouped softmax and top-k retrieval; memory tokens: carried memory and the reset-memory
 ablation, which has the same parameters) (`longctx_jax.train.synthetic.passkey_retrieval`).
-Writes `results.json` to the workdir.
+Writes `results.json` to the workdir. The claims over 3 seeds with their controls and verdicts:
+`python -m experiments.reproduce --claim=landmark` (or `--claim=memory_tokens`).
 """
 
 import json
@@ -18,6 +19,7 @@ import os
 from absl import logging
 
 from longctx_jax import config_cli
+from longctx_jax.atomic import write_atomically
 from longctx_jax.train.synthetic import passkey_retrieval
 
 _CONFIG = config_cli.define_config("configs/repro_landmark.py")
@@ -27,8 +29,7 @@ def main(config) -> None:
     logging.set_verbosity(logging.WARNING)
     os.makedirs(config.workdir, exist_ok=True)
     results = passkey_retrieval(config)
-    with open(os.path.join(config.workdir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    write_atomically(os.path.join(config.workdir, "results.json"), json.dumps(results, indent=2) + "\n")
     print(json.dumps({k: v for k, v in results.items() if k != "config"}, indent=2))
 
 

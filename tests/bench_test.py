@@ -70,7 +70,8 @@ def test_gpu_time_kernels_rows_on_cpu():
     rows = gpu.time_kernels(config, on_row=lambda r: seen.append(len(r)))
     keys = [(r["impl"], r["seq_len"], r["window"]) for r in rows]
     impls = config.impls
-    assert keys == [(i, 64, None) for i in impls] + [(i, 128, None) for i in impls] + [(i, 128, 64) for i in impls]
+    assert keys == ([(i, 64, None) for i in impls] + [(i, 128, None) for i in impls]
+                    + [(i, 128, 64) for i in impls])
     assert seen == list(range(1, len(rows) + 1))
     by_key = dict(zip(keys, rows, strict=True))
     timed = by_key[("xla", 64, None)]

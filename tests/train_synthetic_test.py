@@ -26,6 +26,12 @@ def test_passkey_retrieval_runs_and_reports_every_variant_and_length(module, pre
     for accuracy in out["exact_match"].values():
         assert set(accuracy) == lengths and all(0.0 <= a <= 1.0 for a in accuracy.values())
     assert out["steps"] == 3 and out["final_train_loss"] > 0
+    for variant, by_length in out["hits"].items():  # per example, the accuracy's own counts
+        assert set(by_length) == lengths
+        for length, hits in by_length.items():
+            assert len(hits) == config.eval_examples and set(hits) <= {0, 1}
+            assert sum(hits) / len(hits) == out["exact_match"][variant][length]
+    assert out["device"] and out["jax_version"]
 
 
 def test_unknown_method_is_refused():

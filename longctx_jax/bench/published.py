@@ -24,8 +24,9 @@ import numpy as np
 from longctx_jax import config_cli
 from longctx_jax.atomic import write_atomically
 from longctx_jax.bench import bandwidth, gemm, memory, speed_tables
-from longctx_jax.eval import repro_report
+from longctx_jax.eval import passkey_claims, repro_report
 from longctx_jax.eval.claims import CLAIMS as REPRO_DRIVERS
+from longctx_jax.eval.passkey_claims import DRIVERS as PASSKEY_DRIVERS
 from longctx_jax.eval.report import paired_table, render_report, summary_block
 from longctx_jax.models.hf_architectures import markdown_table
 from longctx_jax.search import longrope_claim
@@ -177,9 +178,13 @@ def repro_result(name: str) -> dict | None:
     return load(path) if path.exists() else None
 
 
+REPRO_NAMES = (*REPRO_DRIVERS, *PASSKEY_DRIVERS)  # decoder perplexity claims, then passkey claims
+
+
 def repro_claims(name: str) -> list[dict]:
     """The claims (with their rules) of driver `name`, read from its config file."""
-    file, _, variant = REPRO_DRIVERS[name].config.partition(":")
+    spec = REPRO_DRIVERS[name].config if name in REPRO_DRIVERS else passkey_claims.config_spec(name)
+    file, _, variant = spec.partition(":")
     config = config_cli.load_config(f"{ROOT / 'configs' / file}.py:{variant}")
     return [dict(c) for c in config.claims]
 
@@ -205,7 +210,7 @@ def _repro_command(name: str) -> str:
 def repro_summary() -> str:
     """docs/reproductions.md: every decoder claim, its control(s) and its computed verdict."""
     return repro_report.summary_table([(n, repro_result(n), repro_claims(n), _repro_command(n))
-                                       for n in REPRO_DRIVERS])
+                                       for n in REPRO_NAMES])
 
 
 def repro_section(name: str) -> Callable[[], str]:
@@ -217,7 +222,7 @@ def repro_section(name: str) -> Callable[[], str]:
 
 BLOCKS: dict[str, Callable[[], str]] = {
     "repro-summary": repro_summary,
-    **{f"repro-{name}": repro_section(name) for name in REPRO_DRIVERS},
+    **{f"repro-{name}": repro_section(name) for name in REPRO_NAMES},
     "repro-longrope": repro_longrope,
     "extend-summary": extend_summary,
     "extend-report": extend_report,

@@ -1,12 +1,14 @@
 """Markdown of the reproductions (`docs/reproductions.md`) from their committed JSON.
 
-Every number and verdict is read from a result of `eval/claims.py: run_claim` (the verdicts are
+Every number and verdict is read from a result of `eval/claims.py: run_claim` or
+`eval/passkey_claims.py: run_claim` (per-example passkey errors; the verdicts are
 the ones its rules computed; `claims.check_consistent` re-derives them); a claim without a
 result is listed as not run at this size, with its rules and the command that runs it.
 """
 
 from collections.abc import Mapping, Sequence
 
+from longctx_jax.eval.passkey_claims import accuracy, per_seed_accuracy
 from longctx_jax.eval.verdicts import check_claim, parse_series
 
 EXPECT_TEXT = {"lower": "method lower than control", "higher": "method higher than control",
@@ -27,10 +29,16 @@ def _ppl(s: Mapping) -> str:
     return f"{s['ppl']:.3f} [{s['ppl_lo']:.3f}, {s['ppl_hi']:.3f}]"
 
 
+def _is_passkey(result: Mapping) -> bool:
+    return result.get("protocol") == "passkey"
+
+
 def comparisons_table(result: Mapping) -> list[str]:
-    """Rows: each claim's comparisons, paired Δnll with its interval, per-seed Δ, rule, verdict."""
-    lines = ["| claim | comparison: method vs control | Δnll (method - control) [95 %] | Δnll per seed "
-             "| rule | verdict |", "| --- | --- | --- | --- | --- | --- |"]
+    """Rows: each claim's comparisons, paired Δ with its interval, per-seed Δ, rule, verdict (Δ of
+    NLL in nats, or of the passkey error rate for a passkey result)."""
+    delta = "Δ error rate" if _is_passkey(result) else "Δnll"
+    lines = [f"| claim | comparison: method vs control | {delta} (method - control) [95 %] | "
+             f"{delta} per seed | rule | verdict |", "| --- | --- | --- | --- | --- | --- |"]
     for claim in result["claims"]:
         for c in claim["comparisons"]:
             r = c["rule"]
@@ -54,6 +62,35 @@ def series_table(result: Mapping) -> list[str]:
                  for c in columns]
         lines.append(f"| {run} | " + " | ".join(cells) + " |")
     return lines
+
+
+def passkey_table(result: Mapping) -> list[str]:
+    """Rows: exact-match accuracy [95 % interval over seeds x examples] and per seed, per series."""
+    lines = ["| series | exact match [95 %] | per seed |", "| --- | --- | --- |"]
+    for key, summary in result["summaries"].items():
+        mean, lo, hi = accuracy(summary)
+        seeds = ", ".join(f"{a:.3f}" for a in per_seed_accuracy(result["series"][key]))
+        lines.append(f"| `{key}` | {mean:.3f} [{lo:.3f}, {hi:.3f}] | {seeds} |")
+    return lines
+
+
+def passkey_setup_text(result: Mapping) -> str:
+    """One paragraph: size, seeds, examples, chance, and each run's steps, final loss and device."""
+    ev = result["eval"]
+    examples = "/".join(str(n) for n in ev["examples_per_seed"])
+    parts = [f"Size `{result['size']}` (`{result['config']}`), L = {result['train_len']} tokens, seeds "
+             f"{result['seeds']}; {examples} test examples per seed and length at {ev['lengths']} tokens, "
+             f"chance {ev['chance']:.4f}; one bootstrap stratum per seed, one block per example."]
+    runs = []
+    for spec, by_seed in result["runs"].items():
+        steps = "/".join(str(s) for s in sorted({r.get("steps") for r in by_seed.values()}, key=str))
+        loss = ", ".join(f"{r['final_train_loss']:.3f}" for r in by_seed.values())
+        seconds = ", ".join(f"{r['train_seconds']:.0f}" for r in by_seed.values())
+        devices = ", ".join(sorted({f"{r.get('device', 'device not recorded')} "
+                                    f"(JAX {r.get('jax_version', '?')})" for r in by_seed.values()}))
+        runs.append(f"`{spec}` {steps} steps, final train loss per seed {loss}, training seconds {seconds}, "
+                    f"trained on {devices}")
+    return parts[0] + " Runs: " + "; ".join(runs) + "."
 
 
 def setup_text(result: Mapping) -> str:
@@ -87,6 +124,9 @@ def claim_section(result: Mapping | None, claims: Sequence[Mapping], command: st
         lines += [f"Not run at this size. Run: `{command}`, then copy `runs/repro/<claim>.json` to "
                   "`docs/results/repro/` and regenerate this document.", ""]
         return "\n".join(lines)
+    if _is_passkey(result):
+        lines += [passkey_setup_text(result), ""] + comparisons_table(result) + [""] + passkey_table(result)
+        return "\n".join(lines + [""])
     lines += [setup_text(result), ""] + comparisons_table(result) + [""] + series_table(result) + [""]
     return "\n".join(lines)
 

@@ -10,7 +10,9 @@ A series is "<run>/<protocol>@<k>L" and is stored as block NLLs (mean NLL of con
 of targets, `intervals.block_means`) per seed and per held-out document:
 `{seed: {document: [block NLL, ...]}}`. The paired difference method - control is taken block by
 block (same seed, document and targets), and its 95 % interval is the stratified block bootstrap
-of `intervals.stratified_interval` with one stratum per (seed, document). The rule:
+of `intervals.stratified_interval` with one stratum per (seed, document). A "passkey" series
+(`eval/passkey_claims.py`) holds per-example errors instead, 1 - exact match, one stratum per seed
+(`{seed: {"examples": [...]}}`): the same code then gives differences of error rates. The rule:
 
     d = paired_direction(lo, hi, margin)    ("lower": hi < margin, "higher": lo > margin)
     expect "lower":      yes if d == "lower"  and every seed's mean difference < 0;  no if d == "higher"
@@ -32,7 +34,7 @@ from longctx_jax.eval.intervals import paired_direction, stratified_interval
 
 EXPECTATIONS = ("lower", "higher", "not_higher")
 VERDICTS = ("yes", "no", "not distinguishable")
-PROTOCOLS = ("full", "chunked", "stream")
+PROTOCOLS = ("full", "chunked", "stream", "passkey")
 RULE_FIELDS = ("name", "method", "control", "expect", "margin")
 CLAIM_FIELDS = ("name", "source", "claim", "rules")
 

@@ -110,3 +110,74 @@ class TrainedRuns:
     def load(self, spec: str, seed: int | None = None, **model_changes: Any) -> nnx.Module:
         """The trained decoder of `spec` at `seed` (see `load_trained`)."""
         return load_trained(self.config(spec, seed), **model_changes)
+
+
+PASSKEY_ROOT = "runs/repro_passkey"
+CLAIM_FIELDS = ("claims", "seeds")
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) for d in _differences(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if a == b else [f"{prefix[:-1]}: stored {a!r}, asked {b!r}"]
+
+
+class PasskeyRuns:
+    """Passkey runs (`train.synthetic.passkey_retrieval`) named by config spec, one per seed.
+
+    The spec "repro_landmark:full:no_landmark" at seed 1 is `<config_dir>/repro_landmark.py` with
+    `get_config("full:no_landmark")`, seed 1, in `<root>/landmark/full_no_landmark/seed1`. A
+    finished run (its results.json) is reused only if the config it stored equals the config
+    asked for (less `claims` and `seeds`, which the claim reads and the run does not); otherwise
+    `train` raises rather than mixing runs of different settings.
+
+    Args:
+      config_dir: the directory of the config files.
+      root: the directory holding every run.
+    """
+
+    def __init__(self, config_dir: str = "configs", root: str = PASSKEY_ROOT):
+        self.config_dir = config_dir
+        self.root = root
+
+    def config(self, spec: str, seed: int) -> ml_collections.ConfigDict:
+        """The config of `spec` with `seed` and its own workdir."""
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        name, sep, variant = spec.partition(":")
+        path = os.path.join(self.config_dir, f"{name}.py")
+        if not os.path.exists(path):
+            raise ValueError(f"no config file {path} for run {spec!r}")
+        config = config_cli.load_config(path + sep + variant)
+        config.seed = seed
+        config.workdir = os.path.join(self.root, name.removeprefix("repro_"), variant.replace(":", "_"),
+                                      f"seed{seed}")
+        return config
+
+    def train(self, spec: str, seed: int) -> dict[str, Any]:
+        """The results of run `spec` at `seed`: trained now unless a finished run with the same config
+        is in its workdir.
+
+        Raises:
+          ValueError: a finished run in that workdir was trained with a different config.
+        """
+        from longctx_jax.atomic import write_atomically
+        from longctx_jax.train.synthetic import passkey_retrieval
+
+        config = self.config(spec, seed).copy_and_resolve_references()
+        for field in CLAIM_FIELDS:  # what the claim reads, not what the run does
+            if field in config:
+                del config[field]
+        path = os.path.join(config.workdir, "results.json")
+        asked = json.loads(config.to_json())
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                stored = json.load(f)
+            if diff := _differences(stored["config"], asked):
+                raise ValueError(f"{path} was trained with another config ({'; '.join(diff)}); move it away "
+                                 "or restore those settings")
+            return stored
+        os.makedirs(config.workdir, exist_ok=True)
+        result = passkey_retrieval(config)
+        write_atomically(path, json.dumps(result, indent=1) + "\n")
+        return result

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -121,7 +122,8 @@ def passkey_retrieval(config: ml_collections.ConfigDict) -> dict[str, Any]:
     Returns:
       a JSON-able dict: method, train_length, steps, final_train_loss, train_seconds, chance,
       eval_examples, exact_match {variant: {str(length): accuracy}}, hits {variant: {str(length):
-      [1 if the example's passkey was retrieved exactly else 0, per example]}} and the config.
+      [1 if the example's passkey was retrieved exactly else 0, per example]}}, the device, the JAX
+      version and the config.
     """
     model, batch, variants = passkey_setup(config)
     start = time.time()
@@ -157,5 +159,7 @@ def passkey_retrieval(config: ml_collections.ConfigDict) -> dict[str, Any]:
         "eval_examples": config.eval_examples,
         "exact_match": accuracy,
         "hits": hits,
+        "device": jax.devices()[0].device_kind,
+        "jax_version": jax.__version__,
         "config": json.loads(config.to_json()),
     }
