@@ -81,3 +81,23 @@ def test_gpu_time_kernels_rows_on_cpu():
     assert "xla_max_length" in by_key[("xla", 128, None)]["skipped"]
     assert "forward_seconds" not in by_key[("flash", 64, None)]  # no GPU: recorded with its error
     assert gpu._targets(rows, config)["target_0.8x_met"] is None
+
+
+def test_gpu_table_states_a_failed_check_and_computes_the_targets():
+    config = bench_gpu.get_config().to_dict()
+    check = [dict(case="causal", head_dim=64, max_abs_out_error=0.5, max_abs_grad_error=0.01, ok=False)]
+    failed = {"device": "GPU X", "jax_version": "0", "config": config, "check": check,
+              "error": "flash disagrees with dense; not timed"}
+    text = gpu.table(failed)
+    assert "0 of 1 cases within tolerance" in text and "failed: causal H=64" in text
+    assert "Not timed: flash disagrees with dense" in text
+    row = dict(seq_len=8192, head_dim=128, window=None, dtype="bfloat16", forward_tflops=1.0,
+               fwd_bwd_tflops=1.0)
+    timings = [dict(row, impl="flash", forward_seconds=2.0, fwd_bwd_seconds=8.0),
+               dict(row, impl="cudnn", forward_seconds=1.0, fwd_bwd_seconds=2.0)]
+    ok = dict(failed, check=[dict(check[0], ok=True, max_abs_out_error=0.01)], timings=timings)
+    del ok["error"]
+    ok["targets"] = gpu._targets(timings, bench_gpu.get_config())
+    text = gpu.table(ok)
+    assert "| 128 | causal | 8,192 |" in text and "2.00x / 4.00x" in text
+    assert "0.50x (target >= 0.8x: **not met**)" in text and "(target >= 3.5x: **not measured**)" in text

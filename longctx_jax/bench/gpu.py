@@ -228,3 +228,69 @@ def run(config: ml_collections.ConfigDict) -> dict:
     print(json.dumps(result.get("targets", result.get("error")), indent=2))
     print(f"wrote {path}")
     return result
+
+
+def _ms(row: dict | None, key: str) -> str:
+    if row is None:
+        return "-"
+    if "skipped" in row:
+        return "not run" if row["skipped"].startswith("not run") else "failed"
+    return f"{row[key + '_seconds'] * 1e3:.3f} ({row[key + '_tflops']:.0f})"
+
+
+def table(result: dict) -> str:
+    """Markdown of a committed `bench_gpu.json`: the check, the timings and the targets, computed."""
+    check = result["check"]
+    failed = [f"{c['case']} H={c['head_dim']}" for c in check if not c["ok"]]
+    config = result["config"]
+    dirty = ", uncommitted changes" if result.get("git_dirty") else ""
+    lines = [
+        f"{result['device']}, JAX {result['jax_version']}, measured {result.get('measured_utc', '?')} "
+        f"(commit {result.get('git_commit', '?')[:7]}{dirty}).",
+        "",
+        f"Check before timing ({config['dtype']} inputs against the float32 dense oracle, T = "
+        f"{config['check_length']}, {config['check_heads']} / {config['check_kv_heads']} heads): "
+        f"{len(check) - len(failed)} of {len(check)} cases within tolerance "
+        f"(max |error| forward {max(c['max_abs_out_error'] for c in check):.4f} <= {config['check_atol']}, "
+        f"gradients {max(c['max_abs_grad_error'] for c in check):.4f} <= {config['check_grad_atol']})"
+        + (f"; failed: {', '.join(failed)}." if failed else "."),
+    ]
+    if "timings" not in result:
+        return "\n".join(lines + ["", f"Not timed: {result.get('error', 'no timings')}.", ""])
+    rows = {(r["impl"], r["head_dim"], r["window"], r["seq_len"]): r for r in result["timings"]}
+    impls = config["impls"]
+    lines += ["", f"Milliseconds (TFLOP/s), median of {config['repeats']} samples; batch {config['batch']}, "
+              f"{config['heads']} query / {config['kv_heads']} KV heads, {config['dtype']}. FLOPs count only "
+              "the (query, key) pairs the mask allows.", "",
+              "| head dim | mask | length | " + " | ".join(f"{i} forward" for i in impls) + " | "
+              + " | ".join(f"{i} fwd+bwd" for i in impls) + " | cuDNN / flash speed, fwd / fwd+bwd |",
+              "| --- | --- | --- |" + " --- |" * (2 * len(impls) + 1)]
+    ratios = {"forward": [], "fwd_bwd": []}
+    order = lambda k: (-k[0], k[1] is not None, k[1] or 0, k[2])  # noqa: E731 - D 128 first, causal first
+    for head_dim, window, n in sorted({k[1:] for k in rows}, key=order):
+        cells = [_ms(rows.get((i, head_dim, window, n)), "forward") for i in impls]
+        cells += [_ms(rows.get((i, head_dim, window, n)), "fwd_bwd") for i in impls]
+        flash, cudnn = rows.get(("flash", head_dim, window, n)), rows.get(("cudnn", head_dim, window, n))
+        ratio = "-"
+        if flash and cudnn and "skipped" not in flash and "skipped" not in cudnn:
+            r = {k: flash[f"{k}_seconds"] / cudnn[f"{k}_seconds"] for k in ratios}
+            for k in ratios:
+                ratios[k].append(r[k])
+            ratio = f"{r['forward']:.2f}x / {r['fwd_bwd']:.2f}x"
+        mask = "causal" if window is None else f"causal, window {window}"
+        lines.append(f"| {head_dim} | {mask} | {n:,} | " + " | ".join(cells) + f" | {ratio} |")
+    targets = result["targets"]
+    lines += [""]
+    if ratios["forward"]:
+        fwd, both = (f"{min(ratios[k]):.2f}-{max(ratios[k]):.2f}x" for k in ("forward", "fwd_bwd"))
+        lines.append(f"cuDNN runs {fwd} the Triton flash kernel's speed forward and {both} forward+backward "
+                     "over these cases.")
+    for label, value, key, bar in (
+            ("flash / cuDNN causal forward speed at 8K, D = 128", "flash_vs_cudnn_causal_forward_8k_d128",
+             "target_0.8x_met", 0.8),
+            ("4K window vs causal speed-up of flash at 32K, D = 128", "window_vs_causal_speedup_32k_d128",
+             "target_3.5x_met", 3.5)):
+        got = targets.get(value)
+        met = {True: "met", False: "not met", None: "not measured"}[targets.get(key)]
+        lines.append(f"- {label}: {'-' if got is None else f'{got:.2f}x'} (target >= {bar}x: **{met}**)")
+    return "\n".join(lines) + "\n"

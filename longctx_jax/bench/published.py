@@ -23,7 +23,7 @@ import numpy as np
 
 from longctx_jax import config_cli
 from longctx_jax.atomic import write_atomically
-from longctx_jax.bench import bandwidth, gemm, memory, speed_tables
+from longctx_jax.bench import bandwidth, gemm, gpu, memory, speed_tables
 from longctx_jax.eval import passkey_claims, repro_report
 from longctx_jax.eval.claims import CLAIMS as REPRO_DRIVERS
 from longctx_jax.eval.passkey_claims import DRIVERS as PASSKEY_DRIVERS
@@ -46,6 +46,7 @@ BENCH_FORWARD = RESULTS / "bench_forward"  # <date>-<machine>.json of `experimen
 BENCH_ATTENTION_GQA = RESULTS / "bench_attention_gqa"  # SmolLM2's 9 / 3 heads, `bench_attention`
 BENCH_GEMM = RESULTS / "bench_gemm" / "2026-11-28-epyc-cpu-blas.json"  # `experiments.bench_gemm`
 BENCH_BANDWIDTH = RESULTS / "bench_bandwidth" / "2026-11-28-epyc.json"  # `experiments.bench_bandwidth`
+BENCH_GPU = RESULTS / "bench_gpu" / "2026-11-28-h200.json"  # `experiments.bench_gpu` on a lent H200
 
 _BLOCK = re.compile(r"(<!-- generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)"
                     r"(<!-- /generated:(?P=name) -->)", re.S)
@@ -167,6 +168,11 @@ def bench_gemm() -> str:
     return gemm.table(load(BENCH_GEMM))
 
 
+def bench_gpu() -> str:
+    """docs/benchmarks.md: Pallas flash vs cuDNN vs XLA on a GPU, after the correctness check."""
+    return gpu.table(load(BENCH_GPU))
+
+
 def hf_architectures() -> str:
     """docs/huggingface.md: the HF architecture table, from the code's table (no results file)."""
     return markdown_table().rstrip("\n") + "\n"
@@ -233,6 +239,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "bench-decode-bandwidth": bench_decode_bandwidth,
     "bench-attention-gqa": bench_attention_gqa,
     "bench-gemm": bench_gemm,
+    "bench-gpu": bench_gpu,
     "hf-architectures": hf_architectures,
     "finetune-runs": finetune_runs,
     "finetune-comparison": finetune_comparison,
