@@ -79,6 +79,10 @@ def test_einsum_refuses_what_it_cannot_run():
         cpu_blas.einsum("BTD,VD->BTV", x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), "cpu_blas")
     with pytest.raises(ValueError, match="unknown matmul_impl 'fast'"):
         cpu_blas.einsum("BTD,VD->BTV", x, w, "fast")
+    with pytest.raises(ValueError, match="float32 and bfloat16; cast the weight first"):
+        cpu_blas.einsum("BTD,VD->BTV", x, w.astype(jnp.bfloat16), "cpu_blas")
+    mixed = cpu_blas.einsum("BTD,VD->BTV", x, w.astype(jnp.bfloat16), "auto")  # auto: jnp.einsum's promotion
+    assert mixed.dtype == jnp.float32 and float(mixed[0, 0, 0]) == 4.0
     with pytest.raises(ValueError, match="2-D float32"):
         cpu_blas.matmul(jnp.ones((2, 3, 4)), jnp.ones((4, 5)))
     with pytest.raises(ValueError, match="do not multiply"):

@@ -15,6 +15,7 @@ of medians, per setting and shape; the record names the CPU, the time and the gi
 Writes `<workdir>/bench_gemm.json`.
 """
 
+import functools
 import json
 import os
 import statistics
@@ -63,30 +64,26 @@ def time_shapes(shapes: list[tuple[int, int, int]], repeats: int, threads: int, 
                 if err > 1e-4:
                     raise AssertionError(f"{name} and torch disagree on {M}x{K}x{N}: "
                                          f"max relative error {err:.1e}")
-        xla_s, blas_s, torch_s = [], [], []
-        for _ in range(repeats):
-            time.sleep(settle_s)
-            start = time.perf_counter()
-            dot(xa, xb).block_until_ready()
-            xla_s.append(time.perf_counter() - start)
-            if blas is not None:
+        timed = {"xla": functools.partial(dot, xa, xb)}  # the old order: XLA, cpu_blas, torch
+        if blas is not None:
+            timed["blas"] = functools.partial(blas, xa, xb)
+        timed["torch"] = functools.partial(torch.matmul, ta, tb)
+        seconds = {name: [] for name in timed}
+        for _ in range(repeats):  # interleaved, each after a pause for the last one's threads to settle
+            for name, call in timed.items():
                 time.sleep(settle_s)
                 start = time.perf_counter()
-                blas(xa, xb).block_until_ready()
-                blas_s.append(time.perf_counter() - start)
-            time.sleep(settle_s)
-            start = time.perf_counter()
-            ta @ tb  # noqa: B018  (the timed product)
-            torch_s.append(time.perf_counter() - start)
+                jax.block_until_ready(call())  # torch's product is done on return
+                seconds[name].append(time.perf_counter() - start)
         flops = 2 * M * K * N
-        x, t = statistics.median(xla_s), statistics.median(torch_s)
-        row = dict(shape=[M, K, N], xla_s=x, torch_s=t, xla_gflops=flops / x / 1e9,
-                   torch_gflops=flops / t / 1e9, xla_over_torch=t / x, max_rel_err=err,
-                   xla_gflops_p10_p90=_spread(flops, xla_s), torch_gflops_p10_p90=_spread(flops, torch_s))
-        if blas_s:
-            bl = statistics.median(blas_s)
-            row.update(blas_s=bl, blas_gflops=flops / bl / 1e9, blas_over_torch=t / bl,
-                       blas_gflops_p10_p90=_spread(flops, blas_s))
+        t = statistics.median(seconds["torch"])
+        row = dict(shape=[M, K, N], max_rel_err=err)
+        for name, runs in seconds.items():
+            s_med = statistics.median(runs)
+            row.update({f"{name}_s": s_med, f"{name}_gflops": flops / s_med / 1e9,
+                        f"{name}_gflops_p10_p90": _spread(flops, runs)})
+            if name != "torch":
+                row[f"{name}_over_torch"] = t / s_med
         rows.append(row)
     return rows
 

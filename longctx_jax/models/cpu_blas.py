@@ -177,7 +177,8 @@ def einsum(subscripts: str, x_BTI: Array, w: Array, impl: str, **einsum_kwargs) 
 
     The projections this takes: `"BT<in>,<in><out>->BT<out>"` (x's trailing axes contract with
     w's leading ones, e.g. `"BTD,DNH->BTNH"`, `"BTNH,NHD->BTD"`) and `"BTD,VD->BTV"` (a tied
-    output layer, x @ w^T). Anything else, and every call `use_blas` declines, is `jnp.einsum`.
+    output layer, x @ w^T). Anything else, and every call `use_blas` declines, is `jnp.einsum`;
+    under a forced "cpu_blas", another einsum or a weight of another dtype than x is a ValueError.
 
     Args:
       subscripts: the einsum of the projection; x's first two axes are batch and time.
@@ -191,7 +192,12 @@ def einsum(subscripts: str, x_BTI: Array, w: Array, impl: str, **einsum_kwargs) 
     inputs, out = subscripts.replace(" ", "").split("->")
     x_sub, w_sub = inputs.split(",")
     B, T = x_BTI.shape[:2]
-    if not use_blas(impl, B * T, x_BTI.dtype) or w.dtype != x_BTI.dtype:
+    if w.dtype != x_BTI.dtype:
+        if impl == "cpu_blas":
+            raise ValueError(f"matmul_impl 'cpu_blas' needs x and the weight in one dtype, got "
+                             f"{x_BTI.dtype} and {w.dtype}; cast the weight first")
+        return jnp.einsum(subscripts, x_BTI, w, **einsum_kwargs)
+    if not use_blas(impl, B * T, x_BTI.dtype):
         return jnp.einsum(subscripts, x_BTI, w, **einsum_kwargs)
     contracted = x_sub[2:]
     if w_sub.startswith(contracted) and out == x_sub[:2] + w_sub[len(contracted):]:
