@@ -5,7 +5,8 @@ sibling package of the same layer or a higher one):
 
     0  longctx_jax (root), typing
     1  sharding, atomic (crash-safe writes), losses (next-token NLL), config_cli (the
-       launchers' command line), cpu (the machine's CPU: model, ISA flags, caches)
+       launchers' command line), cpu (the machine's CPU: model, ISA flags, caches),
+       provenance (when and from which commit a result was measured)
     2  positional, data
     3  attention
     4  parallel
@@ -26,7 +27,7 @@ PACKAGE = "longctx_jax"
 LAYERS: dict[str, int] = {
     "": 0, "typing": 0,
     "sharding": 1, "atomic": 1, "losses": 1, "config_cli": 1,
-    "cpu": 1,
+    "cpu": 1, "provenance": 1,
     "positional": 2, "data": 2,
     "attention": 3,
     "parallel": 4,

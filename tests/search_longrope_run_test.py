@@ -125,10 +125,12 @@ def test_run_writes_disjoint_sets_controls_and_a_verdict_by_the_rule(tmp_path):
     text = longrope_claim.report(summary)
     assert f"**Verdict: {summary['verdict']['verdict']}**" in text
     assert all(f"`{m}`" in text for m in config.compare_methods) and "searched factors" in text
-    # A rerun resumes both stages: same summary apart from the wall time.
+    # A rerun resumes both stages: same summary apart from the wall time and when it was written.
     again = longrope_run.run_longrope_search(config, loaded=(model, TOK))
-    assert {k: v for k, v in again.items() if k != "seconds_this_run"} == \
-        {k: v for k, v in summary.items() if k != "seconds_this_run"}
+    when = ("seconds_this_run", "measured_utc")
+    assert ({k: v for k, v in again.items() if k not in when}
+            == {k: v for k, v in summary.items() if k not in when})
+    assert len(summary["git_commit"]) == 40 or summary["git_commit"] == "unknown"
 
 
 def _comparison(diff, lo, hi):

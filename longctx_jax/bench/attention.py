@@ -31,6 +31,7 @@ import numpy as np
 from longctx_jax.attention import dispatch
 from longctx_jax.attention.masks import AttentionMask
 from longctx_jax.bench import machine
+from longctx_jax.provenance import provenance
 
 GIB = 2**30
 MEMORY_EFFICIENT = ("blockwise", "cpu_flash")
@@ -197,7 +198,7 @@ def run(config: ml_collections.ConfigDict) -> dict:
     result = {
         "device": str(jax.devices()[0].device_kind),
         "backend": jax.default_backend(),
-        "machine": machine.machine(), **machine.provenance(),
+        "machine": machine.machine(), **provenance(),
         "jax_version": jax.__version__,
         "preset": config.preset,
         "config": config.to_dict(),

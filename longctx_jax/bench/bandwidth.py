@@ -28,6 +28,7 @@ from longctx_jax.bench import machine
 from longctx_jax.models import gguf_file, llama, memory
 from longctx_jax.models.config import ModelConfig
 from longctx_jax.models.decoder import Decoder
+from longctx_jax.provenance import provenance
 
 
 def decode_bytes(cfg: ModelConfig, context: int, dtype: str = "float32") -> dict[str, int]:
@@ -80,7 +81,7 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
         raise ValueError(f"size_mib must be >= 64 (beyond the caches), repeats >= 1 and context >= 0, got "
                          f"{cfg.size_mib}, {cfg.repeats}, {cfg.context}")
     need = decode_bytes(smollm2_config(cfg.checkpoint or None), cfg.context)
-    result = {"machine": machine.machine(), **machine.provenance(), "size_mib": cfg.size_mib,
+    result = {"machine": machine.machine(), **provenance(), "size_mib": cfg.size_mib,
               "repeats": cfg.repeats, "threads": cfg.threads,
               "read": read_bandwidth(cfg.size_mib, cfg.repeats, cfg.threads),
               "smollm2_decode": {"context": cfg.context, "bytes": need}}

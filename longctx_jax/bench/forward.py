@@ -34,6 +34,7 @@ from longctx_jax.models import cpu_blas, gguf_file, llama, memory
 from longctx_jax.models.decoder import Decoder
 from longctx_jax.models.generate import Generator
 from longctx_jax.models.kv_cache import KVCache
+from longctx_jax.provenance import provenance
 
 
 def _timed(fn) -> tuple[float, float]:
@@ -186,7 +187,7 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
                       1, int(cfg.decode_context) + int(cfg.decode_steps) + 1,
                       {"q_positions": np.zeros((1, 1), np.int32), "k_positions": np.zeros((1, 1), np.int32)}),
                   backend=jax.default_backend(), devices=str(jax.devices()), machine=machine.machine(),
-                  **machine.provenance(),
+                  **provenance(),
                   prefill=[], decode=None)
     os.makedirs(cfg.workdir, exist_ok=True)
     out_path = os.path.join(cfg.workdir, "bench_forward.json")

@@ -28,6 +28,7 @@ import numpy as np
 
 from longctx_jax.atomic import write_atomically
 from longctx_jax.bench import machine
+from longctx_jax.provenance import provenance
 
 
 def _spread(flops: int, seconds: list[float]) -> list[float]:
@@ -91,7 +92,7 @@ def time_shapes(shapes: list[tuple[int, int, int]], repeats: int, threads: int, 
 def run(cfg: ml_collections.ConfigDict) -> dict:
     """Times every flag setting of `cfg.settings` in its own process; writes the JSON."""
     shapes = [tuple(int(x) for x in s) for s in cfg.shapes]
-    result = dict(machine=machine.machine(), **machine.provenance(), repeats=cfg.repeats, threads=cfg.threads,
+    result = dict(machine=machine.machine(), **provenance(), repeats=cfg.repeats, threads=cfg.threads,
                   settle_s=cfg.settle_s, settings=[])
     for name, flags in cfg.settings.items():
         env = dict(os.environ, XLA_FLAGS=flags)

@@ -27,6 +27,7 @@ from longctx_jax.attention import dense
 from longctx_jax.attention.flash import flash_attention
 from longctx_jax.bench import machine
 from longctx_jax.positional.alibi import alibi_slopes
+from longctx_jax.provenance import provenance
 
 
 def _allowed_pairs(n: int, window: int | None) -> int:
@@ -206,7 +207,7 @@ def run(config: ml_collections.ConfigDict) -> dict:
     if (reason := gpu_missing()) is not None:
         raise RuntimeError(reason)
     result = {"device": jax.devices()[0].device_kind, "jax_version": jax.__version__,
-              "machine": machine.machine(), **machine.provenance(), "config": config.to_dict()}
+              "machine": machine.machine(), **provenance(), "config": config.to_dict()}
     os.makedirs(config.workdir, exist_ok=True)
     path = os.path.join(config.workdir, "bench_gpu.json")
 

@@ -5,13 +5,10 @@ EPYC and 0.72x on a 2-core AVX-512 Xeon (issue #20). So every `bench/*.py` resul
 `machine()`: the CPU (model, arch, cores, ISA flags, L1d / L2 / L3 sizes, from
 `longctx_jax.cpu`), the cpu_flash build a call with default arguments runs (ISA, register
 tile, default blocks: `cpu_flash_plan.plan()`), the JAX backend and device, and the JAX
-version; docs tables name each row's machine with `label()`. `provenance()` keys a result by
-when and from which code it was measured (UTC time, git commit, uncommitted changes).
+version; docs tables name each row's machine with `label()`. Each result also carries
+`longctx_jax.provenance.provenance()`: when and from which code it was measured.
 """
 
-import datetime
-import os
-import subprocess
 
 import jax
 
@@ -61,21 +58,3 @@ def label(record: dict[str, object]) -> str:
     if "isa" in build:
         text += f"; cpu_flash {build['isa']} {build['tile']}, blocks {build['block_q']}x{build['block_k']}"
     return text
-
-
-def provenance() -> dict[str, object]:
-    """{"measured_utc": ISO time now, "git_commit": HEAD of this checkout (or "unknown" outside
-    git), "git_dirty": whether tracked files differ from it} for a benchmark JSON."""
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(["git", "-C", root, *args], capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"measured_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "git_commit": commit or "unknown", "git_dirty": bool(status) if status is not None else None}

@@ -35,6 +35,7 @@ from longctx_jax.bench import machine
 from longctx_jax.models.config import ModelConfig
 from longctx_jax.models.decoder import Decoder
 from longctx_jax.parallel import distributed
+from longctx_jax.provenance import provenance
 from longctx_jax.train.optimizer import make_optimizer
 from longctx_jax.train.step import TrainState, abstract_train_state, make_train_step
 
@@ -159,7 +160,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     if not rows:
         raise ValueError(f"config.rows has no row with devices={num_devices}")
     out = {"num_devices": num_devices, "jax_version": jax.__version__, "backend": jax.default_backend(),
-           "machine": machine.machine(), **machine.provenance(),
+           "machine": machine.machine(), **provenance(),
            "models": config.models.to_dict(), "optim": config.optim.to_dict(),
            "dtype": "bfloat16 compute, float32 parameters and AdamW moments", "remat": True,
            "xla_flags": os.environ.get("XLA_FLAGS", ""),

@@ -20,6 +20,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from longctx_jax.attention.ring import ring_attention
 from longctx_jax.bench import machine
 from longctx_jax.parallel import layout
+from longctx_jax.provenance import provenance
 
 
 def compiled_memory(config: ml_collections.ConfigDict, mesh: Mesh, seq_len: int,
@@ -100,7 +101,7 @@ def run(config: ml_collections.ConfigDict) -> dict:
         "config": config.to_dict(),
         "devices": [str(d) for d in jax.devices()],
         "jax_version": jax.__version__,
-        "machine": machine.machine(), **machine.provenance(),
+        "machine": machine.machine(), **provenance(),
         "rows": rows,
         "peak_bytes_per_token_per_device_max_over_min": {
             cp: max(r[cp]["peak_bytes_per_token_per_device"] for r in rows)

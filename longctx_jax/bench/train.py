@@ -17,6 +17,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from longctx_jax.bench import machine
+from longctx_jax.provenance import provenance
 from longctx_jax.train.optimizer import make_optimizer
 from longctx_jax.train.step import init_train_state, make_train_step
 from longctx_jax.train.trainer import decoder_from_config, make_training_data
@@ -55,7 +56,7 @@ def run(config: ml_collections.ConfigDict) -> dict:
     tokens = steps * config.data.batch_size * config.data.seq_len
     result = {
         "device": str(jax.devices()[0].device_kind),
-        "machine": machine.machine(), **machine.provenance(),
+        "machine": machine.machine(), **provenance(),
         "jax_version": jax.__version__,
         "num_params": sum(x.size for x in jax.tree.leaves(params)),
         "batch_size": config.data.batch_size,

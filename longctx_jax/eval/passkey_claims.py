@@ -87,7 +87,7 @@ def _errors(result: Mapping, variant: str, length: int) -> list[float]:
 
 def _summary(result: Mapping) -> dict:
     keep = ("method", "steps", "train_length", "final_train_loss", "train_seconds", "chance", "eval_examples",
-            "device", "jax_version")
+            "device", "jax_version", "git_commit")
     return {k: result[k] for k in keep if k in result}
 
 

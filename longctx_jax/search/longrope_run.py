@@ -44,6 +44,7 @@ from longctx_jax.losses import token_nll
 from longctx_jax.models.decoder import Decoder
 from longctx_jax.models.llama import load_gguf, smollm2_path
 from longctx_jax.positional.rope import rope_frequencies, rotary_dim_of
+from longctx_jax.provenance import provenance
 from longctx_jax.search import longrope, longrope_claim
 
 WINNER = "search"
@@ -241,6 +242,7 @@ def run_longrope_search(config: ml_collections.ConfigDict, *, loaded: tuple[Deco
         "verdict_rule": rule,
         "verdict": longrope_claim.verdict(rule, comparisons),
         "seconds_this_run": time.time() - start,
+        **provenance(),
     }
     write_atomically(os.path.join(config.workdir, "summary.json"), json.dumps(summary, indent=2))
     if not np.isfinite(summary["search"]["best_ppl"]):

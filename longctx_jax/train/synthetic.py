@@ -27,6 +27,7 @@ from longctx_jax.data.synthetic_passkey import exact_match_hits, passkey_batch
 from longctx_jax.models import landmark, memory_tokens
 from longctx_jax.models.config import ModelConfig
 from longctx_jax.models.decoder import Decoder
+from longctx_jax.provenance import provenance
 from longctx_jax.train.optimizer import make_optimizer
 from longctx_jax.train.step import init_train_state, make_train_step
 
@@ -123,7 +124,7 @@ def passkey_retrieval(config: ml_collections.ConfigDict) -> dict[str, Any]:
       a JSON-able dict: method, train_length, steps, final_train_loss, train_seconds, chance,
       eval_examples, exact_match {variant: {str(length): accuracy}}, hits {variant: {str(length):
       [1 if the example's passkey was retrieved exactly else 0, per example]}}, the device, the JAX
-      version and the config.
+      version, `provenance()` (time, git commit) and the config.
     """
     model, batch, variants = passkey_setup(config)
     start = time.time()
@@ -161,5 +162,6 @@ def passkey_retrieval(config: ml_collections.ConfigDict) -> dict[str, Any]:
         "hits": hits,
         "device": jax.devices()[0].device_kind,
         "jax_version": jax.__version__,
+        **provenance(),
         "config": json.loads(config.to_json()),
     }
