@@ -21,7 +21,8 @@ def _rand(shape, seed):
 
 
 @pytest.mark.parametrize("transpose_w", [False, True])
-@pytest.mark.parametrize("M,K,N", [(1, 7, 5), (64, 96, 33), (300, 576, 192)])
+@pytest.mark.parametrize("M,K,N", [(1, 7, 5), (64, 96, 33), (300, 576, 192),  # sgemm from 64 rows
+                                   (1, 576, 1536), (3, 1000, 70), (63, 300, 129), (1, 40_000, 3)])  # few-row
 @pytest.mark.parametrize("jit", [False, True])
 def test_matmul_equals_float64(M, K, N, transpose_w, jit):
     x = _rand((M, K), 0)
@@ -46,6 +47,20 @@ def test_matmul_gradients_equal_xla(transpose_w):
     ours = jax.grad(loss, argnums=(1, 2))(lambda a, b: cpu_blas.matmul(a, b, transpose_w=transpose_w), x, w)
     xla = jax.grad(loss, argnums=(1, 2))(lambda a, b: a @ (b.T if transpose_w else b), x, w)
     chex.assert_trees_all_close(ours, xla, atol=1e-4, rtol=1e-5)
+
+
+def test_few_row_products_run_side_by_side_and_fill_every_output():
+    """Several few-row calls in one program (XLA may run them at once on its pool) all finish, and
+    each writes every output element (NaN-poisoned inputs elsewhere would show)."""
+    x = jnp.asarray(_rand((2, 576), 9))
+    ws = [jnp.asarray(_rand((576, n), 10 + n)) for n in (1536, 192, 577)]
+    outs = jax.jit(lambda x, *ws: [cpu_blas.matmul(x, w) for w in ws])(x, *ws)
+    for out, w in zip(outs, ws, strict=True):
+        want = np.asarray(x, np.float64) @ np.asarray(w, np.float64)
+        np.testing.assert_allclose(np.asarray(out), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    assert "LongctxCpuGemv" in jax.jit(lambda x: cpu_blas.matmul(x, ws[0])).lower(x).as_text()
+    assert "LongctxCpuBlasMatmul" in jax.jit(lambda x: cpu_blas.matmul(x, ws[0])).lower(
+        jnp.zeros((cpu_blas.MIN_ROWS, 576))).as_text()
 
 
 def test_matmul_under_vmap():
@@ -96,7 +111,6 @@ def test_auto_rule():
     f32 = jnp.float32
     assert not cpu_blas.use_blas("xla", 10_000, f32)
     assert cpu_blas.use_blas("cpu_blas", 1, f32)
-    assert not cpu_blas.use_blas("auto", cpu_blas.MIN_ROWS - 1, f32)
     assert not cpu_blas.use_blas("auto", 10_000, jnp.bfloat16)
     # The suite runs 8 CPU devices (conftest): GSPMD cannot split a custom call, so XLA keeps it.
     assert jax.device_count() > 1 and not cpu_blas.use_blas("auto", 10_000, f32)
@@ -105,6 +119,7 @@ def test_auto_rule():
 def test_auto_on_one_device_uses_blas(monkeypatch):
     monkeypatch.setattr(jax, "device_count", lambda: 1)
     assert cpu_blas.use_blas("auto", cpu_blas.MIN_ROWS, jnp.float32)
+    assert cpu_blas.use_blas("auto", 1, jnp.float32)  # a decode step: the few-row handler
     assert not cpu_blas.use_blas("auto", cpu_blas.MIN_ROWS, jnp.bfloat16)
 
 

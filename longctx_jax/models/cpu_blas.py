@@ -13,11 +13,16 @@ whose address Python reads from the library numpy loaded; nothing new is install
 
 `matmul` is differentiable (its gradients are two more sgemm calls: dx = dy w^T, dw = x^T dy)
 and float32 only. `use_blas` is the "auto" rule the decoder applies per projection: on a
-single-device CPU backend, float32, at least `MIN_ROWS` rows, when the library is found.
-Decode's one-row products stay with XLA: through OpenBLAS a SmolLM2 decode step at 8K cached
-was slower (`bench_forward --config.matmul_impl=cpu_blas`: 118-142 ms per token against
-91-98 ms, two runs each, not committed). On a multi-device mesh XLA keeps every GEMM: a
-custom call has no sharding rule, so GSPMD would gather its operands.
+single-device CPU backend, float32, when the library is found.
+
+Decode's few-row products (fewer than `MIN_ROWS` rows) do not go to sgemm: they are
+memory-bound (each weight is read once per token), and through OpenBLAS a SmolLM2 decode step
+at 8K cached was slower than XLA's dot (118-142 ms per token against 91-98 ms, two runs each,
+diagnostic). They go to a second handler in the same file, `LongctxCpuGemv`, which streams
+contiguous slices of the weight on XLA's own thread pool (x @ w: slices of w's rows summed
+into per-slice partial outputs; x @ w^T, the tied output layer: slices of output columns).
+On a multi-device mesh XLA keeps every GEMM: a custom call has no sharding rule, so GSPMD
+would gather its operands.
 `ModelConfig.matmul_impl` forces either ("xla", "cpu_blas").
 
 Measured: `configs/bench_gemm.py` (per shape, against torch in the same run) and
@@ -38,9 +43,11 @@ from longctx_jax.attention.kernels import native
 from longctx_jax.typing import Array
 
 IMPLS = ("auto", "xla", "cpu_blas")
-MIN_ROWS = 64  # "auto": fewer rows (decode) stay with XLA's dot
+MIN_ROWS = 64  # fewer rows (decode) go to the streaming few-row handler, not sgemm
 _KERNEL = "cpu_blas_matmul"
 _SYMBOL = "LongctxCpuBlasMatmul"
+_GEMV_SYMBOL = "LongctxCpuGemv"
+_FLAGS = native.NATIVE_FLAGS  # this CPU's vector width for the few-row handler (sgemm is OpenBLAS's own)
 _SGEMM = "scipy_cblas_sgemm64_"  # scipy-openblas64's cblas_sgemm (64-bit integers)
 
 
@@ -74,12 +81,19 @@ def target() -> str:
     if sgemm is None:
         raise native.NativeKernelUnavailable(f"{openblas._name} has no {_SGEMM}")
     source_dir = os.path.dirname(os.path.abspath(__file__))
-    name = native.register(_KERNEL, _SYMBOL, (), source_dir=source_dir)
-    library = native.load(_KERNEL, (), source_dir=source_dir)
+    name = native.register(_KERNEL, _SYMBOL, _FLAGS, source_dir=source_dir)
+    library = native.load(_KERNEL, _FLAGS, source_dir=source_dir)
     library.LongctxCpuBlasSetSgemm(ctypes.cast(sgemm, ctypes.c_void_p))
     if not library.LongctxCpuBlasHasSgemm():
         raise native.NativeKernelUnavailable("the cpu_blas library did not keep the sgemm address")
     return name
+
+
+@functools.cache
+def gemv_target() -> str:
+    """Registers the few-row handler (the same library as `target`, which it builds first)."""
+    target()
+    return native.register(_KERNEL, _GEMV_SYMBOL, _FLAGS, source_dir=os.path.dirname(os.path.abspath(__file__)))
 
 
 @functools.cache
@@ -99,13 +113,27 @@ def _sgemm(a: Array, b: Array, trans_a: bool, trans_b: bool) -> Array:
     return call(a, b, trans_a=trans_a, trans_b=trans_b)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _matmul(x_MK: Array, w: Array, transpose_w: bool) -> Array:
+def _gemv(x_MK: Array, w: Array, transpose_w: bool) -> Array:
+    N = w.shape[0] if transpose_w else w.shape[1]
+    call = jax.ffi.ffi_call(gemv_target(), jax.ShapeDtypeStruct((x_MK.shape[0], N), jnp.float32),
+                            vmap_method="sequential")
+    return call(x_MK, w, trans_w=transpose_w)
+
+
+def _product(x_MK: Array, w: Array, transpose_w: bool) -> Array:
+    """Fewer than `MIN_ROWS` rows: the streaming handler on XLA's threads; else OpenBLAS's sgemm."""
+    if x_MK.shape[0] < MIN_ROWS:
+        return _gemv(x_MK, w, transpose_w)
     return _sgemm(x_MK, w, False, transpose_w)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _matmul(x_MK: Array, w: Array, transpose_w: bool) -> Array:
+    return _product(x_MK, w, transpose_w)
+
+
 def _matmul_fwd(x_MK, w, transpose_w):
-    return _sgemm(x_MK, w, False, transpose_w), (x_MK, w)
+    return _product(x_MK, w, transpose_w), (x_MK, w)
 
 
 def _matmul_bwd(transpose_w, residuals, dy_MN):
@@ -119,7 +147,8 @@ _matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
 def matmul(x_MK: Array, w: Array, *, transpose_w: bool = False) -> Array:
-    """`x @ w` (`x @ w.T` with `transpose_w`) by OpenBLAS's sgemm; float32, differentiable.
+    """`x @ w` (`x @ w.T` with `transpose_w`) by OpenBLAS's sgemm, or with fewer than `MIN_ROWS`
+    rows by the streaming few-row handler; float32, differentiable (gradients by sgemm).
 
     Args:
       x_MK: `[M, K]` float32.
@@ -152,7 +181,8 @@ def use_blas(impl: str, rows: int, dtype) -> bool:
     """Whether a projection of `rows` rows in `dtype` runs through `matmul` under `impl`.
 
     "xla": never. "cpu_blas": always (float32 only; raises where unavailable). "auto": on a
-    single-device CPU backend, float32, `rows >= MIN_ROWS`, when `available()`.
+    single-device CPU backend, float32, when `available()`, whatever the rows (`matmul` picks
+    sgemm or the few-row handler by `MIN_ROWS`).
 
     Raises:
       ValueError: an unknown `impl`, or "cpu_blas" with a dtype other than float32.
@@ -167,7 +197,8 @@ def use_blas(impl: str, rows: int, dtype) -> bool:
                              "use 'auto' or 'xla' for other dtypes")
         target()
         return True
-    return (jnp.dtype(dtype) == jnp.float32 and rows >= MIN_ROWS and jax.default_backend() == "cpu"
+    del rows  # every row count has a handler (module docstring)
+    return (jnp.dtype(dtype) == jnp.float32 and jax.default_backend() == "cpu"
             and jax.device_count() == 1 and available())
 
 
