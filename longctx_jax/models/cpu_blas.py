@@ -93,7 +93,8 @@ def target() -> str:
 def gemv_target() -> str:
     """Registers the few-row handler (the same library as `target`, which it builds first)."""
     target()
-    return native.register(_KERNEL, _GEMV_SYMBOL, _FLAGS, source_dir=os.path.dirname(os.path.abspath(__file__)))
+    source_dir = os.path.dirname(os.path.abspath(__file__))
+    return native.register(_KERNEL, _GEMV_SYMBOL, _FLAGS, source_dir=source_dir)
 
 
 @functools.cache
