@@ -26,15 +26,17 @@ def test_forward_bars(tmp_path):
     fast, slow = [r for r in table if "`fast`" in r], [r for r in table if "`slow`" in r]
     assert all("| yes (bar" in r for r in fast) and len(fast) == 2
     assert all("| **no** (bar" in r for r in slow) and len(slow) == 2
-    assert "Test CPU, 2 cores, AVX-512" in rows[-1] and "decode (cpu_decode)" in "\n".join(rows)
+    assert "Test CPU, 2 cores, AVX-512" in rows[-1] and "decode (cpu_decode; GEMMs: xla)" in "\n".join(rows)
     assert all("| prefill (GEMMs: xla) |" in r for r in table if "prefill" in r)  # no record: XLA's dots
 
 
 def test_forward_rows_name_the_gemms_and_the_commit(tmp_path):
-    result = dict(_forward(1.2, 1.0), prefill_matmul_blas=True, git_commit="0123456789abcdef", git_dirty=True)
+    result = dict(_forward(1.2, 1.0), prefill_matmul_blas=True, decode_matmul="cpu_blas few-row",
+                  git_commit="0123456789abcdef", git_dirty=True)
     (tmp_path / "2026-01-01-test-blas.json").write_text(json.dumps(result))
     text = speed_tables.forward_table(speed_tables.runs(tmp_path))
     assert "| prefill (GEMMs: cpu_blas) |" in text and "commit 0123456789 (uncommitted changes)" in text
+    assert "decode (cpu_decode; GEMMs: cpu_blas few-row)" in text
 
 
 def test_attention_bar(tmp_path):

@@ -75,13 +75,18 @@ def _prefill_row(length: int, runs: list[tuple[float, float]]) -> dict:
                 runs=[dict(wall_s=w, cpu_s=c) for w, c in runs])
 
 
-def _decode_row(context: int, steps: int, wall: float, cpu: float) -> dict:
+def _decode_row(context: int, steps: int, runs: list[tuple[float, float]]) -> dict:
+    """Median wall / CPU seconds of `steps` decode steps over the timed runs, and every run's."""
+    wall = statistics.median(r[0] for r in runs)
+    cpu = statistics.median(r[1] for r in runs)
     return dict(context=context, steps=steps, wall_s=wall, cpu_s=cpu, tokens_per_s=steps / wall,
-                ms_per_token=1000 * wall / steps)
+                ms_per_token=1000 * wall / steps, runs=[dict(wall_s=w, cpu_s=c) for w, c in runs])
 
 
-def bench_decode(model, context: int, steps: int) -> dict:
-    gen = Generator(model, cache_size=context + steps + 1)
+def bench_decode(model, context: int, steps: int, repeats: int = 1) -> dict:
+    """`repeats` timed runs of `steps` steps each, continuing one cache (run i starts with
+    context + i * steps tokens cached)."""
+    gen = Generator(model, cache_size=context + steps * repeats + 1)
     empty = gen.make_cache()
     keys = jax.random.split(jax.random.key(1), 2 * len(empty.k))
     fill = [jax.random.normal(k, empty.k[0].shape, empty.k[0].dtype) for k in keys]
@@ -98,7 +103,7 @@ def bench_decode(model, context: int, steps: int) -> dict:
             out, _, cache = gen.decode_step(gen.state, out[:, None], cache, key)
         jax.block_until_ready(out)
 
-    return _decode_row(context, steps, *_timed(run))
+    return _decode_row(context, steps, [_timed(run) for _ in range(repeats)])
 
 
 def hf_peer(path: str, cfg):
@@ -144,7 +149,7 @@ def bench_hf_prefill(hf_model, length: int, vocab_size: int, repeats: int) -> di
     return _prefill_row(length, [_timed(lambda: hf_last_logits(hf_model, tokens)) for _ in range(repeats)])
 
 
-def bench_hf_decode(hf_model, context: int, steps: int, vocab_size: int) -> dict:
+def bench_hf_decode(hf_model, context: int, steps: int, vocab_size: int, repeats: int = 1) -> dict:
     import torch
 
     tokens = torch.from_numpy(np.asarray(prompt_tokens(context, vocab_size), np.int64))
@@ -159,7 +164,7 @@ def bench_hf_decode(hf_model, context: int, steps: int, vocab_size: int) -> dict
                 out = hf_model(next_id, past_key_values=cache, use_cache=True)
                 cache, next_id = out.past_key_values, out.logits[:, -1:].argmax(-1)
 
-        return _decode_row(context, steps, *_timed(run))
+        return _decode_row(context, steps, [_timed(run) for _ in range(repeats)])
 
 
 def run(cfg: ml_collections.ConfigDict) -> dict:
@@ -183,6 +188,8 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
                   decode_attention_impl=model.cfg.attention_impl, matmul_impl=model.cfg.matmul_impl,
                   prefill_matmul_blas=cpu_blas.use_blas(model.cfg.matmul_impl, min(cfg.prefill_lengths),
                                                         jnp.dtype(cfg.dtype)),
+                  decode_matmul=("cpu_blas few-row" if cpu_blas.use_blas(model.cfg.matmul_impl, 1,
+                                                                         jnp.dtype(cfg.dtype)) else "xla"),
                   decode_attention_resolved=dispatch.choose(
                       1, int(cfg.decode_context) + int(cfg.decode_steps) + 1,
                       {"q_positions": np.zeros((1, 1), np.int32), "k_positions": np.zeros((1, 1), np.int32)}),
@@ -221,13 +228,13 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
         print(line, flush=True)
         save()
     if cfg.decode_steps:
-        result["decode"] = bench_decode(model, int(cfg.decode_context), int(cfg.decode_steps))
+        result["decode"] = bench_decode(model, int(cfg.decode_context), int(cfg.decode_steps), cfg.repeats)
         d = result["decode"]
         line = (f"decode at {d['context']}: ours {d['tokens_per_s']:.2f} tokens/s "
                 f"({d['ms_per_token']:.1f} ms/token)")
         if hf_model is not None:
             p = bench_hf_decode(hf_model, int(cfg.decode_context), int(cfg.decode_steps),
-                                model.cfg.vocab_size)
+                                model.cfg.vocab_size, cfg.repeats)
             result["hf"]["decode"] = p
             line += f", transformers {p['tokens_per_s']:.2f} tokens/s ({p['ms_per_token']:.1f} ms/token)"
         print(line)

@@ -66,9 +66,10 @@ def forward_table(results: list[tuple[str, dict]]) -> str:
             ratio = ours["tokens_per_s"] / theirs["tokens_per_s"]
             bar = _met(ratio, DECODE_BAR) if ours["context"] == 8192 else "-"
             impl = r.get("decode_attention_resolved", "dense")
-            lines.append(f"| {label} | {date} | decode ({impl}), {ours['steps']} steps | "
-                         f"{ours['context']:,} cached | {ours['wall_s']:.2f} | {ours['tokens_per_s']:.2f} | "
-                         f"{theirs['wall_s']:.2f} | {theirs['tokens_per_s']:.2f} | {ratio:.2f} | {bar} |")
+            gemms = r.get("decode_matmul", "xla")  # runs before the few-row handler: XLA
+            lines.append(f"| {label} | {date} | decode ({impl}; GEMMs: {gemms}), {ours['steps']} steps | "
+                         f"{ours['context']:,} cached | {_walls(ours)} | {ours['tokens_per_s']:.2f} | "
+                         f"{_walls(theirs)} | {theirs['tokens_per_s']:.2f} | {ratio:.2f} | {bar} |")
     lines.append("")
     lines.append("Per run: " + "; ".join(
         f"{d}: {machine_label(r['machine'])}; transformers {r['hf']['transformers']} / "
