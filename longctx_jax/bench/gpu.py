@@ -113,6 +113,25 @@ def _attention_fn(impl: str, window: int | None):
                              implementation=impl)
 
 
+def _time_case(impl: str, window: int | None, qkv: tuple, fwd_flops: float, repeats: int) -> dict:
+    """Forward and forward+backward timings of one case, or {"skipped": the error} if `impl` fails."""
+    fwd = _attention_fn(impl, window)
+
+    def fwd_bwd(q, k, v):
+        loss = lambda *a: jnp.sum(fwd(*a).astype(jnp.float32))  # noqa: E731
+        return jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
+
+    try:
+        t_fwd = _time(jax.jit(fwd), qkv, repeats)
+        t_all = _time(jax.jit(fwd_bwd), qkv, repeats)
+    except Exception as error:  # noqa: BLE001 - an implementation may not take a case
+        return {"skipped": f"{type(error).__name__}: {str(error)[:300]}"}
+    return dict(forward_seconds=t_fwd["median"], forward_tflops=fwd_flops / t_fwd["median"] / 1e12,
+                forward_p10_p90=[t_fwd["p10"], t_fwd["p90"]], fwd_bwd_seconds=t_all["median"],
+                fwd_bwd_tflops=3.5 * fwd_flops / t_all["median"] / 1e12,
+                fwd_bwd_p10_p90=[t_all["p10"], t_all["p90"]], calls_per_sample=t_fwd["inner"])
+
+
 def time_kernels(cfg, on_row=None) -> list[dict]:
     """Forward and forward+backward seconds of every (head dim, mask, length, implementation).
 
@@ -133,29 +152,8 @@ def time_kernels(cfg, on_row=None) -> list[dict]:
                     row = dict(impl=impl, seq_len=n, head_dim=head_dim, window=window, dtype=cfg.dtype)
                     if impl == "xla" and n > cfg.xla_max_length:
                         row["skipped"] = f"not run: length {n} > config.xla_max_length {cfg.xla_max_length}"
-                        rows.append(row)
-                        if on_row is not None:
-                            on_row(rows)
-                        continue
-                    fwd = _attention_fn(impl, window)
-
-                    def fwd_bwd(q, k, v, fwd=fwd):
-                        loss = lambda *a: jnp.sum(fwd(*a).astype(jnp.float32))  # noqa: E731
-                        return jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
-
-                    try:
-                        t_fwd = _time(jax.jit(fwd), (q, k, v), cfg.repeats)
-                        t_all = _time(jax.jit(fwd_bwd), (q, k, v), cfg.repeats)
-                    except Exception as error:  # noqa: BLE001 - an implementation may not take a case
-                        row["skipped"] = f"{type(error).__name__}: {str(error)[:300]}"
                     else:
-                        row.update(forward_seconds=t_fwd["median"],
-                                   forward_tflops=fwd_flops / t_fwd["median"] / 1e12,
-                                   forward_p10_p90=[t_fwd["p10"], t_fwd["p90"]],
-                                   fwd_bwd_seconds=t_all["median"],
-                                   fwd_bwd_tflops=3.5 * fwd_flops / t_all["median"] / 1e12,
-                                   fwd_bwd_p10_p90=[t_all["p10"], t_all["p90"]],
-                                   calls_per_sample=t_fwd["inner"])
+                        row.update(_time_case(impl, window, (q, k, v), fwd_flops, cfg.repeats))
                     rows.append(row)
                     print(row, flush=True)
                     if on_row is not None:

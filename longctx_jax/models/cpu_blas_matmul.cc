@@ -196,7 +196,10 @@ ffi::Error GemvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<f
       axpy_rows(xp, wp, acc, M, K, N, k0, k1);
     }
   });
-  for (int64_t j = 0; j < (items - 1) * M * N; ++j) out[j % (M * N)] += partials[j];
+  for (int64_t i = 0; i + 1 < items; ++i) {
+    const float* p = partials + i * M * N;
+    for (int64_t j = 0; j < M * N; ++j) out[j] += p[j];
+  }
   return ffi::Error::Success();
 }
 

@@ -15,8 +15,10 @@ import ml_collections
 from flax import nnx
 
 from longctx_jax import config_cli
+from longctx_jax.atomic import write_atomically
 from longctx_jax.data import ByteTokenizer
 from longctx_jax.train.init_from import init_params_from
+from longctx_jax.train.synthetic import passkey_retrieval
 from longctx_jax.train.trainer import decoder_from_config, train_and_evaluate
 
 VOCAB = ByteTokenizer().vocab_size
@@ -161,9 +163,6 @@ class PasskeyRuns:
         Raises:
           ValueError: a finished run in that workdir was trained with a different config.
         """
-        from longctx_jax.atomic import write_atomically
-        from longctx_jax.train.synthetic import passkey_retrieval
-
         config = self.config(spec, seed).copy_and_resolve_references()
         for field in CLAIM_FIELDS:  # what the claim reads, not what the run does
             if field in config:
