@@ -5,7 +5,9 @@ choices are checked for machines this one is not. The AVX-512 library is compile
 with the AVX-512 flags, and its code is checked for 512-bit registers.
 """
 
+import dataclasses
 import os
+import re
 import shutil
 import subprocess
 
@@ -99,10 +101,10 @@ def test_unknown_isa_and_lanes_are_refused(monkeypatch):
         cpu_flash_plan.plan(info=ARM)
 
 
-@pytest.mark.parametrize("lanes,arch,rows", [(8, "x86_64", 6), (16, "x86_64", 24), (4, "x86_64", 2),
+@pytest.mark.parametrize("lanes,arch,rows", [(8, "x86_64", 6), (16, "x86_64", 12), (4, "x86_64", 2),
                                              (4, "aarch64", 6)])
 def test_register_tile_rows_fill_the_vector_registers(lanes, arch, rows):
-    # (registers - vectors per panel row - 2) // vectors per panel row, at most 24.
+    # (registers - vectors per panel row - 2) // vectors per panel row, at most 12.
     assert cpu_flash_plan.register_tile_rows(lanes, arch) == rows
 
 
@@ -113,6 +115,8 @@ def test_blocks_from_caches():
     assert cpu_flash_plan.default_blocks(6, 32 << 10, 512 << 10) == (96, 256)
     # Xeon, 24 rows: block_k = min(512, 24K/160 = 153) -> 128;  block_q = 384K / 1536 = 256 -> 240.
     assert cpu_flash_plan.default_blocks(24, 32 << 10, 1 << 20) == (240, 128)
+    # Xeon, 12 rows: block_k = min(512, 24K/112 = 219) -> 192;  block_q = 384K / 1792 = 219 -> 216.
+    assert cpu_flash_plan.default_blocks(12, 32 << 10, 1 << 20) == (216, 192)
     # A tiny cache still gives a legal tile: block_k >= 64, block_q >= rows.
     assert cpu_flash_plan.default_blocks(6, 4 << 10, 16 << 10) == (6, 64)
     with pytest.raises(ValueError, match="l2=0"):
@@ -122,9 +126,9 @@ def test_blocks_from_caches():
 def test_plans_and_build_keys():
     assert cpu_flash_plan.plan(info=EPYC) == KernelBuild("avx2", 8, 6, 96, 256, 32 << 10, 512 << 10)
     xeon = cpu_flash_plan.plan(info=XEON)
-    assert (xeon.isa, xeon.lanes, xeon.rows, xeon.block_q, xeon.block_k) == ("avx512", 16, 24, 240, 128)
-    assert xeon.tag == "avx512_v16r24_q240k128"
-    assert "-mavx512f" in xeon.compiler_flags and "-DLONGCTX_ROWS=24" in xeon.compiler_flags
+    assert (xeon.isa, xeon.lanes, xeon.rows, xeon.block_q, xeon.block_k) == ("avx512", 16, 12, 216, 192)
+    assert xeon.tag == "avx512_v16r12_q216k192"
+    assert "-mavx512f" in xeon.compiler_flags and "-DLONGCTX_ROWS=12" in xeon.compiler_flags
     arm = cpu_flash_plan.plan(info=ARM)  # unknown caches: 32 KiB / 512 KiB
     assert (arm.isa, arm.lanes, arm.rows, arm.block_q, arm.block_k) == ("portable", 4, 6, 96, 256)
     assert not any(flag.startswith("-m") for flag in arm.compiler_flags)
@@ -142,11 +146,18 @@ def test_avx512_build_compiles_with_512_bit_registers(tmp_path, monkeypatch):
     # Compiled only: this machine may not run AVX-512; nothing here loads the library.
     build = cpu_flash_plan.plan("avx512", info=XEON)
     path = _build_in(tmp_path, monkeypatch, build)
-    assert os.path.basename(path).startswith("cpu_flash_attention-avx512_v16r24_q240k128-")
+    assert os.path.basename(path).startswith("cpu_flash_attention-avx512_v16r12_q216k192-")
     if shutil.which("objdump") is None:
         pytest.skip("no objdump to read the compiled instructions")
     code = subprocess.run(["objdump", "-d", path], capture_output=True, text=True, check=True).stdout
     assert "zmm" in code and "vfmadd" in code
+    # Both register tiles (q k^T and p v) unrolled in full, one FMA per row, also for a tile
+    # taller than the plan's: without the unroll pragmas GCC 12 kept a 24-row tile's accumulators
+    # in memory (26 FMAs in the whole library).
+    tall = dataclasses.replace(build, rows=24)
+    code = subprocess.run(["objdump", "-d", _build_in(tmp_path, monkeypatch, tall)], capture_output=True,
+                          text=True, check=True).stdout
+    assert len(re.findall(r"vfmadd\w*ps\s[^\n]*zmm", code)) >= 2 * tall.rows
 
 
 @pytest.mark.slow  # one compile of the kernel

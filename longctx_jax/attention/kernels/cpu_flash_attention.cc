@@ -127,15 +127,27 @@ struct Problem {
   int64_t block_q, block_k;
 };
 
+// The register tile's loops over rows and vectors are unrolled in full, so its accumulators live
+// in registers: left to itself GCC 12 did not unroll a 24-row AVX-512 tile; it interchanged the
+// loops and kept the accumulators in memory (a load, FMA and store per row and step), 0.56 s
+// against 0.50 s unrolled for SmolLM2's 8K layer on a Zen 4 EPYC.
+#if defined(__clang__)
+#define LONGCTX_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define LONGCTX_UNROLL _Pragma("GCC unroll 64")
+#else
+#define LONGCTX_UNROLL
+#endif
+
 // s[r, c] = sum_h qb[r, h] panel[h, c] for kRows rows and the 16 keys of one panel.
 inline void qk_tile(const float* qb, int64_t H, const float* panel, float* s, int64_t s_stride) {
   vf acc[kRows][kVecs] = {};
   for (int64_t h = 0; h < H; ++h) {
     vf b[kVecs];
-    for (int u = 0; u < kVecs; ++u) b[u] = load(panel + h * kPanel + u * kLanes);
-    for (int r = 0; r < kRows; ++r) {
+    LONGCTX_UNROLL for (int u = 0; u < kVecs; ++u) b[u] = load(panel + h * kPanel + u * kLanes);
+    LONGCTX_UNROLL for (int r = 0; r < kRows; ++r) {
       const vf a = splat(qb[r * H + h]);
-      for (int u = 0; u < kVecs; ++u) acc[r][u] += a * b[u];
+      LONGCTX_UNROLL for (int u = 0; u < kVecs; ++u) acc[r][u] += a * b[u];
     }
   }
   for (int r = 0; r < kRows; ++r)
@@ -150,10 +162,10 @@ inline void pv_tile(const float* p, int64_t p_stride, int64_t num_keys, const fl
     for (int u = 0; u < kVecs; ++u) acc[r][u] = load(o + r * H + u * kLanes);
   for (int64_t j = 0; j < num_keys; ++j) {
     vf b[kVecs];
-    for (int u = 0; u < kVecs; ++u) b[u] = load(v + j * v_stride + u * kLanes);
-    for (int r = 0; r < kRows; ++r) {
+    LONGCTX_UNROLL for (int u = 0; u < kVecs; ++u) b[u] = load(v + j * v_stride + u * kLanes);
+    LONGCTX_UNROLL for (int r = 0; r < kRows; ++r) {
       const vf a = splat(p[r * p_stride + j]);
-      for (int u = 0; u < kVecs; ++u) acc[r][u] += a * b[u];
+      LONGCTX_UNROLL for (int u = 0; u < kVecs; ++u) acc[r][u] += a * b[u];
     }
   }
   for (int r = 0; r < kRows; ++r)
