@@ -8,6 +8,7 @@ import pytest
 
 from longctx_jax.attention import dense, dispatch
 from longctx_jax.attention.cpu_decode import cpu_decode_attention, cpu_decode_attention_with_lse
+from longctx_jax.attention.kernels import cpu_flash_plan
 from longctx_jax.attention.spec import AttentionSpec
 
 TOL = 2e-5
@@ -76,3 +77,33 @@ def test_bad_input_is_refused_before_work():
     q, k, v = _inputs(1, 1, 4, 2, 64, 32)
     with pytest.raises(ValueError, match="bias"):
         cpu_decode_attention(q, k, v, AttentionSpec(bias=jnp.zeros((1, 1, 1, 32))))
+
+
+def _builds() -> list:
+    """Every build this CPU runs (and AVX-512's 16-lane logic on AVX2 hardware where it has no AVX-512)."""
+    runnable = cpu_flash_plan.supported_isas()
+    params = [pytest.param(cpu_flash_plan.plan(isa), id=isa) for isa in runnable]
+    if "avx512" not in runnable and "avx2" in runnable:
+        params.append(pytest.param(cpu_flash_plan.plan("avx2", lanes=16), id="avx512_tile_on_avx2"))
+    return params
+
+
+@pytest.mark.parametrize("build", _builds())
+@pytest.mark.parametrize("name", ["gqa_one_token", "window_rows", "sinks_permuted", "wide_head"])
+def test_every_isa_build_equals_dense(name, build):
+    # The key tiles' transposed sums and the register-held outputs are per-ISA code (4, 8 or 16
+    # lanes); "wide_head" (288 channels) takes two passes over the output's registers.
+    cases = {**CASES, "wide_head": ((1, 2, 4, 2, 288, 600), None, None, {"causal": False})}
+    shape, q_pos, k_pos, fields = cases[name]
+    B, T, N, K, H, S = shape
+    q, k, v = _inputs(*shape, seed=1)
+    positions = {}
+    if q_pos is not None:
+        positions["q_positions"] = jnp.asarray(q_pos)
+        positions["k_positions"] = jnp.broadcast_to(
+            jnp.asarray(k_pos(S) if k_pos else np.arange(S)), (B, S))
+    spec = AttentionSpec(**fields, **positions)
+    out, lse = jax.jit(lambda q, k, v: cpu_decode_attention_with_lse(q, k, v, spec, isa=build))(q, k, v)
+    want, want_lse = dense.attention_with_lse(q, k, v, spec)
+    chex.assert_trees_all_close(out, want, atol=TOL, rtol=TOL)
+    chex.assert_trees_all_close(lse, want_lse, atol=TOL, rtol=TOL)
