@@ -33,9 +33,13 @@ def test_bench_runs_and_the_table_sets_decode_rows_against_it(tmp_path):
     assert result["smollm2_decode"]["bytes"]["parameters"] > 5e8  # SmolLM2-135M in float32
     best = max(v["gbs"] for v in result["read"].values())
     seconds = result["smollm2_decode"]["bytes"]["total"] / (best * 1e9) * 32 * 2  # half the floor's rate
-    runs = [("TEST", "2026-01-01 `x`", {"decode": {"context": 8192, "steps": 32, "wall_s": seconds}})]
-    table = bandwidth.decode_table(result, runs)
+    runs = [("TEST", "2026-01-01 `x`", {"decode": {"context": 8192, "steps": 32, "wall_s": seconds}}),
+            ("OTHER", "2026-01-02 `y`", {"decode": {"context": 8192, "steps": 32, "wall_s": seconds}})]
+    table = bandwidth.decode_table({"TEST": result}, runs)
     assert "| TEST | 2026-01-01 `x` |" in table and "| 50% |" in table
+    assert table.startswith("TEST: read bandwidth")
+    # Each row against its own machine: none measured for OTHER, so no share.
+    assert "| OTHER | 2026-01-02 `y` |" in table and "| - | bandwidth not measured on OTHER |" in table
     with pytest.raises(ValueError, match="size_mib must be >= 64"):
         bandwidth.run(_with(cfg, size_mib=1))
 

@@ -93,32 +93,47 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
     return result
 
 
-def decode_table(bandwidth: dict, forward_runs: list[tuple[str, str, dict]]) -> str:
-    """Markdown: the measured read bandwidth, and each committed decode row against its floor.
+def decode_table(bandwidths: dict[str, dict], forward_runs: list[tuple[str, str, dict]]) -> str:
+    """Markdown: each machine's measured read bandwidth, and each committed decode row against
+    its own machine's floor.
 
     Args:
-      bandwidth: a `run` result.
-      forward_runs: `speed_tables.runs(...)` of the committed `bench_forward` results.
+      bandwidths: machine short name (as in `forward_runs`, e.g. "EPYC") -> a `run` result
+        measured on that machine.
+      forward_runs: `speed_tables.runs(...)` of the committed `bench_forward` results. A row of a
+        machine with no bandwidth measurement says so instead of a share.
     """
-    read = bandwidth["read"]
-    best = max(v["gbs"] for v in read.values())
-    need = bandwidth["smollm2_decode"]["bytes"]
-    context = bandwidth["smollm2_decode"]["context"]
-    lines = [f"Read bandwidth ({bandwidth['size_mib']} MiB float32 summed, median of {bandwidth['repeats']} "
-             "interleaved runs, [slowest, fastest] run): "
-             + "; ".join(f"{k} {v['gbs']:.1f} GB/s [{min(v['runs_gbs']):.1f}, {max(v['runs_gbs']):.1f}]"
-                         for k, v in read.items())
-             + f". A SmolLM2 decode step at {context:,} cached tokens reads "
-             f"{need['parameters'] / 1e6:.0f} MB "
-             f"of parameters and {need['cache'] / 1e6:.0f} MB of cache, {need['total'] / 1e6:.0f} MB in all: "
-             f"{need['total'] / best / 1e6:.1f} ms at the fastest reader's median.", "",
-             "| machine | date, run | decode ms / token | GB/s read | share of the measured bandwidth |",
-             "| --- | --- | --- | --- | --- |"]
+    lines = []
+    for name, bandwidth in bandwidths.items():
+        read = bandwidth["read"]
+        need = bandwidth["smollm2_decode"]["bytes"]
+        lines.append(
+            f"{name}: read bandwidth ({bandwidth['size_mib']} MiB float32 summed, median of "
+            f"{bandwidth['repeats']} interleaved runs, [slowest, fastest] run): "
+            + "; ".join(f"{k} {v['gbs']:.1f} GB/s [{min(v['runs_gbs']):.1f}, {max(v['runs_gbs']):.1f}]"
+                        for k, v in read.items())
+            + f". A SmolLM2 decode step at {bandwidth['smollm2_decode']['context']:,} cached tokens reads "
+            f"{need['parameters'] / 1e6:.0f} MB of parameters and {need['cache'] / 1e6:.0f} MB of cache, "
+            f"{need['total'] / 1e6:.0f} MB in all: {need['total'] / _best(bandwidth) / 1e6:.1f} ms at the "
+            "fastest reader's median.")
+        lines.append("")
+    lines += ["| machine | date, run | decode ms / token | GB/s read | share of the measured bandwidth |",
+              "| --- | --- | --- | --- | --- |"]
     for label, date, r in forward_runs:
         decode = r.get("decode")
+        bandwidth = bandwidths.get(label)
+        context = (bandwidth or next(iter(bandwidths.values()), {})).get("smollm2_decode", {}).get("context")
         if not decode or decode.get("context") != context:
             continue
         ms = decode["wall_s"] / decode["steps"] * 1e3
-        rate = need["total"] / (ms / 1e3) / 1e9
-        lines.append(f"| {label} | {date} | {ms:.1f} | {rate:.1f} | {rate / best:.0%} |")
+        if bandwidth is None:
+            lines.append(f"| {label} | {date} | {ms:.1f} | - | bandwidth not measured on {label} |")
+            continue
+        rate = bandwidth["smollm2_decode"]["bytes"]["total"] / (ms / 1e3) / 1e9
+        lines.append(f"| {label} | {date} | {ms:.1f} | {rate:.1f} | {rate / _best(bandwidth):.0%} |")
     return "\n".join(lines) + "\n"
+
+
+def _best(bandwidth: dict) -> float:
+    """The fastest reader's median, GB/s."""
+    return max(v["gbs"] for v in bandwidth["read"].values())

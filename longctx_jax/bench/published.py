@@ -45,7 +45,7 @@ FINETUNE = RESULTS / "finetune_smollm2"  # results.json of `extend :finetuned` +
 BENCH_FORWARD = RESULTS / "bench_forward"  # <date>-<machine>.json of `experiments.bench_forward`
 BENCH_ATTENTION_GQA = RESULTS / "bench_attention_gqa"  # SmolLM2's 9 / 3 heads, `bench_attention`
 BENCH_GEMM = RESULTS / "bench_gemm" / "2026-11-28-epyc-cpu-blas.json"  # `experiments.bench_gemm`
-BENCH_BANDWIDTH = RESULTS / "bench_bandwidth" / "2026-11-28-epyc.json"  # `experiments.bench_bandwidth`
+BENCH_BANDWIDTH = RESULTS / "bench_bandwidth"  # `experiments.bench_bandwidth`, <date>-<machine>.json
 BENCH_GPU = RESULTS / "bench_gpu" / "2026-11-28-h200.json"  # `experiments.bench_gpu` on a lent H200
 
 _BLOCK = re.compile(r"(<!-- generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)"
@@ -155,7 +155,8 @@ def bench_forward() -> str:
 
 def bench_decode_bandwidth() -> str:
     """docs/kv_cache.md: read bandwidth and each committed decode row's share of it."""
-    return bandwidth.decode_table(load(BENCH_BANDWIDTH), speed_tables.runs(BENCH_FORWARD))
+    measured = {name: result for name, _, result in speed_tables.runs(BENCH_BANDWIDTH)}
+    return bandwidth.decode_table(measured, speed_tables.runs(BENCH_FORWARD))
 
 
 def bench_attention_gqa() -> str:
