@@ -46,7 +46,7 @@ def test_attention_bar(tmp_path):
               "cpu_torch_sdpa": [{"impl": "torch_sdpa", "seq_len": 8192, "forward_seconds": 0.6}]}
     (tmp_path / "2026-01-01-test-x.json").write_text(json.dumps(result))
     table = speed_tables.attention_table(speed_tables.runs(tmp_path))
-    assert "| 0.600 | 0.75 | **no** (bar 1.0) |" in table
+    assert "| 0.600 | 0.75 | **no** (bar 1.0) |" in table and "| `avx512_v16r24_q120k128` |" in table
 
 
 def test_gemm_bench_runs_each_setting_in_its_own_process(tmp_path):

@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 
 from longctx_jax.atomic import write_atomically
-from longctx_jax.bench import machine
+from longctx_jax.bench import machine, speed_tables
 from longctx_jax.provenance import provenance
 
 
@@ -124,11 +124,11 @@ def _rate(r: dict, key: str) -> str:
 
 def table(result: dict) -> str:
     """Markdown: one row per flag setting and shape; GFLOP/s as median (10th-90th percentile)."""
-    cpu = result["machine"]["cpu"]
     when = (f", {result['measured_utc'][:10]}, commit {result['git_commit'][:10]}"
             if "git_commit" in result else "")
     settle = f", each {result['settle_s']:g} s after the last" if result.get("settle_s") else ""
-    lines = [f"{cpu['model']}, {cpu['cores']} cores{when}; torch {result['threads']} threads; median "
+    label = speed_tables.machine_label(result["machine"])
+    lines = [f"{label}{when}; torch {result['threads']} threads; median "
              f"(10th-90th percentile) of {result['repeats']} interleaved runs{settle}.", "",
              "| XLA flags | M x K x N | XLA GFLOP/s | cpu_blas GFLOP/s | torch GFLOP/s | XLA / torch "
              "| cpu_blas / torch |",

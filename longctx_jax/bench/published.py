@@ -44,7 +44,9 @@ PATTERN_RUNS = ("rope", "longformer", "bigbird", "longnet")
 FINETUNE = RESULTS / "finetune_smollm2"  # results.json of `extend :finetuned` + one directory per run
 BENCH_FORWARD = RESULTS / "bench_forward"  # <date>-<machine>.json of `experiments.bench_forward`
 BENCH_ATTENTION_GQA = RESULTS / "bench_attention_gqa"  # SmolLM2's 9 / 3 heads, `bench_attention`
-BENCH_GEMM = RESULTS / "bench_gemm" / "2026-11-28-epyc-cpu-blas.json"  # `experiments.bench_gemm`
+# `experiments.bench_gemm`: the run each machine's table shows (the folder also keeps earlier runs)
+BENCH_GEMM = (RESULTS / "bench_gemm" / "2026-11-28-epyc-cpu-blas.json",
+              RESULTS / "bench_gemm" / "2026-12-05-zen4.json")
 BENCH_BANDWIDTH = RESULTS / "bench_bandwidth"  # `experiments.bench_bandwidth`, <date>-<machine>.json
 BENCH_GPU = RESULTS / "bench_gpu" / "2026-11-28-h200.json"  # `experiments.bench_gpu` on a lent H200
 
@@ -166,7 +168,7 @@ def bench_attention_gqa() -> str:
 
 def bench_gemm() -> str:
     """docs/benchmarks.md: XLA:CPU vs torch GEMM rates per XLA flag setting."""
-    return gemm.table(load(BENCH_GEMM))
+    return "\n".join(gemm.table(load(path)) for path in BENCH_GEMM)
 
 
 def bench_gpu() -> str:

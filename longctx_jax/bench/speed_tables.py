@@ -90,11 +90,11 @@ def _seconds(row: dict) -> str:
 
 
 def attention_table(results: list[tuple[str, dict]]) -> str:
-    """One causal attention layer (the runs' heads), cpu_flash vs blockwise vs torch sdpa, per run."""
-    lines = ["| machine | date, run | heads (q / kv) x dim | n | cpu_flash s (runs) | blockwise s (runs) | "
-             "torch sdpa s (runs) | "
-             "sdpa / cpu_flash | meets the bar |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    """One causal attention layer (the runs' heads), cpu_flash (the build it ran) vs blockwise vs torch
+    sdpa, per run."""
+    lines = ["| machine | date, run | cpu_flash build | heads (q / kv) x dim | n | cpu_flash s (runs) | "
+             "blockwise s (runs) | torch sdpa s (runs) | sdpa / cpu_flash | meets the bar |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for label, date, r in results:
         by = {(row["impl"], row["seq_len"]): row for row in r["cpu"] + r.get("cpu_torch_sdpa", [])}
         for n in r["config"]["lengths"]:
@@ -109,5 +109,6 @@ def attention_table(results: list[tuple[str, dict]]) -> str:
                 cells += [_seconds(sdpa), f"{ratio:.2f}", _met(ratio, ATTENTION_BAR)]
             else:
                 cells += ["-", "-", "-"]
-            lines.append(f"| {label} | {date} | {heads} | {n:,} | " + " | ".join(cells) + " |")
+            build = r.get("machine", {}).get("cpu_flash", {}).get("tag", "-")
+            lines.append(f"| {label} | {date} | `{build}` | {heads} | {n:,} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
