@@ -386,6 +386,7 @@ float* thread_scratch(ScratchSlot slot, int64_t n) {
 // Sums of kLanes vectors, one vector out: lane j holds the sum of x[j]'s lanes. Each level
 // adds the even and odd lanes of a pair of vectors (x[2i] and x[2i+1] concatenated), halving
 // the count: kLanes - 1 pair steps in all instead of kLanes horizontal sums.
+#if defined(__clang__) || __GNUC__ >= 12
 template <std::size_t... I>
 inline vf even_lanes(vf a, vf b, std::index_sequence<I...>) {
   return __builtin_shufflevector(a, b, (2 * I)...);
@@ -394,6 +395,17 @@ template <std::size_t... I>
 inline vf odd_lanes(vf a, vf b, std::index_sequence<I...>) {
   return __builtin_shufflevector(a, b, (2 * I + 1)...);
 }
+#else  // GCC before 12: no __builtin_shufflevector; __builtin_shuffle takes an index vector
+typedef int32_t vi __attribute__((vector_size(4 * kLanes)));
+template <std::size_t... I>
+inline vf even_lanes(vf a, vf b, std::index_sequence<I...>) {
+  return __builtin_shuffle(a, b, vi{static_cast<int32_t>(2 * I)...});
+}
+template <std::size_t... I>
+inline vf odd_lanes(vf a, vf b, std::index_sequence<I...>) {
+  return __builtin_shuffle(a, b, vi{static_cast<int32_t>(2 * I + 1)...});
+}
+#endif
 inline vf transpose_sum(vf* x) {
   constexpr auto lanes = std::make_index_sequence<kLanes>{};
   for (int count = kLanes; count > 1; count /= 2)
