@@ -36,17 +36,22 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_equals_dense_forward_lse_and_gradients(name):
-    shape, q_pos, k_pos, fields = CASES[name]
-    B, T, N, K, H, S = shape
-    q, k, v = _inputs(*shape)
+def _case(case, seed=0):
+    """(q, k, v) and the AttentionSpec of one CASES entry."""
+    shape, q_pos, k_pos, fields = case
+    B, S = shape[0], shape[-1]
     positions = {}
     if q_pos is not None:
         positions["q_positions"] = jnp.asarray(q_pos)
         positions["k_positions"] = jnp.broadcast_to(
             jnp.asarray(k_pos(S) if k_pos else np.arange(S)), (B, S))
-    spec = AttentionSpec(**fields, **positions)
+    return _inputs(*shape, seed=seed), AttentionSpec(**fields, **positions)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_equals_dense_forward_lse_and_gradients(name):
+    (q, k, v), spec = _case(CASES[name])
+    H = q.shape[-1]
     out, lse = jax.jit(lambda q, k, v: cpu_decode_attention_with_lse(q, k, v, spec))(q, k, v)
     want, want_lse = dense.attention_with_lse(q, k, v, spec)
     chex.assert_trees_all_close(out, want, atol=TOL, rtol=TOL)
@@ -94,15 +99,7 @@ def test_every_isa_build_equals_dense(name, build):
     # The key tiles' transposed sums and the register-held outputs are per-ISA code (4, 8 or 16
     # lanes); "wide_head" (288 channels) takes two passes over the output's registers.
     cases = {**CASES, "wide_head": ((1, 2, 4, 2, 288, 600), None, None, {"causal": False})}
-    shape, q_pos, k_pos, fields = cases[name]
-    B, T, N, K, H, S = shape
-    q, k, v = _inputs(*shape, seed=1)
-    positions = {}
-    if q_pos is not None:
-        positions["q_positions"] = jnp.asarray(q_pos)
-        positions["k_positions"] = jnp.broadcast_to(
-            jnp.asarray(k_pos(S) if k_pos else np.arange(S)), (B, S))
-    spec = AttentionSpec(**fields, **positions)
+    (q, k, v), spec = _case(cases[name], seed=1)
     out, lse = jax.jit(lambda q, k, v: cpu_decode_attention_with_lse(q, k, v, spec, isa=build))(q, k, v)
     want, want_lse = dense.attention_with_lse(q, k, v, spec)
     chex.assert_trees_all_close(out, want, atol=TOL, rtol=TOL)
