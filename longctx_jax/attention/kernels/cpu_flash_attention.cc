@@ -395,8 +395,7 @@ template <std::size_t... I>
 inline vf odd_lanes(vf a, vf b, std::index_sequence<I...>) {
   return __builtin_shufflevector(a, b, (2 * I + 1)...);
 }
-#else  // GCC before 12: no __builtin_shufflevector; __builtin_shuffle takes an index vector
-typedef int32_t vi __attribute__((vector_size(4 * kLanes)));
+#else  // GCC before 12: no __builtin_shufflevector; __builtin_shuffle takes an index vector (vi)
 template <std::size_t... I>
 inline vf even_lanes(vf a, vf b, std::index_sequence<I...>) {
   return __builtin_shuffle(a, b, vi{static_cast<int32_t>(2 * I)...});
