@@ -97,7 +97,8 @@ def _builds() -> list:
 @pytest.mark.parametrize("name", ["gqa_one_token", "window_rows", "sinks_permuted", "wide_head"])
 def test_every_isa_build_equals_dense(name, build):
     # The key tiles' transposed sums and the register-held outputs are per-ISA code (4, 8 or 16
-    # lanes); "wide_head" (288 channels) takes two passes over the output's registers.
+    # lanes); "wide_head" (288 channels, 72 / 36 / 18 vectors) takes several passes of up to 4
+    # register-held output vectors, the last one shorter.
     cases = {**CASES, "wide_head": ((1, 2, 4, 2, 288, 600), None, None, {"causal": False})}
     (q, k, v), spec = _case(cases[name], seed=1)
     out, lse = jax.jit(lambda q, k, v: cpu_decode_attention_with_lse(q, k, v, spec, isa=build))(q, k, v)
