@@ -79,7 +79,10 @@ def test_auto_policy(monkeypatch):
         "cpu_decode" if decode_built else "dense")
     assert choose(16, 65536, {"sinks": 4, "window": 8}, backend="cpu") == (
         "cpu_decode" if decode_built else "dense")
-    assert choose(17, 4096, {"q_positions": np.zeros(1, int)}, backend="cpu") == "dense"
+    # On the CPU only a decode step's few rows go to the oracle: from 17 rows on, and for every
+    # training-size call (segment ids at 2048 tokens), blockwise is faster (AutoPolicy's doc).
+    assert choose(17, 4096, {"q_positions": np.zeros(1, int)}, backend="cpu") == "blockwise"
+    assert choose(2048, 2048, {"segment_ids": np.zeros(1, int)}, backend="cpu") == "blockwise"
     assert choose(1, 65536, {"bias": np.zeros(1)}, backend="cpu") == "dense"
     assert choose(4096, 4096, {"q_positions": np.zeros(1, int)}, backend="cpu") == "blockwise"
     # A CPU kernel that cannot be imported (as cpu_flash without a compiler) falls back by length.
