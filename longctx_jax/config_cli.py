@@ -19,7 +19,7 @@ import ast
 import difflib
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import ml_collections
@@ -114,6 +114,39 @@ def check_override_paths(config: ml_collections.ConfigDict, paths: Sequence[str]
                                  f"{part!r}.{hint} Fields there: {', '.join(sorted(keys))}")
             node = node[part]
             walked.append(part)
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]
+                    ) -> ml_collections.ConfigDict:
+    """A copy of `config` with nested `overrides` set, as `--config.a.b=value` would set them.
+
+    `{"data": {"seq_len": 2048}}` sets `config.data.seq_len`; a mapping descends only into a group
+    of fields (a ConfigDict) and replaces any other field whole (`{"position": {"rope_scaling":
+    {...}}}` replaces the scaling dict).
+
+    Raises:
+      ValueError: a path the config has no field for (see `check_override_paths`).
+    """
+    config = config.copy_and_resolve_references()
+
+    def paths(node: ml_collections.ConfigDict, changes: Mapping[str, Any], prefix: str
+              ) -> list[tuple[str, Any]]:
+        out = []
+        for key, value in changes.items():
+            check_override_paths(config, [prefix + key])
+            if isinstance(node[key], ml_collections.ConfigDict) and isinstance(value, Mapping):
+                out += paths(node[key], value, f"{prefix}{key}.")
+            else:
+                out.append((prefix + key, value))
+        return out
+
+    for path, value in paths(config, overrides, ""):
+        *parents, leaf = path.split(".")
+        node = config
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    return config
 
 
 def _config_spec(argv: Sequence[str], default: str) -> str:

@@ -24,7 +24,7 @@ import numpy as np
 from longctx_jax import config_cli
 from longctx_jax.atomic import write_atomically
 from longctx_jax.bench import bandwidth, gemm, gpu, memory, speed_tables
-from longctx_jax.eval import passkey_claims, repro_report
+from longctx_jax.eval import finetune_claims, passkey_claims, repro_report
 from longctx_jax.eval.claims import CLAIMS as REPRO_DRIVERS
 from longctx_jax.eval.passkey_claims import DRIVERS as PASSKEY_DRIVERS
 from longctx_jax.eval.report import paired_table, render_report, summary_block
@@ -187,12 +187,18 @@ def repro_result(name: str) -> dict | None:
     return load(path) if path.exists() else None
 
 
-REPRO_NAMES = (*REPRO_DRIVERS, *PASSKEY_DRIVERS)  # decoder perplexity claims, then passkey claims
+# decoder perplexity claims, then the pretrained model's fine-tuning claims, then passkey claims
+REPRO_NAMES = (*REPRO_DRIVERS, *finetune_claims.DRIVERS, *PASSKEY_DRIVERS)
 
 
 def repro_claims(name: str) -> list[dict]:
     """The claims (with their rules) of driver `name`, read from its config file."""
-    spec = REPRO_DRIVERS[name].config if name in REPRO_DRIVERS else passkey_claims.config_spec(name)
+    if name in REPRO_DRIVERS:
+        spec = REPRO_DRIVERS[name].config
+    elif name in finetune_claims.DRIVERS:
+        spec = finetune_claims.config_spec(name)
+    else:
+        spec = passkey_claims.config_spec(name)
     file, _, variant = spec.partition(":")
     config = config_cli.load_config(f"{ROOT / 'configs' / file}.py:{variant}")
     return [dict(c) for c in config.claims]

@@ -9,6 +9,7 @@ and `load_trained` do the same for a config object.
 
 import json
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
@@ -16,7 +17,8 @@ from flax import nnx
 
 from longctx_jax import config_cli
 from longctx_jax.atomic import write_atomically
-from longctx_jax.data import ByteTokenizer
+from longctx_jax.data import ByteTokenizer, Tokenizer
+from longctx_jax.train.finetune import finetune, load_base, load_finetuned
 from longctx_jax.train.init_from import init_params_from
 from longctx_jax.train.synthetic import passkey_retrieval
 from longctx_jax.train.trainer import decoder_from_config, train_and_evaluate
@@ -180,3 +182,60 @@ class PasskeyRuns:
         result = passkey_retrieval(config)
         write_atomically(path, json.dumps(result, indent=1) + "\n")
         return result
+
+
+class FinetunedRuns:
+    """Fine-tuning runs of a pretrained base (`train.finetune`) by config spec, for
+    `eval/finetune_claims.py`.
+
+    A run's config is `<config_dir>/NAME.py:variant` with dotted `overrides`, its `seed` and its
+    `workdir`. A finished run (summary.json) is reused only if the config it stored equals the
+    config asked for; otherwise `train` raises rather than mixing runs of different settings. An
+    unfinished run resumes from its checkpoints.
+    """
+
+    def __init__(self, config_dir: str = "configs"):
+        self.config_dir = config_dir
+
+    def config(self, spec: str, seed: int, overrides: Mapping[str, Any], workdir: str
+               ) -> ml_collections.ConfigDict:
+        """The fine-tuning config of `spec` with `overrides`, `seed` and `workdir`."""
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        name, sep, variant = spec.partition(":")
+        path = os.path.join(self.config_dir, f"{name}.py")
+        if not os.path.exists(path):
+            raise ValueError(f"no config file {path} for run {spec!r}")
+        config = config_cli.apply_overrides(config_cli.load_config(path + sep + variant), overrides)
+        config.seed = seed
+        config.workdir = workdir
+        return config
+
+    def train(self, config: ml_collections.ConfigDict) -> dict[str, Any]:
+        """The summary of the run of `config`: fine-tuned now (or resumed) unless finished.
+
+        Raises:
+          ValueError: a finished run in `config.workdir` was trained with another config.
+        """
+        path = os.path.join(config.workdir, "summary.json")
+        if os.path.exists(path):
+            with open(os.path.join(config.workdir, "config.json"), encoding="utf-8") as f:
+                stored = json.load(f)
+            if diff := _differences(stored, json.loads(config.to_json_best_effort())):
+                raise ValueError(f"{config.workdir} holds a run of another config ({'; '.join(diff)}); move "
+                                 "it away or restore those settings")
+            with open(path, encoding="utf-8") as f:
+                return json.load(f)
+        out = finetune(config, config.workdir)
+        return {k: v for k, v in out.items() if k not in ("state", "graphdef", "frozen")}
+
+    def load(self, config: ml_collections.ConfigDict) -> tuple[nnx.Module, Tokenizer, str]:
+        """The fine-tuned model of `config.workdir` (LoRA merged), its tokenizer and content key."""
+        return load_finetuned(config.workdir)
+
+    def base(self, config: ml_collections.ConfigDict) -> tuple[nnx.Module, Tokenizer, str]:
+        """The base of `config` under its position scheme, untrained; the key covers both."""
+        model, tokenizer, base_key = load_base(config)
+        scheme = {"rope_scaling": model.cfg.rope_scaling_dict, "rope_theta": model.cfg.rope_theta,
+                  "dtype": str(model.cfg.dtype)}
+        return model, tokenizer, f"base-{base_key}-{json.dumps(scheme, sort_keys=True)}"
