@@ -139,3 +139,10 @@ def read_cpu_info(cpuinfo: str = CPUINFO, cache_dir: str = CACHE_DIR) -> CpuInfo
 def cpu_info() -> CpuInfo:
     """This machine's `CpuInfo` (read once per process)."""
     return read_cpu_info()
+
+
+def label(info: dict) -> str:
+    """"AMD EPYC, 2 cores, AVX2" from a `CpuInfo.as_dict()` record (the docs' name of a machine)."""
+    flags = set(info.get("isa_flags", ()))
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return f"{info['model']}, {info['cores']} cores, {isa}"

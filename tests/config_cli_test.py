@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import ml_collections
 import pytest
 from absl import app, flags
 from ml_collections import config_flags
@@ -96,3 +97,16 @@ def test_every_config_documents_its_launch_and_spells_checkpoint_one_way(name):
 def test_every_config_variant_is_checked(name):
     with pytest.raises(ValueError, match="unknown (variant|preset) 'no_such_variant'"):
         importlib.import_module(f"configs.{name}").get_config("no_such_variant")
+
+
+def test_apply_overrides_sets_nested_fields_on_a_copy():
+    config = ml_collections.ConfigDict({"data": {"seq_len": 8, "val_fraction": 0.05},
+                                        "position": {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}})
+    yarn = {"rope_type": "yarn", "factor": 4.0}
+    changes = {"data": {"seq_len": 16}, "position": {"rope_scaling": yarn}}
+    changed = config_cli.apply_overrides(config, changes)
+    assert changed.data.seq_len == 16 and changed.data.val_fraction == 0.05
+    assert dict(changed.position.rope_scaling) == {"rope_type": "yarn", "factor": 4.0}  # replaced whole
+    assert config.data.seq_len == 8 and config.position.rope_scaling.rope_type == "linear"
+    with pytest.raises(ValueError, match="unknown config field --config.data.seq"):
+        config_cli.apply_overrides(config, {"data": {"seq": 1}})

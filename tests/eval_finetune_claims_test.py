@@ -161,3 +161,14 @@ def test_config_spec_and_sizes():
         a, b = json.loads(pi.to_json_best_effort()), json.loads(yarn.to_json_best_effort())
         assert {k for k in a if a[k] != b[k]} == {"position", "workdir"}  # they differ only in the scaling
         assert pi.data.val_fraction == config.eval.val_fraction
+
+
+def test_the_docs_section_renders_the_result(smoke):
+    from longctx_jax.eval import repro_report
+
+    _, _, result = smoke
+    text = repro_report.claim_section(result, [dict(c) for c in _config("unused").claims], "cmd")
+    assert "Untrained controls" in text and "`pi_no_finetune/full@2L`" in text
+    assert result["eval"]["document_names"][0] in text and "cores" in text
+    for claim in result["claims"]:
+        assert f"**{claim['verdict']}**" in text

@@ -35,7 +35,7 @@ def test_there_are_repro_configs():
 def test_every_repro_config_loads_and_documents_its_launch(module):
     mod = importlib.import_module(f"configs.{module}")
     config = mod.get_config()
-    assert config.get("model") or config.get("runs")  # a model it trains, or (repro_smollm2) runs it fine-tunes
+    assert config.get("model") or config.get("runs")  # a model it trains, or the runs it fine-tunes
     assert "python -m experiments." in mod.__doc__ and f"configs/{module}.py" in mod.__doc__
 
 

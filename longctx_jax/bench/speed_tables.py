@@ -14,6 +14,8 @@ averaged across machines.
 import json
 from pathlib import Path
 
+from longctx_jax import cpu
+
 PREFILL_BAR = 1.1  # ours / transformers tokens/s, prefill at 8K
 DECODE_BAR = 1.0  # ours / transformers tokens/s, decode with 8K cached
 ATTENTION_BAR = 1.0  # sdpa seconds / cpu_flash seconds
@@ -21,10 +23,7 @@ ATTENTION_BAR = 1.0  # sdpa seconds / cpu_flash seconds
 
 def machine_label(machine: dict) -> str:
     """"AMD EPYC, 2 cores, AVX2" from a `bench.machine.machine()` record."""
-    cpu = machine["cpu"]
-    flags = set(cpu.get("isa_flags", ()))
-    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-    return f"{cpu['model']}, {cpu['cores']} cores, {isa}"
+    return cpu.label(machine["cpu"])
 
 
 def runs(folder: Path) -> list[tuple[str, str, dict]]:

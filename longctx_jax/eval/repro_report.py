@@ -8,6 +8,7 @@ result is listed as not run at this size, with its rules and the command that ru
 
 from collections.abc import Mapping, Sequence
 
+from longctx_jax import cpu
 from longctx_jax.eval.passkey_claims import accuracy, per_seed_accuracy
 from longctx_jax.eval.verdicts import check_claim, parse_series
 
@@ -107,7 +108,18 @@ def setup_text(result: Mapping) -> str:
         steps = sorted({s.get("steps") for s in by_seed.values()}, key=str)
         bpb_text = ", ".join(f"{b:.3f}" for b in bpb if isinstance(b, int | float))
         runs.append(f"`{spec}` {'/'.join(str(s) for s in steps)} steps, val bits/byte {bpb_text}")
-    return parts[0] + " Runs: " + "; ".join(runs) + "."
+    text = parts[0] + " Runs: " + "; ".join(runs) + "."
+    if result.get("seed_independent"):
+        text += (" Untrained controls (one model, the same under every seed; their intervals come from "
+                 f"one copy): {', '.join(f'`{k}`' for k in result['seed_independent'])}.")
+    if "document_names" in ev:
+        text += f" Documents: {', '.join(f'`{d}`' for d in ev['document_names'])}."
+    if "machine" in result and "timing_s" in result:
+        hours = sum(result["timing_s"].values()) / 3600
+        text += (f" Run on {cpu.label(result['machine']['cpu'])} ({result['machine']['backend']}, JAX "
+                 f"{result['machine']['jax']}), {hours:.1f} h of training and scoring, from commit "
+                 f"{result['provenance']['git_commit'][:7]}.")
+    return text
 
 
 def claim_section(result: Mapping | None, claims: Sequence[Mapping], command: str) -> str:
