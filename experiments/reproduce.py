@@ -11,6 +11,7 @@ rules fixed in the claim's config, write `<out>/<claim>.json`.
   python -m experiments.reproduce --claim=landmark    # configs/repro_landmark.py (passkey, per example)
   python -m experiments.reproduce --claim=memory_tokens  # configs/repro_memory_tokens.py (passkey)
   python -m experiments.reproduce --claim=smollm2_finetune    # configs/repro_smollm2.py (SmolLM2 fine-tunes)
+  python -m experiments.reproduce --claim=smollm2_progressive # configs/repro_smollm2_progressive.py
   python -m experiments.reproduce --claim=pi --size=smoke   # the tiny size (tests, quick checks)
   python -m experiments.reproduce --claim=smollm2_finetune --size=gpu   # the papers' scale, one GPU
 

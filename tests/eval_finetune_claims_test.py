@@ -172,3 +172,43 @@ def test_the_docs_section_renders_the_result(smoke):
     assert result["eval"]["document_names"][0] in text and "cores" in text
     for claim in result["claims"]:
         assert f"**{claim['verdict']}**" in text
+
+
+def test_progressive_stages_chain_and_share_the_budget(tmp_path):
+    config = config_cli.load_config(os.path.join(CONFIGS, "repro_smollm2_progressive.py:smoke"))
+    config.workdir = str(tmp_path)
+    runs = _CountingRuns()
+    result = finetune_claims.run_claim(config, runs, name="smollm2_progressive", size="smoke",
+                                       spec="repro_smollm2_progressive:smoke")
+    # the stage-1 run trains before the stage it feeds, per seed, and is not scored itself
+    names = [os.path.basename(os.path.dirname(p)) for p in runs.trained]
+    assert names == ["yarn", "yarn_stage1", "yarn_progressive"] * 2
+    assert sorted({k.split("/")[0] for k in result["series"]}) == [
+        "yarn_finetuned", "yarn_no_finetune", "yarn_progressive_finetuned", "yarn_progressive_no_finetune"]
+    stage2 = FinetunedRuns(CONFIGS).config("finetune_smollm2:tiny", 0, {}, str(tmp_path / "x"))
+    with open(tmp_path / "yarn_progressive" / "seed0" / "config.json") as f:
+        stored = json.load(f)
+    assert stored["train"]["init_from"] == str(tmp_path / "yarn_stage1" / "seed0")
+    assert stored["train"]["steps"] == 3 and stage2.train.steps != 3
+    with open(tmp_path / "yarn_stage1" / "seed0" / "config.json") as f:
+        assert json.load(f)["position"]["rope_scaling"] == {"rope_type": "yarn", "factor": 1.5}
+    claims.check_consistent(result)
+    assert result["claims"][0]["comparisons"][0]["rule"]["expect"] == "not_higher"
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda c: setattr(c, "stages", {"yarn_progressive": "nope"}), "both must be distinct runs"),
+    (lambda c: setattr(c, "stages", {"yarn_progressive": "yarn_stage1", "yarn_stage1": "yarn_progressive"}),
+     "cycle"),
+    (lambda c: c.run_overrides.yarn_progressive.train.update({"steps": 4}), "same budget"),
+    (lambda c: c.run_overrides.yarn_stage1.train.update({"steps": 2}), "warmup"),
+])
+def test_bad_stages_are_refused_before_training(tmp_path, change, match):
+    config = config_cli.load_config(os.path.join(CONFIGS, "repro_smollm2_progressive.py:smoke"))
+    config.workdir = str(tmp_path)
+    change(config)
+    runs = _CountingRuns()
+    with pytest.raises(ValueError, match=match):
+        finetune_claims.run_claim(config, runs, name="smollm2_progressive", size="smoke",
+                                  spec="repro_smollm2_progressive:smoke")
+    assert runs.trained == []

@@ -1,10 +1,13 @@
 """Claims about fine-tuning a pretrained model past its training length, judged over seeds.
 
 The driver of `configs/repro_smollm2.py` (PI against YaRN fine-tuning of SmolLM2, Peng et al.
-2023 Table 1 direction; each fine-tune against its own scaling untrained). For every seed it
-fine-tunes each run of `config.runs` (a fine-tuning config spec, `config.overrides` and
+2023 Table 1 direction; each fine-tune against its own scaling untrained) and
+`configs/repro_smollm2_progressive.py` (two stages against one). For every seed it fine-tunes
+each run of `config.runs` (a fine-tuning config spec, `config.overrides` and
 `config.run_overrides[name]` applied, workdir `<config.workdir>/<name>/seed<seed>`; a finished
-run is reused, an interrupted one resumes), then scores
+run is reused, an interrupted one resumes; a run of `config.stages` = {run: source} starts from
+its source's same-seed parameters, `train.init_from`). Scored runs (those no stage continues)
+must have the same total steps, stages included. It then scores
 
   "<name>_finetuned"    the fine-tuned model (LoRA merged), one per seed;
   "<name>_no_finetune"  the base under the same position scheme, untrained: one model, the
@@ -75,7 +78,13 @@ def _check(config: ml_collections.ConfigDict) -> None:
     unknown = sorted(set(config.run_overrides) - set(config.runs))
     if unknown:
         raise ValueError(f"run_overrides names runs {unknown}; the runs are {sorted(config.runs)}")
-    models = {f"{n}{s}" for n in config.runs for s in (FINETUNED, UNTRAINED)}
+    stages = dict(config.get("stages", {}))
+    for run, source in stages.items():
+        if run not in config.runs or source not in config.runs or run == source:
+            raise ValueError(f"stages: {run!r} continues {source!r}; both must be distinct runs of "
+                             f"{sorted(config.runs)}")
+    training_order(list(config.runs), stages)
+    models = {f"{n}{s}" for n in scored_runs(config) for s in (FINETUNED, UNTRAINED)}
     for key in series_needed([dict(c) for c in config.claims]):
         run, protocol, k = parse_series(key)
         if run not in models or protocol != "full" or k not in multiples:
@@ -98,17 +107,22 @@ def _merge(base: Mapping, changes: Mapping) -> dict:
 
 def _run_configs(config: ml_collections.ConfigDict, runs: FinetuneRuns) -> dict[str, dict[int, Any]]:
     """{name: {seed: its fine-tuning config}}, validated against each other and the evaluation."""
+    stages = dict(config.get("stages", {}))
     out: dict[str, dict[int, Any]] = {}
-    for name, spec in config.runs.items():
+    for name in training_order(list(config.runs), stages):
         overrides = _merge(_plain(config.overrides), _plain(config.run_overrides.get(name, {})))
-        out[name] = {s: runs.config(spec, s, overrides, os.path.join(config.workdir, name, f"seed{s}"))
-                     for s in config.seeds}
+        out[name] = {}
+        for s in config.seeds:
+            cfg = runs.config(config.runs[name], s, overrides, os.path.join(config.workdir, name, f"seed{s}"))
+            if name in stages:  # a later stage starts from its source's same seed (fresh optimizer)
+                cfg.train.init_from = out[stages[name]][s].workdir
+            out[name][s] = cfg
     first = next(iter(next(iter(out.values())).values()))
+    budgets = {}
     for name, by_seed in out.items():
         for seed, cfg in by_seed.items():
             for field, value in (("base.original_length", cfg.base.original_length),
-                                 ("data.source", cfg.data.source), ("train.steps", cfg.train.steps),
-                                 ("data.seq_len", cfg.data.seq_len)):
+                                 ("data.source", cfg.data.source), ("data.seq_len", cfg.data.seq_len)):
                 want = first
                 for part in field.split("."):
                     want = want[part]
@@ -119,11 +133,40 @@ def _run_configs(config: ml_collections.ConfigDict, runs: FinetuneRuns) -> dict[
                 raise ValueError(f"run {name!r} trains on data.source={cfg.data.source!r} at val_fraction "
                                  f"{cfg.data.val_fraction}; the evaluation holds out the stdlib corpus's "
                                  f"validation split at eval.val_fraction={config.eval.val_fraction}")
+            if not 0 <= int(cfg.optim.warmup_steps) < int(cfg.train.steps):
+                raise ValueError(f"run {name!r}: optim.warmup_steps {cfg.optim.warmup_steps} must be in [0, "
+                                 f"train.steps = {cfg.train.steps})")
             rope = dict(cfg.position.rope_scaling or {})
             if rope.get("rope_type") in LENGTH_DEPENDENT:
                 raise ValueError(f"run {name!r}: rope_type {rope['rope_type']!r} depends on the sequence "
                                  "length; this driver reads shorter lengths from one longest forward")
+        budgets[name] = int(by_seed[config.seeds[0]].train.steps) + budgets.get(stages.get(name), 0)
+    scored = {n: budgets[n] for n in scored_runs(config)}
+    if len(set(scored.values())) > 1:
+        raise ValueError(f"the scored runs train different numbers of steps (their stages included): "
+                         f"{scored}; the runs of a claim must have the same budget")
     return out
+
+
+def training_order(names: Sequence[str], stages: Mapping[str, str]) -> list[str]:
+    """`names` with every run after the run it continues (`stages`: {run: source}).
+
+    Raises:
+      ValueError: the stages form a cycle.
+    """
+    order: list[str] = []
+    while len(order) < len(names):
+        ready = [n for n in names if n not in order and (n not in stages or stages[n] in order)]
+        if not ready:
+            raise ValueError(f"stages form a cycle: {dict(stages)}")
+        order += ready
+    return order
+
+
+def scored_runs(config: ml_collections.ConfigDict) -> list[str]:
+    """The runs whose models are scored: every run that no later stage continues."""
+    sources = set(dict(config.get("stages", {})).values())
+    return [n for n in config.runs if n not in sources]
 
 
 def _digest(value: Any) -> str:
@@ -197,11 +240,11 @@ def run_claim(config: ml_collections.ConfigDict, runs: FinetuneRuns, *, name: st
             summary = runs.train(by_seed[seed])
             timing[f"train {run} seed{seed}"] = time.perf_counter() - start
             result["runs"].setdefault(f"{run}{FINETUNED}", {})[str(seed)] = _summary(summary)
-    first = next(iter(run_cfgs.values()))[seeds[0]]
-    train_len = int(first.base.original_length)
+    train_len = int(next(iter(run_cfgs.values()))[seeds[0]].base.original_length)
     scores = os.path.join(config.workdir, "scores")
     windows = doc_ids = None
-    for run, by_seed in run_cfgs.items():
+    for run in scored_runs(config):
+        by_seed = run_cfgs[run]
         start = time.perf_counter()
         module, tokenizer, key = runs.base(by_seed[seeds[0]])
         if windows is None:
@@ -239,7 +282,8 @@ def run_claim(config: ml_collections.ConfigDict, runs: FinetuneRuns, *, name: st
     return result
 
 
-DRIVERS = {"smollm2_finetune": "repro_smollm2"}  # driver name -> its claim config file
+# driver name -> its claim config file
+DRIVERS = {"smollm2_finetune": "repro_smollm2", "smollm2_progressive": "repro_smollm2_progressive"}
 SIZES = {"claim": "cpu", "gpu": "gpu", "smoke": "smoke"}  # reproduce --size -> the config variant
 
 
