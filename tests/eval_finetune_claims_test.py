@@ -212,3 +212,25 @@ def test_bad_stages_are_refused_before_training(tmp_path, change, match):
         finetune_claims.run_claim(config, runs, name="smollm2_progressive", size="smoke",
                                   spec="repro_smollm2_progressive:smoke")
     assert runs.trained == []
+
+
+def test_a_model_scored_under_another_name_is_read_from_the_cache(tmp_path, monkeypatch):
+    windows = np.arange(2 * 9, dtype=np.int32).reshape(2, 9) % 7
+    calls = []
+
+    class _Model:
+        def __init__(self, module):
+            pass
+
+        def token_nll(self, tokens, targets):
+            calls.append(1)
+            return np.ones(tokens.shape, np.float32)
+
+    monkeypatch.setattr(finetune_claims, "EvalModel", _Model)
+    args = (None, "key", windows, ["a", "b"], [1, 2], 4, 2)
+    first = finetune_claims.score_model(*args, str(tmp_path / "yarn_no_finetune-abc.json"))
+    n = len(calls)
+    again = finetune_claims.score_model(*args, str(tmp_path / "yarn_progressive_no_finetune-abc.json"))
+    assert again == first and len(calls) == n  # same model and inputs: read, not scored
+    other = finetune_claims.score_model(None, "other", *args[2:], str(tmp_path / "x-abc.json"))
+    assert len(calls) > n and other == first  # another model key: scored afresh

@@ -183,15 +183,21 @@ def score_model(module: nnx.Module, model_key: str, windows: np.ndarray, doc_ids
       windows: token ids `[W, max(multiples) * L + 1]`.
       doc_ids: each window's document.
       multiples, train_len, block: the lengths k L and the bootstrap block.
-      cache_path: the JSON file this model's scores go to (its name carries the inputs' hash).
+      cache_path: the JSON file this model's scores go to, "<label>-<hash>.json" (the hash of the
+        model key and documents; a file of another label with that hash and equal inputs is reused).
     """
     inputs = {"model": model_key, "windows": _digest(windows.tolist()), "documents": list(doc_ids),
               "multiples": list(multiples), "train_len": train_len, "block": block}
-    if os.path.exists(cache_path):
-        with open(cache_path, encoding="utf-8") as f:
-            stored = json.load(f)
-        if stored["inputs"] == inputs:
-            return {int(k): v for k, v in stored["series"].items()}
+    # The same model under another run's name (e.g. one untrained base shared by two claims) has
+    # the same hash suffix: any file with it and equal inputs is this model's score.
+    folder, suffix = os.path.dirname(cache_path), "-" + os.path.basename(cache_path).rsplit("-", 1)[-1]
+    candidates = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    for path in [cache_path] + [os.path.join(folder, n) for n in candidates if n.endswith(suffix)]:
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                stored = json.load(f)
+            if stored["inputs"] == inputs:
+                return {int(k): v for k, v in stored["series"].items()}
     length = max(multiples) * train_len
     if windows.shape[1] != length + 1:
         raise ValueError(f"windows of {windows.shape[1]} tokens; {length + 1} needed")

@@ -117,8 +117,9 @@ def setup_text(result: Mapping) -> str:
     if "machine" in result and "timing_s" in result:
         hours = sum(result["timing_s"].values()) / 3600
         text += (f" Run on {cpu.label(result['machine']['cpu'])} ({result['machine']['backend']}, JAX "
-                 f"{result['machine']['jax']}), {hours:.1f} h of training and scoring, from commit "
-                 f"{result['provenance']['git_commit'][:7]}.")
+                 f"{result['machine']['jax']}) from commit {result['provenance']['git_commit'][:7]}; the "
+                 f"invocation that wrote this result took {hours:.1f} h (runs it reused and scores it read "
+                 "from its cache count as nothing).")
     return text
 
 
