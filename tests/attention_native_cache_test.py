@@ -78,3 +78,29 @@ def test_library_not_matching_its_build_hash_is_rebuilt(probe, caplog, damage):
     assert "does not match the hash recorded at build time" in caplog.text
     assert native.file_sha256(path) == open(path + ".sha256").read().strip()
     assert os.path.getsize(path) == len(built)
+
+
+def test_a_changed_local_header_is_a_new_build(probe, tmp_path):
+    source_dir = tmp_path / "src"
+    (source_dir / "probe_value.h").write_text('#include "probe_inner.h"\n#define PROBE_VALUE INNER\n')
+    (source_dir / "probe_inner.h").write_text("#define INNER 42\n")
+    (source_dir / "probe.cc").write_text('#include "probe_value.h"\n#include "xla/ffi/api/ffi.h"\n'
+                                         'extern "C" int longctx_probe() { return PROBE_VALUE; }\n')
+    assert native.local_headers(str(source_dir / "probe.cc")) == [
+        str(source_dir / "probe_value.h"), str(source_dir / "probe_inner.h")]  # xla/ is not local
+    first = native.library_path("probe")
+    assert native.library_path("probe") == first
+    (source_dir / "probe_inner.h").write_text("#define INNER 7\n")  # a header two includes deep
+    second = native.library_path("probe")
+    assert second != first
+    import ctypes
+
+    assert ctypes.CDLL(second).longctx_probe() == 7
+
+
+def test_the_shared_thread_protocol_header_is_in_both_kernels_keys():
+    kernels = os.path.dirname(native.__file__)
+    shared = os.path.join(kernels, "parallel_run.h")
+    models = os.path.join(os.path.dirname(os.path.dirname(kernels)), "models")
+    assert native.local_headers(os.path.join(kernels, "cpu_flash_attention.cc")) == [shared]
+    assert native.local_headers(os.path.join(models, "cpu_blas_matmul.cc")) == [shared]

@@ -119,7 +119,8 @@ def test_a_finished_run_of_another_config_is_refused(smoke):
     (lambda c: setattr(c, "run_overrides", {"nope": {}}), "run_overrides names runs"),
     (lambda c: setattr(c, "seeds", (0, 0)), "distinct"),
     (lambda c: setattr(c.eval, "multiples", (1, 0)), "positive ints"),
-    (lambda c: setattr(c, "run_overrides", {"yarn": {"train": {"steps": 5}}}), "differ only"),
+    (lambda c: setattr(c, "run_overrides", {"yarn": {"train": {"steps": 5}}}), "same budget"),
+    (lambda c: setattr(c, "run_overrides", {"yarn": {"data": {"seq_len": 128}}}), "differ only"),
     (lambda c: setattr(c, "run_overrides", {"yarn": {"position": {"rope_scaling": {
         "rope_type": "dynamic", "factor": 2.0}}}}), "depends on the sequence length"),
     (lambda c: setattr(c.eval, "val_fraction", 0.2), "holds out"),

@@ -20,9 +20,11 @@
 #include <utility>
 #include <vector>
 
+#include "parallel_run.h"  // attention/kernels/: the thread protocol shared with cpu_flash
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
+using longctx::parallel_run;
 
 namespace {
 
@@ -66,28 +68,6 @@ inline vf8 load8(const float* p) { return *reinterpret_cast<const vf8_unaligned*
 inline void store8(float* p, vf8 x) { *reinterpret_cast<vf8_unaligned*>(p) = x; }
 constexpr int64_t kMinSlice = 16384;  // floats of w per worker at least: smaller products use fewer workers
 
-// fn() on the caller and on up to `workers - 1` pool threads; fn claims work items itself, so a
-// pool thread that starts after the caller has finished everything does nothing (the same
-// protocol as cpu_flash's parallel_run: no wait on a queued task, so no deadlock when the pool
-// is busy with other custom calls).
-template <typename Fn>
-void run_claiming(ffi::ThreadPool& pool, int64_t workers, Fn fn) {
-  struct Shared {
-    std::atomic<int64_t> active{0};
-    std::atomic<bool> closed{false};
-  };
-  auto shared = std::make_shared<Shared>();
-  for (int64_t i = 1; i < workers; ++i) {
-    pool.Schedule([shared, fn]() {
-      shared->active.fetch_add(1);
-      if (!shared->closed.load()) fn();
-      shared->active.fetch_sub(1);
-    });
-  }
-  fn();
-  shared->closed.store(true);
-  while (shared->active.load() != 0) std::this_thread::yield();
-}
 
 // y[m, n0:n1] += sum_{k in [k0, k1)} x[m, k] w[k, n0:n1]  (w row-major [K, N]); y holds M rows of N.
 // Four rows of w per pass over y: y is loaded and stored once per four rows read.
@@ -178,7 +158,7 @@ ffi::Error GemvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<f
   };
   std::atomic<int64_t> next{0};
   if (trans_w) {  // disjoint output columns: each item writes its own
-    run_claiming(pool, std::min(items, threads), [&]() {
+    parallel_run(pool, std::min(items, threads), [&]() {
       for (int64_t i = next.fetch_add(1); i < items; i = next.fetch_add(1)) {
         auto [n0, n1] = range(i);
         dot_rows(xp, wp, out, M, K, N, n0, n1);
@@ -188,7 +168,7 @@ ffi::Error GemvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<f
   }
   // x @ w: item i sums its rows of w into partial i (item 0 directly into y), added up at the end
   float* partials = items > 1 ? gemv_scratch((items - 1) * M * N) : nullptr;
-  run_claiming(pool, std::min(items, threads), [&]() {
+  parallel_run(pool, std::min(items, threads), [&]() {
     for (int64_t i = next.fetch_add(1); i < items; i = next.fetch_add(1)) {
       auto [k0, k1] = range(i);
       float* acc = i == 0 ? out : partials + (i - 1) * M * N;

@@ -74,14 +74,27 @@ def load_trained(config: ml_collections.ConfigDict, **model_changes: Any) -> nnx
 def with_seed(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
     """`config` with `seed` (initialisation and data order) in `<workdir>/seed<seed>`; a run that
     starts from another (`train.init_from`) starts from that run's same seed."""
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    _check_seed(seed)
     config = config.copy_and_resolve_references()
     config.seed = seed
     config.workdir = os.path.join(config.workdir, f"seed{seed}")
     if config.train.get("init_from"):
         config.train.init_from = os.path.join(config.train.init_from, f"seed{seed}")
     return config
+
+
+def load_spec(config_dir: str, spec: str) -> ml_collections.ConfigDict:
+    """The config of run spec "NAME:variant" = `<config_dir>/NAME.py` with `get_config(variant)`."""
+    name, sep, variant = spec.partition(":")
+    path = os.path.join(config_dir, f"{name}.py")
+    if not os.path.exists(path):
+        raise ValueError(f"no config file {path} for run {spec!r}")
+    return config_cli.load_config(path + sep + variant)
+
+
+def _check_seed(seed: Any) -> None:
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
 
 
 class TrainedRuns:
@@ -100,11 +113,7 @@ class TrainedRuns:
 
     def config(self, spec: str, seed: int | None = None) -> ml_collections.ConfigDict:
         """The config of `spec` (with `seed`, see `with_seed`, unless None)."""
-        name, sep, variant = spec.partition(":")
-        path = os.path.join(self.config_dir, f"{name}.py")
-        if not os.path.exists(path):
-            raise ValueError(f"no config file {path} for run {spec!r}")
-        config = config_cli.load_config(path + sep + variant)
+        config = load_spec(self.config_dir, spec)
         return config if seed is None else with_seed(config, seed)
 
     def train(self, spec: str, seed: int | None = None) -> dict[str, Any]:
@@ -146,13 +155,9 @@ class PasskeyRuns:
 
     def config(self, spec: str, seed: int) -> ml_collections.ConfigDict:
         """The config of `spec` with `seed` and its own workdir."""
-        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-        name, sep, variant = spec.partition(":")
-        path = os.path.join(self.config_dir, f"{name}.py")
-        if not os.path.exists(path):
-            raise ValueError(f"no config file {path} for run {spec!r}")
-        config = config_cli.load_config(path + sep + variant)
+        _check_seed(seed)
+        name, _, variant = spec.partition(":")
+        config = load_spec(self.config_dir, spec)
         config.seed = seed
         config.workdir = os.path.join(self.root, name.removeprefix("repro_"), variant.replace(":", "_"),
                                       f"seed{seed}")
@@ -200,13 +205,8 @@ class FinetunedRuns:
     def config(self, spec: str, seed: int, overrides: Mapping[str, Any], workdir: str
                ) -> ml_collections.ConfigDict:
         """The fine-tuning config of `spec` with `overrides`, `seed` and `workdir`."""
-        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-        name, sep, variant = spec.partition(":")
-        path = os.path.join(self.config_dir, f"{name}.py")
-        if not os.path.exists(path):
-            raise ValueError(f"no config file {path} for run {spec!r}")
-        config = config_cli.apply_overrides(config_cli.load_config(path + sep + variant), overrides)
+        _check_seed(seed)
+        config = config_cli.apply_overrides(load_spec(self.config_dir, spec), overrides)
         config.seed = seed
         config.workdir = workdir
         return config

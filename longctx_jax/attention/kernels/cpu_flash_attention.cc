@@ -45,6 +45,7 @@
 #include <utility>
 #include <vector>
 
+#include "parallel_run.h"
 #include "xla/ffi/api/ffi.h"
 
 #if !defined(LONGCTX_LANES) || !defined(LONGCTX_ROWS) || !defined(LONGCTX_BLOCK_Q) || \
@@ -53,6 +54,7 @@
 #endif
 
 namespace ffi = xla::ffi;
+using longctx::parallel_run;
 
 namespace {
 
@@ -277,27 +279,6 @@ void run_item(const Problem& P, int64_t item, Scratch& w) {
   }
 }
 
-// Runs fn() on the calling thread and on up to `workers - 1` pool threads and returns when
-// every call has finished. A pool task that starts after the caller is done runs nothing
-// (fn may refer to the caller's stack).
-template <typename Fn>
-void parallel_run(ffi::ThreadPool& pool, int64_t workers, Fn fn) {
-  struct Shared {
-    std::atomic<int64_t> active{0};
-    std::atomic<bool> closed{false};
-  };
-  auto shared = std::make_shared<Shared>();
-  for (int64_t i = 1; i < workers; ++i) {
-    pool.Schedule([shared, fn]() {
-      shared->active.fetch_add(1);
-      if (!shared->closed.load()) fn();
-      shared->active.fetch_sub(1);
-    });
-  }
-  fn();
-  shared->closed.store(true);
-  while (shared->active.load() != 0) std::this_thread::yield();
-}
 
 ffi::Error FlashAttentionImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
                               ffi::Buffer<ffi::F32> v, ffi::ResultBuffer<ffi::F32> out,

@@ -2,8 +2,10 @@
 
 A kernel source `NAME.cc` is compiled on first use with the system C++ compiler (`$CXX`,
 else `c++`) against `jax.ffi.include_dir()` into a shared library cached under
-`$LONGCTX_JAX_CACHE` (default `~/.cache/longctx_jax`), keyed by the source, the compiler
-flags, the jaxlib version and this CPU's feature flags. A kernel is built with `-march=native`
+`$LONGCTX_JAX_CACHE` (default `~/.cache/longctx_jax`), keyed by the source and the local
+headers it includes (`#include "x.h"` found in the source's folder or this one, which is on the
+include path: `parallel_run.h` is shared by every kernel), the compiler flags, the jaxlib
+version and this CPU's feature flags. A kernel is built with `-march=native`
 unless its caller passes the flags of one instruction set (`cpu_flash_plan.py`) and a build
 tag, which then also names the file (`NAME-TAG-KEY.so`). The build writes to a temporary file
 and renames it, so concurrent processes (pytest-xdist workers) never load a half-written library.
@@ -21,6 +23,7 @@ import functools
 import hashlib
 import logging
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -115,6 +118,30 @@ def _verified(target: str) -> bool:
     return False
 
 
+_LOCAL_INCLUDE = re.compile(rb'^[ \t]*#[ \t]*include[ \t]*"([^"]+)"', re.MULTILINE)
+
+
+def local_headers(source: str) -> list[str]:
+    """The headers `source` includes with quotes that exist in its folder or in this folder, and
+    the ones they include, each once, in first-include order (`xla/...` is jaxlib's, not local)."""
+    found: list[str] = []
+    pending = [source]
+    while pending:
+        path = pending.pop(0)
+        with open(path, "rb") as f:
+            text = f.read()
+        for match in _LOCAL_INCLUDE.finditer(text):
+            include = match.group(1).decode()
+            for folder in (os.path.dirname(path), _SOURCE_DIR):
+                candidate = os.path.join(folder, include)
+                if os.path.isfile(candidate):
+                    if candidate not in found:
+                        found.append(candidate)
+                        pending.append(candidate)
+                    break
+    return found
+
+
 def library_path(name: str, flags: tuple[str, ...] = NATIVE_FLAGS, tag: str = "",
                  source_dir: str | None = None) -> str:
     """Path of the built, hash-verified library for kernel `name`, building it if needed.
@@ -139,8 +166,12 @@ def library_path(name: str, flags: tuple[str, ...] = NATIVE_FLAGS, tag: str = ""
         raise NativeKernelUnavailable(
             f"kernel {name!r} needs a C++17 compiler (set $CXX or install g++/clang++); none found"
         )
+    headers = []
+    for header in local_headers(source):
+        with open(header, "rb") as f:
+            headers.append(f.read())
     key = hashlib.sha256(
-        b"\0".join([text, " ".join((*_FLAGS, *flags)).encode(), jaxlib.__version__.encode(),
+        b"\0".join([text, *headers, " ".join((*_FLAGS, *flags)).encode(), jaxlib.__version__.encode(),
                     _cpu_signature().encode(), cxx.encode()])
     ).hexdigest()[:16]
     out_dir = _private_cache_dir()
@@ -155,7 +186,7 @@ def library_path(name: str, flags: tuple[str, ...] = NATIVE_FLAGS, tag: str = ""
             "set $LONGCTX_JAX_CACHE to a writable directory"
         ) from error
     os.close(fd)
-    cmd = [cxx, *_FLAGS, *flags, f"-I{jax.ffi.include_dir()}", source, "-o", tmp]
+    cmd = [cxx, *_FLAGS, *flags, f"-I{_SOURCE_DIR}", f"-I{jax.ffi.include_dir()}", source, "-o", tmp]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
