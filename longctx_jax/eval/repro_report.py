@@ -145,13 +145,17 @@ def claim_section(result: Mapping | None, claims: Sequence[Mapping], command: st
 
 
 def summary_table(entries: Sequence[tuple[str, Mapping | None, Sequence[Mapping], str]]) -> str:
-    """Rows over every driver (name, result or None, claims, command): claim, source, control, verdict."""
-    lines = ["| claim | source | method vs control(s) | verdict |", "| --- | --- | --- | --- |"]
-    for _, result, claims, command in entries:
+    """Rows over every driver (name, result or None, claims, command): claim, source, the driver
+    (`--claim=NAME`, which names the section and the model: `smollm2_*` are SmolLM2-135M), control,
+    verdict."""
+    lines = ["| claim | source | reproduction | method vs control(s) | verdict |",
+             "| --- | --- | --- | --- | --- |"]
+    for name, result, claims, command in entries:
         verdicts = {c["name"]: c["verdict"] for c in result["claims"]} if result else {}
         for claim in claims:
             claim = check_claim(claim)
             pairs = "; ".join(f"`{r['method']}` vs `{r['control']}`" for r in claim["rules"])
             verdict = verdicts.get(claim["name"], f"not run at this size (`{command}`)")
-            lines.append(f"| {claim['name']}: {claim['claim']} | {claim['source']} | {pairs} | {verdict} |")
+            lines.append(f"| {claim['name']}: {claim['claim']} | {claim['source']} | `{name}` | {pairs} | "
+                         f"{verdict} |")
     return "\n".join(lines) + "\n"
