@@ -13,7 +13,7 @@ rules fixed in the claim's config, write `<out>/<claim>.json`.
   python -m experiments.reproduce --claim=smollm2_finetune    # configs/repro_smollm2.py (SmolLM2 fine-tunes)
   python -m experiments.reproduce --claim=smollm2_progressive # configs/repro_smollm2_progressive.py
   python -m experiments.reproduce --claim=pi --size=smoke   # the tiny size (tests, quick checks)
-  python -m experiments.reproduce --claim=smollm2_finetune --size=gpu   # the papers' scale, one GPU
+  python -m experiments.reproduce --claim=smollm2_finetune --size=gpu   # toward the papers' scale, one GPU
 
 The committed results are docs/results/repro/<claim>.json (copy the JSON there, then
 `python -m experiments.publish_docs --config configs/publish_docs.py`). The drivers are
@@ -52,11 +52,7 @@ def main() -> None:
         if _STEPS_SCALE.value != 1.0:
             raise ValueError(f"--steps_scale={_STEPS_SCALE.value} does not apply to {claim!r}: its steps are "
                              "in its config's `overrides`")
-        spec = finetune_claims.config_spec(claim, _SIZE.value)
-        file, _, variant = spec.partition(":")
-        config = config_cli.load_config(f"configs/{file}.py:{variant}")
-        result = {"claim": claim, **finetune_claims.run_claim(config, FinetunedRuns("configs"), name=claim,
-                                                               size=_SIZE.value, spec=spec)}
+        result = {"claim": claim, **finetune_claims.run_driver(claim, _SIZE.value, FinetunedRuns("configs"))}
     elif claim in passkey_claims.DRIVERS:
         if _STEPS_SCALE.value != 1.0:
             raise ValueError(f"--steps_scale={_STEPS_SCALE.value} applies to the decoder reproductions, not "

@@ -146,6 +146,20 @@ def test_a_rule_on_a_series_the_driver_does_not_score_is_refused(tmp_path):
                                   spec="repro_smollm2:smoke")
 
 
+def test_run_driver_reads_the_sized_config(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake(config, runs, *, name, size, spec):
+        seen.update(workdir=config.workdir, name=name, size=size, spec=spec,
+                    steps=config.overrides.train.steps)
+        return {}
+
+    monkeypatch.setattr(finetune_claims, "run_claim", fake)
+    finetune_claims.run_driver("smollm2_progressive", "smoke", FinetunedRuns(CONFIGS), config_dir=CONFIGS)
+    assert seen == {"workdir": "runs/repro_smollm2/smoke", "name": "smollm2_progressive", "size": "smoke",
+                    "spec": "repro_smollm2_progressive:smoke", "steps": 6}
+
+
 def test_config_spec_and_sizes():
     assert finetune_claims.config_spec("smollm2_finetune") == "repro_smollm2:cpu"
     assert finetune_claims.config_spec("smollm2_finetune", "gpu") == "repro_smollm2:gpu"

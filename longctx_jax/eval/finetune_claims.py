@@ -39,7 +39,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from longctx_jax import cpu
+from longctx_jax import config_cli, cpu
 from longctx_jax.atomic import write_atomically
 from longctx_jax.data import Tokenizer
 from longctx_jax.eval.corpus import long_documents, python_version
@@ -300,3 +300,11 @@ def config_spec(name: str, size: str = "claim") -> str:
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r} for {name!r}; valid: {tuple(SIZES)}")
     return f"{DRIVERS[name]}:{SIZES[size]}"
+
+
+def run_driver(name: str, size: str, runs: FinetuneRuns, config_dir: str = "configs") -> dict:
+    """`run_claim` of driver `name` at `size` with its config read from `config_dir`."""
+    spec = config_spec(name, size)
+    file, _, variant = spec.partition(":")
+    config = config_cli.load_config(f"{os.path.join(config_dir, file)}.py:{variant}")
+    return run_claim(config, runs, name=name, size=size, spec=spec)

@@ -4,7 +4,9 @@ The reproductions (`longctx_jax/eval/claims.py`) name their runs by config spec,
 "repro_alibi:rope" = `configs/repro_alibi.py` with `get_config("rope")`; `TrainedRuns` resolves
 those specs in a config directory and trains or loads them, once per seed (`with_seed`: the
 seed's own workdir, and a fine-tune starts from the same seed's base run). `train_or_reuse`
-and `load_trained` do the same for a config object.
+and `load_trained` do the same for a config object. `PasskeyRuns` runs the synthetic passkey
+reproductions, `FinetunedRuns` the fine-tunes of a pretrained model (`train.finetune`) that
+`eval/finetune_claims.py` judges.
 """
 
 import json
