@@ -26,15 +26,11 @@ def _config(workdir):
 class _CountingRuns(FinetunedRuns):
     def __init__(self):
         super().__init__(CONFIGS)
-        self.trained, self.loaded = [], []
+        self.trained = []
 
     def train(self, config):
         self.trained.append(config.workdir)
         return super().train(config)
-
-    def load(self, config):
-        self.loaded.append(config.workdir)
-        return super().load(config)
 
 
 @pytest.fixture(scope="module")

@@ -117,25 +117,21 @@ def _run_configs(config: ml_collections.ConfigDict, runs: FinetuneRuns) -> dict[
             if name in stages:  # a later stage starts from its source's same seed (fresh optimizer)
                 cfg.train.init_from = out[stages[name]][s].workdir
             out[name][s] = cfg
-    first = next(iter(next(iter(out.values())).values()))
+    def shared(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+        return {"base.original_length": cfg.base.original_length, "data.source": cfg.data.source,
+                "data.seq_len": cfg.data.seq_len}
+
+    first = shared(next(iter(next(iter(out.values())).values())))
     budgets = {}
     for name, by_seed in out.items():
         for seed, cfg in by_seed.items():
-            for field, value in (("base.original_length", cfg.base.original_length),
-                                 ("data.source", cfg.data.source), ("data.seq_len", cfg.data.seq_len)):
-                want = first
-                for part in field.split("."):
-                    want = want[part]
-                if value != want:
-                    raise ValueError(f"run {name!r} seed {seed}: {field} = {value!r}, other runs {want!r}; "
-                                     "the runs of a claim must differ only in their position scheme")
+            if shared(cfg) != first:
+                raise ValueError(f"run {name!r} seed {seed}: {shared(cfg)}, other runs {first}; the runs of "
+                                 "a claim must differ only in their position scheme")
             if cfg.data.source != "stdlib" or float(cfg.data.val_fraction) != float(config.eval.val_fraction):
                 raise ValueError(f"run {name!r} trains on data.source={cfg.data.source!r} at val_fraction "
                                  f"{cfg.data.val_fraction}; the evaluation holds out the stdlib corpus's "
                                  f"validation split at eval.val_fraction={config.eval.val_fraction}")
-            if not 0 <= int(cfg.optim.warmup_steps) < int(cfg.train.steps):
-                raise ValueError(f"run {name!r}: optim.warmup_steps {cfg.optim.warmup_steps} must be in [0, "
-                                 f"train.steps = {cfg.train.steps})")
             rope = dict(cfg.position.rope_scaling or {})
             if rope.get("rope_type") in LENGTH_DEPENDENT:
                 raise ValueError(f"run {name!r}: rope_type {rope['rope_type']!r} depends on the sequence "

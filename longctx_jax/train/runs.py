@@ -20,8 +20,9 @@ from flax import nnx
 from longctx_jax import config_cli
 from longctx_jax.atomic import write_atomically
 from longctx_jax.data import ByteTokenizer, Tokenizer
-from longctx_jax.train.finetune import finetune, load_base, load_finetuned
+from longctx_jax.train.finetune import check_finetune_config, finetune, load_base, load_finetuned
 from longctx_jax.train.init_from import init_params_from
+from longctx_jax.train.optimizer import learning_rate_schedule
 from longctx_jax.train.synthetic import passkey_retrieval
 from longctx_jax.train.trainer import decoder_from_config, train_and_evaluate
 
@@ -206,11 +207,14 @@ class FinetunedRuns:
 
     def config(self, spec: str, seed: int, overrides: Mapping[str, Any], workdir: str
                ) -> ml_collections.ConfigDict:
-        """The fine-tuning config of `spec` with `overrides`, `seed` and `workdir`."""
+        """The fine-tuning config of `spec` with `overrides`, `seed` and `workdir`, validated
+        (`check_finetune_config`, the learning-rate schedule) so a claim refuses it before training."""
         _check_seed(seed)
         config = config_cli.apply_overrides(load_spec(self.config_dir, spec), overrides)
         config.seed = seed
         config.workdir = workdir
+        check_finetune_config(config)  # the fine-tune's own checks, before any run of a claim trains
+        learning_rate_schedule(config.optim, int(config.train.steps))  # warm-up within the steps
         return config
 
     def train(self, config: ml_collections.ConfigDict) -> dict[str, Any]:
