@@ -15,9 +15,9 @@ starting from `yarn_stage1`'s adapters of the same seed with a fresh optimizer,
   python -m experiments.reproduce --claim=smollm2_progressive      # configs/repro_smollm2_progressive.py:cpu
   python -m experiments.reproduce --claim=smollm2_progressive --size=gpu
 
-Variants: `cpu` (12 + 12 steps against 24; estimated at about 50 minutes on a 2-core CPU beyond
-the runs `repro_smollm2` shares, from that claim's run times, not measured), `gpu` (200 + 200 against 400, not run) and `smoke` (the tiny random
-base, 3 + 3 against 6). The driver is `longctx_jax/eval/finetune_claims.py`; the result goes to
+Variants: `cpu` (12 + 12 steps against 24; the committed run took 0.8 h on a 2-core Zen 4
+beyond the runs `repro_smollm2` shares, one stage-1 seed of which had run before), `gpu`
+(200 + 200 against 400, not run) and `smoke` (the tiny random base, 3 + 3 against 6). The driver is `longctx_jax/eval/finetune_claims.py`; the result goes to
 docs/results/repro/smollm2_progressive.json.
 """
 
