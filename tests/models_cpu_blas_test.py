@@ -68,17 +68,21 @@ def test_matmul_under_vmap():
     chex.assert_trees_all_close(jax.vmap(lambda a: cpu_blas.matmul(a, w))(x), x @ w, atol=1e-5, rtol=1e-5)
 
 
-SUBSCRIPTS = {  # every projection of the decoder
+SUBSCRIPTS = {  # every projection of the decoder, stored [in, out] and as decode's [out, in] copies
     "BTD,DNH->BTNH": ((2, 40, 24), (24, 4, 6)),
     "BTNH,NHD->BTD": ((2, 40, 4, 6), (4, 6, 24)),
     "BTD,DF->BTF": ((2, 40, 24), (24, 56)),
     "BTD,VD->BTV": ((2, 40, 24), (97, 24)),
+    "BTD,NHD->BTNH": ((2, 40, 24), (4, 6, 24)),
+    "BTNH,DNH->BTD": ((2, 40, 4, 6), (24, 4, 6)),
 }
 
 
+@pytest.mark.parametrize("rows", [1, 40])  # the few-row handler, sgemm
 @pytest.mark.parametrize("subscripts", sorted(SUBSCRIPTS))
-def test_einsum_equals_jnp_einsum(subscripts):
+def test_einsum_equals_jnp_einsum(subscripts, rows):
     x_shape, w_shape = SUBSCRIPTS[subscripts]
+    x_shape = (x_shape[0], rows, *x_shape[2:])
     x, w = jnp.asarray(_rand(x_shape, 7)), jnp.asarray(_rand(w_shape, 8))
     ours = cpu_blas.einsum(subscripts, x, w, "cpu_blas")
     want = jnp.einsum(subscripts, x, w, precision="highest")

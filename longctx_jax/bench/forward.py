@@ -94,13 +94,13 @@ def bench_decode(model, context: int, steps: int, repeats: int = 1) -> dict:
                     length=jnp.asarray(context, jnp.int32))
     token = jnp.zeros((1, 1), jnp.int32)
     key = jax.random.key(2)
-    out, _, cache = gen.decode_step(gen.state, token, cache, key)  # compile
+    out, _, cache = gen.decode_step(gen.decode_state, token, cache, key)  # compile
     jax.block_until_ready(out)
 
     def run():
         nonlocal cache, out
         for _ in range(steps):
-            out, _, cache = gen.decode_step(gen.state, out[:, None], cache, key)
+            out, _, cache = gen.decode_step(gen.decode_state, out[:, None], cache, key)
         jax.block_until_ready(out)
 
     return _decode_row(context, steps, [_timed(run) for _ in range(repeats)])

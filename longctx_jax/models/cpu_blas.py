@@ -208,8 +208,9 @@ def einsum(subscripts: str, x_BTI: Array, w: Array, impl: str, **einsum_kwargs) 
     `use_blas(impl, B * T, dtype)` says so.
 
     The projections this takes: `"BT<in>,<in><out>->BT<out>"` (x's trailing axes contract with
-    w's leading ones, e.g. `"BTD,DNH->BTNH"`, `"BTNH,NHD->BTD"`) and `"BTD,VD->BTV"` (a tied
-    output layer, x @ w^T). Anything else, and every call `use_blas` declines, is `jnp.einsum`;
+    w's leading ones, e.g. `"BTD,DNH->BTNH"`, `"BTNH,NHD->BTD"`) and `"BT<in>,<out><in>->BT<out>"`
+    (w stored `[out, in]`, x @ w^T: a tied output layer `"BTD,VD->BTV"`, or decode's transposed
+    copies, `decoder.DecodeLayout`). Anything else, and every call `use_blas` declines, is `jnp.einsum`;
     under a forced "cpu_blas", another einsum or a weight of another dtype than x is a ValueError.
 
     Args:
@@ -236,9 +237,12 @@ def einsum(subscripts: str, x_BTI: Array, w: Array, impl: str, **einsum_kwargs) 
         w2 = w.reshape(int(np.prod(w.shape[:len(contracted)])), -1)
         y = matmul(x_BTI.reshape(B * T, -1), w2)
         return y.reshape(B, T, *w.shape[len(contracted):])
-    if len(contracted) == 1 and len(w_sub) == 2 and w_sub[1] == contracted and out == x_sub[:2] + w_sub[0]:
-        return matmul(x_BTI.reshape(B * T, -1), w, transpose_w=True).reshape(B, T, w.shape[0])
+    kept = len(w_sub) - len(contracted)
+    if kept > 0 and w_sub.endswith(contracted) and out == x_sub[:2] + w_sub[:kept]:
+        w2 = w.reshape(int(np.prod(w.shape[:kept])), -1)
+        y = matmul(x_BTI.reshape(B * T, -1), w2, transpose_w=True)
+        return y.reshape(B, T, *w.shape[:kept])
     if impl == "cpu_blas":
         raise ValueError(f"matmul_impl 'cpu_blas' takes projections 'BT<in>,<in><out>->BT<out>' or "
-                         f"'BTD,VD->BTV', got {subscripts!r}")
+                         f"'BT<in>,<out><in>->BT<out>', got {subscripts!r}")
     return jnp.einsum(subscripts, x_BTI, w, **einsum_kwargs)

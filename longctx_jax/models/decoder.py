@@ -17,6 +17,8 @@ same module with real weights.
 
 Every projection is one `cpu_blas.einsum` (`ModelConfig.matmul_impl`): XLA's dot, or on a
 single CPU device in float32 numpy's OpenBLAS, which runs these GEMMs faster (docs/benchmarks.md).
+Weights are stored `[in, out]`; `with_decode_layout` attaches `[out, in]` copies that decode's
+few-row products read faster (`DecodeLayout`, `models/generate.py`).
 
 `Decoder.hidden` is the one block loop: variants run it on embeddings they build (memory
 tokens) or with every layer's rotation or attention replaced through `rotary=` /
@@ -61,6 +63,61 @@ def adapter_delta(module: nnx.Module, name: str, x_BTI: Array, out_shape: tuple[
     return adapter(x_BTI.reshape(B, T, -1)).reshape(B, T, *out_shape).astype(x_BTI.dtype)
 
 
+class DecodeLayout(nnx.Variable):
+    """A projection weight copied `[out, in]` for decode's few-row products (`models/generate.py`).
+
+    Attached as `<module>.<name>_t` beside the parameter `<name>` (`[in, out]`), it is what
+    `project` reads when present: the few-row handler then reads each weight row as one dot
+    product, not adding rows of w into the output (diagnostics in docs/kv_cache.md). Not a
+    `nnx.Param`: never trained, saved or exported.
+    """
+
+
+def project(module: nnx.Module, name: str, x_BTI: Array, subscripts: str, impl: str) -> Array:
+    """`cpu_blas.einsum(subscripts, x, module.<name>)`, from `module.<name>_t` when attached.
+
+    `subscripts` is the stored `[in, out]` layout's `"BT<in>,<in><out>->BT<out>"`; the copy is
+    read as `"BT<in>,<out><in>->BT<out>"`, the same product.
+    """
+    copy = getattr(module, f"{name}_t", None)
+    if copy is None:
+        return cpu_blas.einsum(subscripts, x_BTI, getattr(module, name)[...].astype(x_BTI.dtype), impl)
+    inputs, out = subscripts.split("->")
+    x_sub, w_sub = inputs.split(",")
+    contracted = x_sub[2:]
+    transposed = f"{x_sub},{w_sub[len(contracted):]}{contracted}->{out}"
+    return cpu_blas.einsum(transposed, x_BTI, copy[...].astype(x_BTI.dtype), impl)
+
+
+# (module attribute in Block, parameter name, axes of the `[in, out]` weight that lead the copy)
+_DECODE_LAYOUT = (("attn", "wq", 1), ("attn", "wk", 1), ("attn", "wv", 1), ("attn", "wo", 2),
+                  ("mlp", "w_gate", 1), ("mlp", "w_up", 1), ("mlp", "w_down", 1))
+
+
+def decode_layout_bytes(model: "Decoder") -> int:
+    """Bytes the `[out, in]` copies of `with_decode_layout` take (every block's projections)."""
+    return sum(getattr(getattr(block, module_name), name)[...].nbytes
+               for block in model.layers for module_name, name, _ in _DECODE_LAYOUT)
+
+
+def with_decode_layout(model: "Decoder") -> "Decoder":
+    """A copy of `model`'s module graph (sharing its parameters) with every block's projection
+    weights also held `[out, in]` as `DecodeLayout` variables, which `project` then reads.
+
+    The copies are new arrays: the projection weights are held twice while both live (425 MB
+    more for SmolLM2-135M in float32). `model` itself is not changed.
+    """
+    graphdef, state = nnx.split(model)
+    copy = nnx.merge(graphdef, state)
+    for block in copy.layers:
+        for module_name, name, split in _DECODE_LAYOUT:
+            module = getattr(block, module_name)
+            w = getattr(module, name)[...]
+            order = tuple(range(split, w.ndim)) + tuple(range(split))  # [in..., out...] -> [out..., in...]
+            setattr(module, f"{name}_t", DecodeLayout(jnp.transpose(w, order)))
+    return copy
+
+
 def _param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str, ...], std: float, dtype) -> nnx.Param:
     init = jax.random.normal(rngs.params(), shape, jnp.float32) * std
     return nnx.Param(init.astype(dtype), logical_axes=axes)
@@ -100,9 +157,9 @@ class Attention(nnx.Module):
         """Queries `[B, T, N, H]`, keys and values `[B, T, K, H]`, before any rotation."""
         dt, impl = x_BTD.dtype, self.cfg.matmul_impl
         N, K, H = self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim
-        q = cpu_blas.einsum("BTD,DNH->BTNH", x_BTD, self.wq[...].astype(dt), impl)
-        k = cpu_blas.einsum("BTD,DKH->BTKH", x_BTD, self.wk[...].astype(dt), impl)
-        v = cpu_blas.einsum("BTD,DKH->BTKH", x_BTD, self.wv[...].astype(dt), impl)
+        q = project(self, "wq", x_BTD, "BTD,DNH->BTNH", impl)
+        k = project(self, "wk", x_BTD, "BTD,DKH->BTKH", impl)
+        v = project(self, "wv", x_BTD, "BTD,DKH->BTKH", impl)
         q = q + adapter_delta(self, "wq", x_BTD, (N, H))
         k = k + adapter_delta(self, "wk", x_BTD, (K, H))
         v = v + adapter_delta(self, "wv", x_BTD, (K, H))
@@ -147,8 +204,7 @@ class Attention(nnx.Module):
             raise ValueError(f"attention pattern {self.cfg.attention_pattern!r} has no KV-cache form")
 
     def output(self, out_BTNH: Array) -> Array:
-        out = cpu_blas.einsum("BTNH,NHD->BTD", out_BTNH, self.wo[...].astype(out_BTNH.dtype),
-                             self.cfg.matmul_impl)
+        out = project(self, "wo", out_BTNH, "BTNH,NHD->BTD", self.cfg.matmul_impl)
         return out + adapter_delta(self, "wo", out_BTNH, (self.cfg.d_model,))
 
     def __call__(
@@ -257,15 +313,14 @@ class SwiGLU(nnx.Module):
         self.w_down = _param(rngs, (F, D), ("mlp", "embed"), out_std, pdt)
 
     def __call__(self, x_BTD: Array) -> Array:
-        dt = x_BTD.dtype
         impl = self.matmul_impl
         F, D = self.w_up.shape[1], self.w_up.shape[0]
-        gate = cpu_blas.einsum("BTD,DF->BTF", x_BTD, self.w_gate[...].astype(dt), impl)
-        up = cpu_blas.einsum("BTD,DF->BTF", x_BTD, self.w_up[...].astype(dt), impl)
+        gate = project(self, "w_gate", x_BTD, "BTD,DF->BTF", impl)
+        up = project(self, "w_up", x_BTD, "BTD,DF->BTF", impl)
         gate = gate + adapter_delta(self, "w_gate", x_BTD, (F,))
         up = up + adapter_delta(self, "w_up", x_BTD, (F,))
         hidden = jax.nn.silu(gate) * up
-        out = cpu_blas.einsum("BTF,FD->BTD", hidden, self.w_down[...].astype(dt), impl)
+        out = project(self, "w_down", hidden, "BTF,FD->BTD", impl)
         return out + adapter_delta(self, "w_down", hidden, (D,))
 
 

@@ -21,9 +21,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from longctx_jax.models.decoder import Decoder
+from longctx_jax.models import cpu_blas
+from longctx_jax.models.decoder import Decoder, decode_layout_bytes, with_decode_layout
 from longctx_jax.models.kv_cache import KVCache
 from longctx_jax.typing import Array, PRNGKey
+
+DECODE_LAYOUTS = ("auto", "stored", "transposed")
+# "auto" holds decode copies of the projection weights up to this size (SmolLM2-135M: 425 MB).
+DECODE_COPY_MAX_BYTES = 1 << 30
 
 
 def sample_token(logits_BV: Array, key: PRNGKey, temperature: float, top_p: float) -> Array:
@@ -60,16 +65,35 @@ class Generator:
       streaming, sinks: StreamingLLM rolling cache (see kv_cache.py).
       temperature, top_p: sampling (temperature 0 = greedy).
       cache_dtype: dtype of cached keys and values (default: the model's activation dtype).
+      decode_layout: how the decode step reads the projection weights. "stored": as the model
+        holds them, `[in, out]`. "transposed": from `[out, in]` copies
+        (`decoder.with_decode_layout`; the projection weights are then held twice, 425 MB
+        more for SmolLM2-135M in float32), which the few-row handler reads faster
+        (docs/kv_cache.md). "auto": "transposed" where the decode step's products go to the
+        few-row handler (`cpu_blas.use_blas` for `batch` rows, fewer than `cpu_blas.MIN_ROWS`)
+        and the copies take at most `DECODE_COPY_MAX_BYTES`, else "stored". Prefill always
+        reads the weights as stored.
     """
 
     def __init__(self, model: Decoder, *, cache_size: int, batch: int = 1, streaming: bool = False,
                  sinks: int = 4, temperature: float = 0.0, top_p: float = 1.0,
-                 cache_dtype: str | None = None):
+                 cache_dtype: str | None = None, decode_layout: str = "auto"):
         if temperature < 0 or not 0 < top_p <= 1:
             raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+        if decode_layout not in DECODE_LAYOUTS:
+            raise ValueError(f"unknown decode_layout {decode_layout!r}; valid: {DECODE_LAYOUTS}")
         cfg = model.cfg
         self.cfg = cfg
         self.graphdef, self.state = nnx.split(model)
+        if decode_layout == "auto":
+            few_rows = batch < cpu_blas.MIN_ROWS and cpu_blas.use_blas(cfg.matmul_impl, batch, cfg.dtype)
+            small = decode_layout_bytes(model) <= DECODE_COPY_MAX_BYTES
+            decode_layout = "transposed" if few_rows and small else "stored"
+        self.decode_layout = decode_layout
+        if decode_layout == "transposed":
+            decode_graphdef, self.decode_state = nnx.split(with_decode_layout(model))
+        else:
+            decode_graphdef, self.decode_state = self.graphdef, self.state
         self.make_cache = functools.partial(
             KVCache.create, num_layers=cfg.num_layers, batch=batch, capacity=cache_size,
             num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, dtype=cache_dtype or cfg.dtype,
@@ -84,7 +108,7 @@ class Generator:
             return sampled(*nnx.merge(graphdef, state).prefill(prompt_BT, cache, last_only=True), key)
 
         def decode_step(state, token_B1, cache, key):  # compiled once
-            return sampled(*nnx.merge(graphdef, state).decode(token_B1, cache, last_only=True), key)
+            return sampled(*nnx.merge(decode_graphdef, state).decode(token_B1, cache, last_only=True), key)
 
         self.prefill = jax.jit(prefill, donate_argnums=(2,))
         self.decode_step = jax.jit(decode_step, donate_argnums=(2,))
@@ -126,7 +150,7 @@ class Generator:
                 break
             cache.check_room(length, 1)
             key, sub = jax.random.split(key)
-            token_B, _, cache = self.decode_step(self.state, jnp.asarray(token), cache, sub)
+            token_B, _, cache = self.decode_step(self.decode_state, jnp.asarray(token), cache, sub)
             length += 1
         return np.concatenate(out, axis=1)
 
