@@ -26,6 +26,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.matmul_impl = "auto"
     config.decode_context = 8192
     config.decode_steps = 32
+    # How decode reads the projection weights (`Generator`): "auto", "stored" ([in, out]) or
+    # "transposed" ([out, in] copies, which the few-row handler reads faster).
+    config.decode_layout = "auto"
     config.repeats = 1  # timed prefill runs per length after compiling (median reported)
     config.compare_transformers = True  # also time HF transformers when the `bench` extra is installed
     return config

@@ -37,6 +37,10 @@ def test_forward_rows_name_the_gemms_and_the_commit(tmp_path):
     text = speed_tables.forward_table(speed_tables.runs(tmp_path))
     assert "| prefill (GEMMs: cpu_blas) |" in text and "commit 0123456789 (uncommitted changes)" in text
     assert "decode (cpu_decode; GEMMs: cpu_blas few-row)" in text
+    result["decode"]["decode_layout"] = "transposed"
+    (tmp_path / "2026-01-01-test-blas.json").write_text(json.dumps(result))
+    text = speed_tables.forward_table(speed_tables.runs(tmp_path))
+    assert "decode (cpu_decode; GEMMs: cpu_blas few-row, weights [out, in])" in text
 
 
 def test_attention_bar(tmp_path):

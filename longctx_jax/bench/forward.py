@@ -83,10 +83,11 @@ def _decode_row(context: int, steps: int, runs: list[tuple[float, float]]) -> di
                 ms_per_token=1000 * wall / steps, runs=[dict(wall_s=w, cpu_s=c) for w, c in runs])
 
 
-def bench_decode(model, context: int, steps: int, repeats: int = 1) -> dict:
+def bench_decode(model, context: int, steps: int, repeats: int = 1, decode_layout: str = "auto") -> dict:
     """`repeats` timed runs of `steps` steps each, continuing one cache (run i starts with
-    context + i * steps tokens cached)."""
-    gen = Generator(model, cache_size=context + steps * repeats + 1)
+    context + i * steps tokens cached); `decode_layout` as in `Generator` (the row records the
+    layout it resolved to)."""
+    gen = Generator(model, cache_size=context + steps * repeats + 1, decode_layout=decode_layout)
     empty = gen.make_cache()
     keys = jax.random.split(jax.random.key(1), 2 * len(empty.k))
     fill = [jax.random.normal(k, empty.k[0].shape, empty.k[0].dtype) for k in keys]
@@ -103,7 +104,8 @@ def bench_decode(model, context: int, steps: int, repeats: int = 1) -> dict:
             out, _, cache = gen.decode_step(gen.decode_state, out[:, None], cache, key)
         jax.block_until_ready(out)
 
-    return _decode_row(context, steps, [_timed(run) for _ in range(repeats)])
+    return dict(_decode_row(context, steps, [_timed(run) for _ in range(repeats)]),
+                decode_layout=gen.decode_layout)
 
 
 def hf_peer(path: str, cfg):
@@ -228,7 +230,8 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
         print(line, flush=True)
         save()
     if cfg.decode_steps:
-        result["decode"] = bench_decode(model, int(cfg.decode_context), int(cfg.decode_steps), cfg.repeats)
+        result["decode"] = bench_decode(model, int(cfg.decode_context), int(cfg.decode_steps), cfg.repeats,
+                                        cfg.get("decode_layout", "auto"))
         d = result["decode"]
         line = (f"decode at {d['context']}: ours {d['tokens_per_s']:.2f} tokens/s "
                 f"({d['ms_per_token']:.1f} ms/token)")

@@ -66,6 +66,8 @@ def forward_table(results: list[tuple[str, dict]]) -> str:
             bar = _met(ratio, DECODE_BAR) if ours["context"] == 8192 else "-"
             impl = r.get("decode_attention_resolved", "dense")
             gemms = r.get("decode_matmul", "xla")  # runs before the few-row handler: XLA
+            if ours.get("decode_layout") == "transposed":  # runs before decode_layout: as stored
+                gemms += ", weights [out, in]"
             lines.append(f"| {label} | {date} | decode ({impl}; GEMMs: {gemms}), {ours['steps']} steps | "
                          f"{ours['context']:,} cached | {_walls(ours)} | {ours['tokens_per_s']:.2f} | "
                          f"{_walls(theirs)} | {theirs['tokens_per_s']:.2f} | {ratio:.2f} | {bar} |")
