@@ -6,8 +6,10 @@
 
 The model is split once (`nnx.split`); prefill (the whole prompt) and the one-token decode
 step are pure `jax.jit` functions with the cache donated, so a decode step compiles once and
-updates the cache in place. StreamingLLM mode (`streaming=True`, see kv_cache.py) keeps
-`sinks` + a rolling window of entries and runs for any number of tokens in constant memory.
+updates the cache in place. On a CPU the decode step reads `[out, in]` copies of the
+projection weights (`decode_layout`; docs/kv_cache.md). StreamingLLM mode
+(`streaming=True`, see kv_cache.py) keeps `sinks` + a rolling window of entries and runs for
+any number of tokens in constant memory.
 
 Top-p (nucleus) sampling (Holtzman et al. 2020): keep the smallest set of most likely tokens
 whose probability mass reaches p, renormalise, sample.
