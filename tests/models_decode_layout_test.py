@@ -27,13 +27,18 @@ def _tokens(batch: int, length: int) -> jax.Array:
 def test_copies_give_the_same_logits_and_leave_the_model_alone(shape):
     model = Decoder(CFG, rngs=nnx.Rngs(0))
     copy = with_decode_layout(model)
-    assert not hasattr(model.layers[0].attn, "wq_t")
+    assert not hasattr(model.layers[0].attn, "wqkv_t")
     attn, mlp = copy.layers[1].attn, copy.layers[1].mlp
-    chex.assert_shape([attn.wq_t[...], attn.wk_t[...], attn.wo_t[...], mlp.w_gate_t[...], mlp.w_down_t[...]],
-                      [(4, 12, 48), (2, 12, 48), (48, 4, 12), (80, 48), (48, 80)])
-    np.testing.assert_array_equal(np.asarray(attn.wo_t[...]),
-                                  np.transpose(np.asarray(model.layers[1].attn.wo[...]), (2, 0, 1)))
-    assert isinstance(attn.wq_t, DecodeLayout) and not isinstance(attn.wq_t, nnx.Param)
+    chex.assert_shape([attn.wqkv_t[...], attn.wo_t[...], mlp.w_gate_up_t[...], mlp.w_down_t[...]],
+                      [((4 + 2 * 2) * 12, 48), (48, 4 * 12), (2 * 80, 48), (48, 80)])
+    stored = model.layers[1]
+    want = np.concatenate([np.asarray(stored.attn.wq[...]).reshape(48, -1).T,
+                           np.asarray(stored.attn.wk[...]).reshape(48, -1).T,
+                           np.asarray(stored.attn.wv[...]).reshape(48, -1).T])
+    np.testing.assert_array_equal(np.asarray(attn.wqkv_t[...]), want)
+    wo = np.asarray(stored.attn.wo[...])  # [N, H, D]
+    np.testing.assert_array_equal(np.asarray(attn.wo_t[...]), wo.reshape(-1, 48).T)
+    assert isinstance(attn.wqkv_t, DecodeLayout) and not isinstance(attn.wqkv_t, nnx.Param)
     assert decode_layout_bytes(model) == 2 * 4 * (2 * 48 * 48 + 2 * 48 * 24 + 3 * 48 * 80)
     tokens = _tokens(*shape)
     chex.assert_trees_all_close(jax.jit(lambda t: copy(t))(tokens), model(tokens), atol=1e-5, rtol=1e-5)
@@ -58,7 +63,7 @@ def test_generators_of_both_layouts_generate_the_same_tokens():
     stored = Generator(model, cache_size=20, decode_layout="stored")
     transposed = Generator(model, cache_size=20, decode_layout="transposed")
     assert stored.decode_state is stored.state
-    assert len(jax.tree.leaves(transposed.decode_state.filter(DecodeLayout))) == 2 * 7  # layers x projections
+    assert len(jax.tree.leaves(transposed.decode_state.filter(DecodeLayout))) == 2 * 4  # layers x products
     np.testing.assert_array_equal(transposed(prompt, 12), stored(prompt, 12))
 
 

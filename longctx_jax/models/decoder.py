@@ -17,8 +17,8 @@ same module with real weights.
 
 Every projection is one `cpu_blas.einsum` (`ModelConfig.matmul_impl`): XLA's dot, or on a
 single CPU device in float32 numpy's OpenBLAS, which runs these GEMMs faster (docs/benchmarks.md).
-Weights are stored `[in, out]`; `with_decode_layout` attaches `[out, in]` copies that decode's
-few-row products read faster (`DecodeLayout`, `models/generate.py`).
+Weights are stored `[in, out]`; `with_decode_layout` attaches `[out, in]` copies, one per
+product, that decode's few-row products read faster (`DecodeLayout`, `models/generate.py`).
 
 `Decoder.hidden` is the one block loop: variants run it on embeddings they build (memory
 tokens) or with every layer's rotation or attention replaced through `rotary=` /
@@ -29,6 +29,7 @@ maps to mesh axes. Low-rank adapters (`longctx_jax.models.lora`) attach to a pro
 `<module>.<name>_lora` and add their output through `adapter_delta`.
 """
 
+import math
 from collections.abc import Callable
 
 import jax
@@ -64,45 +65,40 @@ def adapter_delta(module: nnx.Module, name: str, x_BTI: Array, out_shape: tuple[
 
 
 class DecodeLayout(nnx.Variable):
-    """A projection weight copied `[out, in]` for decode's few-row products (`models/generate.py`).
+    """Projection weights copied `[out, in]` for decode's few-row products (`models/generate.py`).
 
-    Attached as `<module>.<name>_t` beside the parameter `<name>` (`[in, out]`), it is what
-    `project` reads when present: the few-row handler then reads each weight row as one dot
-    product, not adding rows of w into the output (diagnostics in docs/kv_cache.md). Not a
-    `nnx.Param`: never trained, saved or exported.
+    `with_decode_layout` attaches one per product a block makes in decode, the weights of one
+    input side by side (`wqkv_t`: q, k and v; `wo_t`; `w_gate_up_t`: gate and up; `w_down_t`),
+    and `decode_copy` reads them: the few-row handler then reads each weight row as one dot
+    product, not adding rows of w into the output, and makes one call per input (diagnostics in
+    docs/kv_cache.md). Not a `nnx.Param`: never trained, saved or exported.
     """
 
 
-def project(module: nnx.Module, name: str, x_BTI: Array, subscripts: str, impl: str) -> Array:
-    """`cpu_blas.einsum(subscripts, x, module.<name>)`, from `module.<name>_t` when attached.
+# (module attribute in Block, copy name, the parameters it holds, how many of their leading axes are inputs)
+_DECODE_COPIES = (("attn", "wqkv_t", ("wq", "wk", "wv"), 1), ("attn", "wo_t", ("wo",), 2),
+                  ("mlp", "w_gate_up_t", ("w_gate", "w_up"), 1), ("mlp", "w_down_t", ("w_down",), 1))
 
-    `subscripts` is the stored `[in, out]` layout's `"BT<in>,<in><out>->BT<out>"`; the copy is
-    read as `"BT<in>,<out><in>->BT<out>"`, the same product.
-    """
-    copy = getattr(module, f"{name}_t", None)
+
+def decode_copy(module: nnx.Module, name: str, x_BTI: Array, impl: str) -> Array | None:
+    """`x @ copy^T` `[B, T, out]` for the `DecodeLayout` copy `module.<name>` (x's trailing axes
+    flattened); None when the module holds no such copy."""
+    copy = getattr(module, name, None)
     if copy is None:
-        return cpu_blas.einsum(subscripts, x_BTI, getattr(module, name)[...].astype(x_BTI.dtype), impl)
-    inputs, out = subscripts.split("->")
-    x_sub, w_sub = inputs.split(",")
-    contracted = x_sub[2:]
-    transposed = f"{x_sub},{w_sub[len(contracted):]}{contracted}->{out}"
-    return cpu_blas.einsum(transposed, x_BTI, copy[...].astype(x_BTI.dtype), impl)
-
-
-# (module attribute in Block, parameter name, axes of the `[in, out]` weight that lead the copy)
-_DECODE_LAYOUT = (("attn", "wq", 1), ("attn", "wk", 1), ("attn", "wv", 1), ("attn", "wo", 2),
-                  ("mlp", "w_gate", 1), ("mlp", "w_up", 1), ("mlp", "w_down", 1))
+        return None
+    B, T = x_BTI.shape[:2]
+    return cpu_blas.einsum("BTI,OI->BTO", x_BTI.reshape(B, T, -1), copy[...].astype(x_BTI.dtype), impl)
 
 
 def decode_layout_bytes(model: "Decoder") -> int:
-    """Bytes the `[out, in]` copies of `with_decode_layout` take (every block's projections)."""
+    """Bytes the copies of `with_decode_layout` take (every block's projection weights once)."""
     return sum(getattr(getattr(block, module_name), name)[...].nbytes
-               for block in model.layers for module_name, name, _ in _DECODE_LAYOUT)
+               for block in model.layers for module_name, _, names, _ in _DECODE_COPIES for name in names)
 
 
 def with_decode_layout(model: "Decoder") -> "Decoder":
     """A copy of `model`'s module graph (sharing its parameters) with every block's projection
-    weights also held `[out, in]` as `DecodeLayout` variables, which `project` then reads.
+    weights also held `[out, in]` as `DecodeLayout` variables, which decode then reads.
 
     The copies are new arrays: the projection weights are held twice while both live (425 MB
     more for SmolLM2-135M in float32). `model` itself is not changed.
@@ -110,11 +106,11 @@ def with_decode_layout(model: "Decoder") -> "Decoder":
     graphdef, state = nnx.split(model)
     copy = nnx.merge(graphdef, state)
     for block in copy.layers:
-        for module_name, name, split in _DECODE_LAYOUT:
+        for module_name, name, params, split in _DECODE_COPIES:
             module = getattr(block, module_name)
-            w = getattr(module, name)[...]
-            order = tuple(range(split, w.ndim)) + tuple(range(split))  # [in..., out...] -> [out..., in...]
-            setattr(module, f"{name}_t", DecodeLayout(jnp.transpose(w, order)))
+            weights = [getattr(module, param)[...] for param in params]  # [in..., out...]
+            rows = [w.reshape(math.prod(w.shape[:split]), -1).T for w in weights]  # [out, in]
+            setattr(module, name, DecodeLayout(jnp.concatenate(rows, axis=0)))
     return copy
 
 
@@ -157,9 +153,15 @@ class Attention(nnx.Module):
         """Queries `[B, T, N, H]`, keys and values `[B, T, K, H]`, before any rotation."""
         dt, impl = x_BTD.dtype, self.cfg.matmul_impl
         N, K, H = self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim
-        q = project(self, "wq", x_BTD, "BTD,DNH->BTNH", impl)
-        k = project(self, "wk", x_BTD, "BTD,DKH->BTKH", impl)
-        v = project(self, "wv", x_BTD, "BTD,DKH->BTKH", impl)
+        qkv = decode_copy(self, "wqkv_t", x_BTD, impl)
+        if qkv is None:
+            q = cpu_blas.einsum("BTD,DNH->BTNH", x_BTD, self.wq[...].astype(dt), impl)
+            k = cpu_blas.einsum("BTD,DKH->BTKH", x_BTD, self.wk[...].astype(dt), impl)
+            v = cpu_blas.einsum("BTD,DKH->BTKH", x_BTD, self.wv[...].astype(dt), impl)
+        else:
+            B, T = x_BTD.shape[:2]
+            q, k, v = jnp.split(qkv, [N * H, (N + K) * H], axis=-1)
+            q, k, v = q.reshape(B, T, N, H), k.reshape(B, T, K, H), v.reshape(B, T, K, H)
         q = q + adapter_delta(self, "wq", x_BTD, (N, H))
         k = k + adapter_delta(self, "wk", x_BTD, (K, H))
         v = v + adapter_delta(self, "wv", x_BTD, (K, H))
@@ -204,7 +206,10 @@ class Attention(nnx.Module):
             raise ValueError(f"attention pattern {self.cfg.attention_pattern!r} has no KV-cache form")
 
     def output(self, out_BTNH: Array) -> Array:
-        out = project(self, "wo", out_BTNH, "BTNH,NHD->BTD", self.cfg.matmul_impl)
+        out = decode_copy(self, "wo_t", out_BTNH, self.cfg.matmul_impl)
+        if out is None:
+            out = cpu_blas.einsum("BTNH,NHD->BTD", out_BTNH, self.wo[...].astype(out_BTNH.dtype),
+                                  self.cfg.matmul_impl)
         return out + adapter_delta(self, "wo", out_BTNH, (self.cfg.d_model,))
 
     def __call__(
@@ -315,12 +320,18 @@ class SwiGLU(nnx.Module):
     def __call__(self, x_BTD: Array) -> Array:
         impl = self.matmul_impl
         F, D = self.w_up.shape[1], self.w_up.shape[0]
-        gate = project(self, "w_gate", x_BTD, "BTD,DF->BTF", impl)
-        up = project(self, "w_up", x_BTD, "BTD,DF->BTF", impl)
+        gate_up = decode_copy(self, "w_gate_up_t", x_BTD, impl)
+        if gate_up is None:
+            gate = cpu_blas.einsum("BTD,DF->BTF", x_BTD, self.w_gate[...].astype(x_BTD.dtype), impl)
+            up = cpu_blas.einsum("BTD,DF->BTF", x_BTD, self.w_up[...].astype(x_BTD.dtype), impl)
+        else:
+            gate, up = jnp.split(gate_up, 2, axis=-1)
         gate = gate + adapter_delta(self, "w_gate", x_BTD, (F,))
         up = up + adapter_delta(self, "w_up", x_BTD, (F,))
         hidden = jax.nn.silu(gate) * up
-        out = project(self, "w_down", hidden, "BTF,FD->BTD", impl)
+        out = decode_copy(self, "w_down_t", hidden, impl)
+        if out is None:
+            out = cpu_blas.einsum("BTF,FD->BTD", hidden, self.w_down[...].astype(hidden.dtype), impl)
         return out + adapter_delta(self, "w_down", hidden, (D,))
 
 
