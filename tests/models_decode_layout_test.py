@@ -64,7 +64,16 @@ def test_generators_of_both_layouts_generate_the_same_tokens():
     transposed = Generator(model, cache_size=20, decode_layout="transposed")
     assert stored.decode_state is stored.state
     assert len(jax.tree.leaves(transposed.decode_state.filter(DecodeLayout))) == 2 * 4  # layers x products
-    np.testing.assert_array_equal(transposed(prompt, 12), stored(prompt, 12))
+    tokens = stored(prompt, 12)
+    np.testing.assert_array_equal(transposed(prompt, 12), tokens)
+    # Both keep the weights they were built with: changing the model reaches neither prefill
+    # nor the decode copies (which would otherwise disagree).
+    for _, var in nnx.iter_graph(model):
+        if isinstance(var, nnx.Param):
+            var.value = var.value * 0.5
+    np.testing.assert_array_equal(transposed(prompt, 12), tokens)
+    np.testing.assert_array_equal(stored(prompt, 12), tokens)
+    assert not np.array_equal(Generator(model, cache_size=20)(prompt, 12), tokens)
 
 
 def test_auto_rule(monkeypatch):

@@ -61,7 +61,8 @@ class Generator:
     """Jitted prefill and decode steps for one model, cache layout and sampling setting.
 
     Args:
-      model: a `Decoder` (e.g. from `llama.load_gguf`).
+      model: a `Decoder` (e.g. from `llama.load_gguf`). The generator keeps its weights as they
+        are when it is built; build a new one after changing them.
       cache_size: KV-cache slots per layer (prompt + new tokens in plain mode).
       batch: sequences generated together (all prompts have the same length).
       streaming, sinks: StreamingLLM rolling cache (see kv_cache.py).
@@ -86,14 +87,19 @@ class Generator:
             raise ValueError(f"unknown decode_layout {decode_layout!r}; valid: {DECODE_LAYOUTS}")
         cfg = model.cfg
         self.cfg = cfg
-        self.graphdef, self.state = nnx.split(model)
+        # Snapshots (new variables holding the same arrays): a later change to the model's
+        # weights reaches neither prefill nor the decode copies, so the two never disagree.
+        snapshot = functools.partial(jax.tree.map, lambda x: x)
+        self.graphdef, state = nnx.split(model)
+        self.state = snapshot(state)
         if decode_layout == "auto":
             few_rows = batch < cpu_blas.MIN_ROWS and cpu_blas.use_blas(cfg.matmul_impl, batch, cfg.dtype)
             small = decode_layout_bytes(model) <= DECODE_COPY_MAX_BYTES
             decode_layout = "transposed" if few_rows and small else "stored"
         self.decode_layout = decode_layout
         if decode_layout == "transposed":
-            decode_graphdef, self.decode_state = nnx.split(with_decode_layout(model))
+            decode_graphdef, decode_state = nnx.split(with_decode_layout(model))
+            self.decode_state = snapshot(decode_state)
         else:
             decode_graphdef, self.decode_state = self.graphdef, self.state
         self.make_cache = functools.partial(
