@@ -44,6 +44,15 @@ def test_copies_give_the_same_logits_and_leave_the_model_alone(shape):
     chex.assert_trees_all_close(jax.jit(lambda t: copy(t))(tokens), model(tokens), atol=1e-5, rtol=1e-5)
 
 
+def test_copies_are_in_the_activation_dtype():
+    model = Decoder(CFG.replace(param_dtype="bfloat16"), rngs=nnx.Rngs(0))  # float32 activations
+    copy = with_decode_layout(model)
+    assert copy.layers[0].attn.wqkv_t[...].dtype == jnp.float32  # a decode step casts nothing
+    assert decode_layout_bytes(model) == 2 * 4 * (2 * 48 * 48 + 2 * 48 * 24 + 3 * 48 * 80)
+    tokens = _tokens(1, 3)
+    chex.assert_trees_all_close(copy(tokens), model(tokens), atol=1e-5, rtol=1e-5)
+
+
 def test_copies_keep_adapters():
     model = Decoder(CFG, rngs=nnx.Rngs(0))
     add_lora(model, LoraSpec(2, 4.0, ("attn", "mlp")), rngs=nnx.Rngs(1))

@@ -75,9 +75,11 @@ class DecodeLayout(nnx.Variable):
     """
 
 
-# (module attribute in Block, copy name, the parameters it holds, how many of their leading axes are inputs)
-_DECODE_COPIES = (("attn", "wqkv_t", ("wq", "wk", "wv"), 1), ("attn", "wo_t", ("wo",), 2),
-                  ("mlp", "w_gate_up_t", ("w_gate", "w_up"), 1), ("mlp", "w_down_t", ("w_down",), 1))
+# How many leading axes of each projection weight are its inputs (wo is [N, H, D], the others [D, ...]).
+INPUT_AXES = {"wq": 1, "wk": 1, "wv": 1, "wo": 2, "w_gate": 1, "w_up": 1, "w_down": 1}
+# (module attribute in Block, copy name, the parameters it holds side by side)
+_DECODE_COPIES = (("attn", "wqkv_t", ("wq", "wk", "wv")), ("attn", "wo_t", ("wo",)),
+                  ("mlp", "w_gate_up_t", ("w_gate", "w_up")), ("mlp", "w_down_t", ("w_down",)))
 
 
 def decode_copy(module: nnx.Module, name: str, x_BTI: Array, impl: str) -> Array | None:
@@ -91,25 +93,31 @@ def decode_copy(module: nnx.Module, name: str, x_BTI: Array, impl: str) -> Array
 
 
 def decode_layout_bytes(model: "Decoder") -> int:
-    """Bytes the copies of `with_decode_layout` take (every block's projection weights once)."""
-    return sum(getattr(getattr(block, module_name), name)[...].nbytes
-               for block in model.layers for module_name, _, names, _ in _DECODE_COPIES for name in names)
+    """Bytes the copies of `with_decode_layout` take (every block's projection weights once,
+    in the activation dtype)."""
+    itemsize = jnp.dtype(model.cfg.dtype).itemsize
+    return sum(getattr(getattr(block, module_name), name)[...].size * itemsize
+               for block in model.layers for module_name, _, names in _DECODE_COPIES for name in names)
 
 
 def with_decode_layout(model: "Decoder") -> "Decoder":
     """A copy of `model`'s module graph (sharing its parameters) with every block's projection
     weights also held `[out, in]` as `DecodeLayout` variables, which decode then reads.
 
-    The copies are new arrays: the projection weights are held twice while both live (425 MB
-    more for SmolLM2-135M in float32). `model` itself is not changed.
+    The copies are new arrays in the activation dtype (so a decode step casts nothing): the
+    projection weights are held twice while both live (425 MB more for SmolLM2-135M in
+    float32). `model` itself is not changed.
     """
     graphdef, state = nnx.split(model)
     copy = nnx.merge(graphdef, state)
+    dtype = jnp.dtype(model.cfg.dtype)
     for block in copy.layers:
-        for module_name, name, params, split in _DECODE_COPIES:
+        for module_name, name, params in _DECODE_COPIES:
             module = getattr(block, module_name)
-            weights = [getattr(module, param)[...] for param in params]  # [in..., out...]
-            rows = [w.reshape(math.prod(w.shape[:split]), -1).T for w in weights]  # [out, in]
+            rows = []
+            for param in params:
+                w = getattr(module, param)[...]  # [in..., out...] -> [out, in]
+                rows.append(w.reshape(math.prod(w.shape[:INPUT_AXES[param]]), -1).T.astype(dtype))
             setattr(module, name, DecodeLayout(jnp.concatenate(rows, axis=0)))
     return copy
 

@@ -27,7 +27,7 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 
-from longctx_jax.models.decoder import Decoder
+from longctx_jax.models.decoder import INPUT_AXES, Decoder
 
 ATTENTION_TARGETS = ("wq", "wk", "wv", "wo")
 MLP_TARGETS = ("w_gate", "w_up", "w_down")
@@ -106,7 +106,7 @@ def add_lora(model: Decoder, spec: LoraSpec, *, rngs: nnx.Rngs) -> Decoder:
     for name in spec.projections:
         for owner in _owners(model, name):
             weight = getattr(owner, name)
-            split = 2 if name == "wo" else 1  # input axes: wo is [N, H, D], the others [D, ...]
+            split = INPUT_AXES[name]
             in_features, out_features = math.prod(weight.shape[:split]), math.prod(weight.shape[split:])
             setattr(owner, f"{name}_lora", Adapter(in_features, out_features, spec.rank, spec.scale,
                                                    dtype=model.cfg.dtype, rngs=rngs))
