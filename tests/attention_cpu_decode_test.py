@@ -105,3 +105,25 @@ def test_every_isa_build_equals_dense(name, build):
     want, want_lse = dense.attention_with_lse(q, k, v, spec)
     chex.assert_trees_all_close(out, want, atol=TOL, rtol=TOL)
     chex.assert_trees_all_close(lse, want_lse, atol=TOL, rtol=TOL)
+
+
+@pytest.mark.parametrize("build", _builds())
+def test_slots_no_row_attends_to_stay_out(build):
+    # Each chunk works on the span from its first to its last key that some row may attend to
+    # (a cache's empty slots past the written length, keys before every row's window: left
+    # out). NaN there must not reach the output: it equals dense over the same cache with zeros
+    # in those slots (dense itself would spread the NaN through the softmax weights' 0 * NaN).
+    # Rows at 1097-1099 with a 300-key window attend to keys 798..1099 of 1300 slots: three
+    # 256-key chunks lie wholly before the span, one starts inside it (at 798, not a multiple
+    # of 16), one ends inside it and one lies wholly past it.
+    q, k, v = _inputs(1, 3, 4, 2, 64, 1300, seed=2)
+    spec = AttentionSpec(causal=True, window=300, q_positions=jnp.array([[1097, 1098, 1099]]),
+                         k_positions=jnp.arange(1300)[None])
+    outside = (jnp.arange(1300) < 798) | (jnp.arange(1300) >= 1100)
+    poisoned = [jnp.where(outside[None, :, None, None], jnp.nan, x) for x in (k, v)]
+    zeroed = [jnp.where(outside[None, :, None, None], 0.0, x) for x in (k, v)]
+    out, lse = jax.jit(lambda q, k, v: cpu_decode_attention_with_lse(q, k, v, spec, isa=build))(q, *poisoned)
+    want, want_lse = dense.attention_with_lse(q, *zeroed, spec)
+    chex.assert_tree_all_finite((out, lse))
+    chex.assert_trees_all_close(out, want, atol=TOL, rtol=TOL)
+    chex.assert_trees_all_close(lse, want_lse, atol=TOL, rtol=TOL)

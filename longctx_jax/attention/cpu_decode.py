@@ -7,11 +7,14 @@ over the keys `allowed` at their true positions (causal, sliding window, Streami
 cached key and value once, so the cost is one pass over the cache: the kernel
 (`LongctxCpuDecodeAttention` in `kernels/cpu_flash_attention.cc`, the same per-ISA library
 as cpu_flash) reads the `[B, S, K, H]` cache rows where they lie, with work items of
-(batch, 512-key chunk) spread over XLA's thread pool and merged by their log-sum-exp
-(flash-decoding's split over keys, Dao et al. 2023). Within a chunk the logits of 4 / 8 / 16
-keys (the vector width) come out of one transposed sum of their products, and each query row
-keeps its output in registers over a tile of 32 value rows (prefetched in order during the
-logits pass). XLA's own dense path
+(batch, 256-key chunk) spread over XLA's thread pool and merged by their log-sum-exp
+(flash-decoding's split over keys, Dao et al. 2023). A chunk works on the span of its keys that
+some query row may attend to, so a cache's empty slots (a `Generator` cache larger than what
+is written so far) and keys outside every window are not read. The span's K and V rows are
+first streamed into L2 by one sequential pass of loads; then, per KV head, its query rows are
+held in registers against 4 / 8 / 16 keys at a time (the vector width), whose logits come out
+of pair sums kept in registers (a transposed sum), and its rows' outputs are held in registers
+over the span's values. Head dims too wide for the registers take general loops. XLA's own dense path
 transposes the cache for its batched dots (a diagnostic run: 6 ms per SmolLM2 layer at 8K
 cached tokens, several times the cache's read time; docs/kv_cache.md). `dispatch`'s "auto"
 sends CPU calls with at most `AutoPolicy.cpu_decode_max_q` query rows here.

@@ -31,8 +31,9 @@
 // (T small) at explicit positions over a KV cache read in place ([B, S, K, H], no repacking:
 // one pass over each key and value row, which a decoded token reads once). Work items are
 // (batch, chunk of kDecodeChunk keys), spread over the pool; each computes every query row
-// against its chunk (partial m, l, o), reading each cached row [K, H] once and in order, and
-// the partials are merged exactly as the recurrence above. Mask over true positions (attention/masks.py):
+// against the keys of its chunk that some row may attend to (partial m, l, o; a cache's empty
+// slots are not read), streaming those rows into L2 once and in order, and the partials are
+// merged exactly as the recurrence above (`decode_item`). Mask over true positions (attention/masks.py):
 //     allowed = (not causal or k <= q) and (window == 0 or |q - k| < window or k < sinks).
 
 #include <algorithm>
@@ -333,7 +334,7 @@ ffi::Error FlashAttentionImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi
 
 // ---- Decode: few query rows at explicit positions over an in-place KV cache. ----
 
-constexpr int64_t kDecodeChunk = 512;  // keys per work item
+constexpr int64_t kDecodeChunk = 256;  // keys per work item: its K and V rows (393 KB for SmolLM2) fit L2
 
 struct DecodeProblem {
   const float *q, *k, *v;
@@ -394,12 +395,127 @@ inline vf transpose_sum(vf* x) {
   return x[0];
 }
 
-// Keys per tile of the decode step's p v loop: the tile's value rows (all KV heads, 24 KiB for
-// SmolLM2) stay in L1 while each query row passes over them, keeping kPvVecs vectors of its
-// output in registers across the tile.
+// Keeps x in a vector register: the compiler would otherwise fold the load into each FMA that
+// uses it (a memory operand), loading one K or V vector once per query row instead of once.
+#if defined(__x86_64__) || defined(__i386__)
+#define LONGCTX_PIN(x) __asm__("" : "+v"(x))
+#elif defined(__aarch64__)
+#define LONGCTX_PIN(x) __asm__("" : "+w"(x))
+#else
+#define LONGCTX_PIN(x) (void)0
+#endif
+// Keeps a value computed (and the loads behind it) that nothing else reads.
+#if defined(__x86_64__) || defined(__i386__)
+#define LONGCTX_KEEP(x) __asm__ volatile("" : : "v"(x))
+#elif defined(__aarch64__)
+#define LONGCTX_KEEP(x) __asm__ volatile("" : : "w"(x))
+#else
+#define LONGCTX_KEEP(x) do { volatile float sink = (x)[0]; (void)sink; } while (0)
+#endif
+
+// Vector registers a decode tile may give to query rows (logits) or output rows (p v):
+// half the register file (32 on AVX-512, 16 on AVX2 / SSE2).
+constexpr int kTileRegs = kLanes == 16 ? 16 : 8;
+constexpr int kMaxTileRows = 4;
+
+// One pair step of transpose_sum: lanes 0..k/2 sum adjacent lanes of a, the rest those of b.
+inline vf pair_sum(vf a, vf b) {
+  constexpr auto lanes = std::make_index_sequence<kLanes>{};
+  return even_lanes(a, b, lanes) + odd_lanes(a, b, lanes);
+}
+constexpr int kLaneLevels = kLanes == 16 ? 4 : kLanes == 8 ? 3 : 2;  // log2(kLanes)
+
+// logits[row, j : j + kLanes] for NR query rows of one KV head (q held in NR x HV registers)
+// against kLanes keys: each key's K vectors are loaded once for the NR rows, and its product
+// vectors enter a binary counter of pair sums held in registers (transpose_sum's pairing, as
+// the keys arrive), so kLanes keys give one vector of logits per row with no stores between.
+template <int NR, int HV>
+inline void logits_tile(const float* qs, const int64_t* rows, int64_t H, const float* kg, int64_t KH,
+                        int64_t j, float* logits) {
+  vf qr[NR][HV];
+  LONGCTX_UNROLL for (int r = 0; r < NR; ++r)
+    LONGCTX_UNROLL for (int h = 0; h < HV; ++h) qr[r][h] = load(qs + rows[r] * H + h * kLanes);
+  vf level[NR][kLaneLevels + 1];
+  LONGCTX_UNROLL for (int u = 0; u < kLanes; ++u) {
+    const float* kr = kg + (j + u) * KH;
+    vf even[NR], odd[NR];  // two chains per row: half the FMA latency per key
+    LONGCTX_UNROLL for (int r = 0; r < NR; ++r) even[r] = odd[r] = splat(0.0f);
+    LONGCTX_UNROLL for (int h = 0; h < HV; ++h) {
+      vf kv = load(kr + h * kLanes);
+      LONGCTX_PIN(kv);
+      LONGCTX_UNROLL for (int r = 0; r < NR; ++r) {
+        if (h % 2 == 0) even[r] += qr[r][h] * kv;
+        else odd[r] += qr[r][h] * kv;
+      }
+    }
+    LONGCTX_UNROLL for (int r = 0; r < NR; ++r) {
+      vf x = even[r] + odd[r];
+      int l = 0;  // bit b of u set: level b holds a pending sum to pair with (u is a constant here)
+      LONGCTX_UNROLL for (int b = 0; b < kLaneLevels; ++b) {
+        if (!((u >> b) & 1)) break;
+        x = pair_sum(level[r][b], x);
+        l = b + 1;
+      }
+      level[r][l] = x;
+    }
+  }
+  LONGCTX_UNROLL for (int r = 0; r < NR; ++r) store(logits + rows[r] * kDecodeChunk + j, level[r][kLaneLevels]);
+}
+
+// o[row] += sum_{j in [j0, j1)} p[row, j] v[j] for NR query rows of one KV head, o in NR x HV
+// registers: each V vector is loaded once for the NR rows.
+template <int NR, int HV>
+inline void pv_tile(const float* p, const int64_t* rows, const float* vg, int64_t KH, int64_t j0, int64_t j1,
+                    float* o, int64_t H) {
+  vf acc[NR][HV];
+  LONGCTX_UNROLL for (int r = 0; r < NR; ++r)
+    LONGCTX_UNROLL for (int h = 0; h < HV; ++h) acc[r][h] = load(o + rows[r] * H + h * kLanes);
+  for (int64_t j = j0; j < j1; ++j) {
+    vf pj[NR];
+    LONGCTX_UNROLL for (int r = 0; r < NR; ++r) pj[r] = splat(p[rows[r] * kDecodeChunk + j]);
+    LONGCTX_UNROLL for (int h = 0; h < HV; ++h) {
+      vf vv = load(vg + j * KH + h * kLanes);
+      LONGCTX_PIN(vv);
+      LONGCTX_UNROLL for (int r = 0; r < NR; ++r) acc[r][h] += pj[r] * vv;
+    }
+  }
+  LONGCTX_UNROLL for (int r = 0; r < NR; ++r)
+    LONGCTX_UNROLL for (int h = 0; h < HV; ++h) store(o + rows[r] * H + h * kLanes, acc[r][h]);
+}
+
+// Calls MACRO(NR, HV) for the runtime (nr, hv); false where no tile is compiled for them
+// (hv = H / kLanes above 16, or nr * hv above kTileRegs: the caller's general loops).
+#define LONGCTX_TILE_CASE(NR, HV) \
+  case NR * 100 + HV:             \
+    if constexpr (NR * HV <= kTileRegs) { MACRO(NR, HV); return true; } else { return false; }
+#define LONGCTX_TILE_SWITCH(nr, hv)                                                                    \
+  switch ((nr) * 100 + (hv)) {                                                                        \
+    LONGCTX_TILE_CASE(1, 1) LONGCTX_TILE_CASE(2, 1) LONGCTX_TILE_CASE(3, 1) LONGCTX_TILE_CASE(4, 1)    \
+    LONGCTX_TILE_CASE(1, 2) LONGCTX_TILE_CASE(2, 2) LONGCTX_TILE_CASE(3, 2) LONGCTX_TILE_CASE(4, 2)    \
+    LONGCTX_TILE_CASE(1, 4) LONGCTX_TILE_CASE(2, 4) LONGCTX_TILE_CASE(3, 4) LONGCTX_TILE_CASE(4, 4)    \
+    LONGCTX_TILE_CASE(1, 8) LONGCTX_TILE_CASE(2, 8) LONGCTX_TILE_CASE(1, 16)                          \
+    default: return false;                                                                             \
+  }
+
+inline bool logits_tiles(int64_t nr, int64_t hv, const float* qs, const int64_t* rows, int64_t H,
+                         const float* kg, int64_t KH, int64_t j, float* logits) {
+#define MACRO(NR, HV) logits_tile<NR, HV>(qs, rows, H, kg, KH, j, logits)
+  LONGCTX_TILE_SWITCH(nr, hv)
+#undef MACRO
+}
+inline bool pv_tiles(int64_t nr, int64_t hv, const float* p, const int64_t* rows, const float* vg, int64_t KH,
+                     int64_t j0, int64_t j1, float* o, int64_t H) {
+#define MACRO(NR, HV) pv_tile<NR, HV>(p, rows, vg, KH, j0, j1, o, H)
+  LONGCTX_TILE_SWITCH(nr, hv)
+#undef MACRO
+}
+
+// Keys per tile of the general p v loop (head dims without a register tile): the tile's value
+// rows stay in L1 while each query row passes over them, keeping kPvVecs vectors of its output
+// in registers across the tile.
 constexpr int64_t kDecodeTile = 32;
 constexpr int64_t kPvVecs = 4;
-static_assert(kDecodeChunk % kDecodeTile == 0, "bad decode tile");
+static_assert(kDecodeChunk % kDecodeTile == 0 && kDecodeChunk % 16 == 0, "bad decode chunk");
 
 // o[0 : V * kLanes] += sum_{j in [j0, j1)} p[j] v[j * stride : ...], o held in V registers.
 template <int V>
@@ -407,47 +523,90 @@ inline void pv_rows(const float* p, int64_t j0, int64_t j1, const float* v, int6
   vf acc[V];
   LONGCTX_UNROLL for (int u = 0; u < V; ++u) acc[u] = load(o + u * kLanes);
   for (int64_t j = j0; j < j1; ++j) {
-    if (p[j] == 0.0f) continue;  // masked (or underflowed): v is not read
     const vf a = splat(p[j]);
     LONGCTX_UNROLL for (int u = 0; u < V; ++u) acc[u] += a * load(v + j * stride + u * kLanes);
   }
   LONGCTX_UNROLL for (int u = 0; u < V; ++u) store(o + u * kLanes, acc[u]);
 }
 
-// Every query row r = t * N + n against keys [s0, s1) of one chunk. The logits of kLanes keys
-// come out as one vector (`transpose_sum` of the per-key products); o accumulates p v over a
-// tile of keys in registers (`pv_rows`). `logits` holds R x kDecodeChunk floats, `qs` R x H,
-// `prods` R x kLanes vectors.
+// The query rows r = t * N + n that share KV head g, in order.
+inline int64_t group_rows(const DecodeProblem& P, int64_t g, int64_t* rows) {
+  int64_t count = 0;
+  for (int64_t t = 0; t < P.T; ++t)
+    for (int64_t n = g * P.G; n < (g + 1) * P.G; ++n) rows[count++] = t * P.N + n;
+  return count;
+}
+
+// Every query row against the keys of one chunk that some row may attend to: [lo, hi) of the
+// chunk, from its first to its last allowed key (keys outside are not read: a cache's empty
+// slots, keys outside every window). Writes the chunk's partial m, l and o.
+//  1. One sequential pass of loads brings the span's K and V rows into L2 (a streaming read,
+//     which the hardware prefetchers follow at the memory's rate); the work below reads them
+//     from there.
+//  2. Logits, kLanes keys at a time, per KV head: its query rows in registers (`logits_tile`).
+//  3. Masked keys -inf, softmax numerators, row max and sum.
+//  4. o += p v per KV head, its rows' outputs in registers (`pv_tile`).
+// Head dims with no register tile (H / kLanes above 16, or too wide for the registers) take
+// general loops: per key and row dot products summed by `transpose_sum`, and `pv_rows`.
 void decode_item(const DecodeProblem& P, int64_t item, float* logits, float* qs, vf* prods) {
   const int64_t chunk = item % P.chunks, b = item / P.chunks;
-  const int64_t s0 = chunk * kDecodeChunk, s1 = std::min(P.S, s0 + kDecodeChunk), L = s1 - s0;
-  const int64_t R = P.R, H = P.H, N = P.N, KH = P.K * P.H;
+  const int64_t c0 = chunk * kDecodeChunk, c1 = std::min(P.S, c0 + kDecodeChunk);
+  const int64_t R = P.R, H = P.H, N = P.N, KH = P.K * P.H, HV = H / kLanes;
+  const int64_t base = (b * P.chunks + chunk) * R;
+  float* o = P.o_part + base * H;
+  std::fill(o, o + R * H, 0.0f);
+  int64_t lo = c1, hi = c0;  // the span of keys some query row may attend to
+  for (int64_t s = c0; s < c1; ++s) {
+    for (int64_t t = 0; t < P.T; ++t) {
+      if (decode_allowed(P, P.q_pos[b * P.T + t], P.k_pos[b * P.S + s])) {
+        lo = std::min(lo, s), hi = s + 1;
+        break;
+      }
+    }
+  }
+  if (lo >= hi) {  // nothing to attend to in this chunk
+    for (int64_t r = 0; r < R; ++r) P.m_part[base + r] = -INFINITY, P.l_part[base + r] = 0.0f;
+    return;
+  }
+  const int64_t s0 = lo, L = hi - lo;  // keys [s0, s0 + L): logits column j is key s0 + j
   for (int64_t r = 0; r < R; ++r) {  // scaled query rows
     const float* src = P.q + (b * P.T * N + r) * H;
     for (int64_t h = 0; h < H; ++h) qs[r * H + h] = src[h] * P.scale;
   }
   const float* k0 = P.k + (b * P.S + s0) * KH;
   const float* v0 = P.v + (b * P.S + s0) * KH;
+  {  // 1. stream the span's K and V rows in (their sum only keeps the loads)
+    vf sum0 = splat(0.0f), sum1 = splat(0.0f);
+    for (const float* x : {k0, v0}) {  // one load per 64-byte line
+      const float* end = x + L * KH;
+      for (; x + 16 + kLanes <= end; x += 32) sum0 += load(x), sum1 += load(x + 16);
+      if (x + kLanes <= end) sum0 += load(x);
+    }
+    const vf sum = sum0 + sum1;
+    LONGCTX_KEEP(sum);
+  }
   const int64_t full = L / kLanes * kLanes;
-  // Logits, kLanes keys at a time, each key row read once and in order (all KV heads: one
-  // sequential stream, which the hardware prefetchers follow; reading head by head was 1.4x
-  // slower from memory). Each (query row, key) product vector goes to `prods`, in L1; one
-  // `transpose_sum` per query row turns kLanes of them into kLanes logits. The same rows of V
-  // are prefetched here, in order, for the p v loop below, which reads them head by head.
-  for (int64_t j = 0; j < full; j += kLanes) {
-    for (int u = 0; u < kLanes; ++u) {
+  int64_t rows[256];  // one KV head's query rows, for the register tiles
+  const int64_t tile_rows = std::max<int64_t>(1, std::min<int64_t>(kMaxTileRows, kTileRegs / std::max<int64_t>(1, HV)));
+  // Whether register tiles serve this head dim (then every call below finds its tile).
+  const bool tiled = (HV == 1 || HV == 2 || HV == 4 || HV == 8 || HV == 16) && tile_rows * HV <= kTileRegs &&
+                     P.T * P.G <= 256;
+  for (int64_t j = 0; j < full; j += kLanes) {  // 2. logits
+    bool done = tiled;
+    for (int64_t g = 0; g < P.K && done; ++g) {
+      const int64_t count = group_rows(P, g, rows);
+      for (int64_t i = 0; i < count && done; i += tile_rows)
+        done = logits_tiles(std::min(tile_rows, count - i), HV, qs, rows + i, H, k0 + g * H, KH, j, logits);
+    }
+    if (done) continue;
+    for (int u = 0; u < kLanes; ++u) {  // general head dims
       const float* krow = k0 + (j + u) * KH;
-      const float* vrow = v0 + (j + u) * KH;
-      for (int64_t c = 0; c < KH; c += 64 / sizeof(float)) __builtin_prefetch(vrow + c, 0, 2);
-      for (int64_t t = 0; t < P.T; ++t) {
-        for (int64_t n = 0; n < N; ++n) {
-          const int64_t r = t * N + n;
-          const float* qr = qs + r * H;
-          const float* kv = krow + (n / P.G) * H;
-          vf acc = splat(0.0f);
-          for (int64_t h = 0; h < H; h += kLanes) acc += load(qr + h) * load(kv + h);
-          prods[r * kLanes + u] = acc;
-        }
+      for (int64_t r = 0; r < R; ++r) {
+        const float* qr = qs + r * H;
+        const float* kv = krow + ((r % N) / P.G) * H;
+        vf acc = splat(0.0f);
+        for (int64_t h = 0; h < H; h += kLanes) acc += load(qr + h) * load(kv + h);
+        prods[r * kLanes + u] = acc;
       }
     }
     for (int64_t r = 0; r < R; ++r) store(logits + r * kDecodeChunk + j, transpose_sum(prods + r * kLanes));
@@ -460,22 +619,28 @@ void decode_item(const DecodeProblem& P, int64_t item, float* logits, float* qs,
       logits[r * kDecodeChunk + j] = hsum(acc);
     }
   }
-  for (int64_t t = 0; t < P.T; ++t) {  // masked keys: -inf (none in a plain causal decode step)
+  for (int64_t t = 0; t < P.T; ++t) {  // 3. masked keys: -inf (none in a plain causal decode step)
     const int32_t qp = P.q_pos[b * P.T + t];
     for (int64_t j = 0; j < L; ++j)
       if (!decode_allowed(P, qp, P.k_pos[b * P.S + s0 + j]))
         for (int64_t n = 0; n < N; ++n) logits[(t * N + n) * kDecodeChunk + j] = -INFINITY;
   }
-  const int64_t base = (b * P.chunks + chunk) * R;
   for (int64_t r = 0; r < R; ++r) {  // softmax numerators, row max and sum
     float* row = logits + r * kDecodeChunk;
-    float m = -INFINITY;
-    for (int64_t j = 0; j < L; ++j) m = std::max(m, row[j]);
+    int64_t j = 0;
+    vf vmax = splat(-INFINITY);
+    for (; j + kLanes <= L; j += kLanes) {
+      const vf x = load(row + j);
+      vmax = x > vmax ? x : vmax;
+    }
+    float m = hmax(vmax);
+    for (; j < L; ++j) m = std::max(m, row[j]);
     float l = 0.0f;
-    if (m != -INFINITY) {
-      int64_t j = 0;
+    if (m == -INFINITY) {
+      std::fill(row, row + L, 0.0f);  // a row with no key here: p = 0
+    } else {
       vf vsum = splat(0.0f);
-      for (; j + kLanes <= L; j += kLanes) {  // exp(-inf - m) is 0: masked keys drop out
+      for (j = 0; j + kLanes <= L; j += kLanes) {  // exp(-inf - m) is 0: masked keys drop out
         const vf p = exp_nonpositive(load(row + j) - splat(m));
         store(row + j, p);
         vsum += p;
@@ -489,25 +654,28 @@ void decode_item(const DecodeProblem& P, int64_t item, float* logits, float* qs,
     P.m_part[base + r] = m;
     P.l_part[base + r] = l;
   }
-  float* o = P.o_part + base * H;
-  std::fill(o, o + R * H, 0.0f);
-  for (int64_t g = 0; g < P.K; ++g) {  // o += p v, head by head, a tile of keys at a time
-    const float* vr = v0 + g * H;
-    for (int64_t j0 = 0; j0 < L; j0 += kDecodeTile) {
+  for (int64_t g = 0; g < P.K; ++g) {  // 4. o += p v, head by head
+    const float* vg = v0 + g * H;
+    bool done = tiled;
+    if (tiled) {
+      const int64_t count = group_rows(P, g, rows);
+      for (int64_t i = 0; i < count && done; i += tile_rows)
+        done = pv_tiles(std::min(tile_rows, count - i), HV, logits, rows + i, vg, KH, 0, L, o, H);
+    }
+    if (done) continue;
+    for (int64_t j0 = 0; j0 < L; j0 += kDecodeTile) {  // general head dims: a tile of keys at a time
       const int64_t j1 = std::min(L, j0 + kDecodeTile);
-      for (int64_t t = 0; t < P.T; ++t) {
-        for (int64_t n = g * P.G; n < (g + 1) * P.G; ++n) {
-          const int64_t r = t * N + n;
-          const float* p = logits + r * kDecodeChunk;
-          for (int64_t c = 0; c < H; c += kPvVecs * kLanes) {  // kPvVecs vectors of o at a time
-            const float* vc = vr + c;
-            float* oc = o + r * H + c;
-            switch (std::min<int64_t>(kPvVecs, (H - c) / kLanes)) {
-              case 4: pv_rows<4>(p, j0, j1, vc, KH, oc); break;
-              case 3: pv_rows<3>(p, j0, j1, vc, KH, oc); break;
-              case 2: pv_rows<2>(p, j0, j1, vc, KH, oc); break;
-              default: pv_rows<1>(p, j0, j1, vc, KH, oc); break;
-            }
+      for (int64_t r = 0; r < R; ++r) {
+        if ((r % N) / P.G != g) continue;  // rows of other KV heads
+        const float* p = logits + r * kDecodeChunk;
+        for (int64_t c = 0; c < H; c += kPvVecs * kLanes) {  // kPvVecs vectors of o at a time
+          const float* vc = vg + c;
+          float* oc = o + r * H + c;
+          switch (std::min<int64_t>(kPvVecs, (H - c) / kLanes)) {
+            case 4: pv_rows<4>(p, j0, j1, vc, KH, oc); break;
+            case 3: pv_rows<3>(p, j0, j1, vc, KH, oc); break;
+            case 2: pv_rows<2>(p, j0, j1, vc, KH, oc); break;
+            default: pv_rows<1>(p, j0, j1, vc, KH, oc); break;
           }
         }
       }
