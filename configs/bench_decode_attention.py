@@ -5,7 +5,7 @@
 SmolLM2-135M's shapes (30 layers, 9 query / 3 KV heads x 64, float32). Cases (written tokens,
 cache slots): a cache exactly full at 8K and 16K, and a 16K-slot cache holding 4K tokens (a
 `Generator` sized for a long generation, early on). What is timed and how:
-`longctx_jax/bench/decode_attention.py`. About 2 minutes on a 2-core CPU.
+`longctx_jax/bench/decode_attention.py`. About a minute on a 2-core CPU.
 """
 
 import ml_collections
@@ -21,5 +21,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.cases = ((8192, 8192), (16384, 16384), (4096, 16384))  # (written tokens, cache slots)
     config.impls = ("cpu_decode", "dense")
     config.torch_peer = True  # torch sdpa and the read floor (the `bench` extra)
-    config.rounds = 7  # every reader once per round, in turn; medians reported
+    config.rounds = 15  # every reader once per round, in turn; medians reported
+    config.pause_s = 0.2  # idle time before each reader (threads left spinning by the last go idle)
     return config

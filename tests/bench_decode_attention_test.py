@@ -10,7 +10,7 @@ from longctx_jax.bench import decode_attention
 def _small(tmp_path):
     cfg = config_cli.load_config("configs/bench_decode_attention.py")
     cfg.workdir = str(tmp_path)
-    cfg.layers, cfg.rounds = 2, 2
+    cfg.layers, cfg.rounds, cfg.pause_s = 2, 2, 0.01
     cfg.cases = ((300, 300), (100, 700))  # full; mostly empty slots (chunks past the written part)
     return cfg
 
@@ -37,6 +37,7 @@ def test_runs_every_reader_and_equals_dense(tmp_path):
     ("impls", ("flash",), "impls"),
     ("kv_heads", 2, "multiple"),
     ("rounds", 0, "rounds"),
+    ("pause_s", -1.0, "pause_s"),
 ])
 def test_bad_config_is_refused_before_work(tmp_path, field, value, message):
     cfg = _small(tmp_path)

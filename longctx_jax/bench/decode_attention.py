@@ -16,7 +16,9 @@ row at position `filled - 1`, each layer's output feeding the next layer's query
     transformers' cache holds (the `bench` extra; skipped without torch);
   - the read floor: torch summing the same written K and V, the bytes a step must read, on
     every core.
-Reported: median and every round's milliseconds; GB/s = the written cache's bytes
+Each reader starts `pause_s` after the last one finished, so threads a library leaves spinning
+after its work (torch's OpenMP team, XLA's pool) have gone idle and do not take the cores from
+the next reader. Reported: median and every round's milliseconds; GB/s = the written cache's bytes
 (layers x 2 x filled x kv_heads x head_dim x 4) / median seconds (10^9 bytes), so an
 implementation that reads empty slots gets no credit for them; max |out - dense| per
 implementation. `table` renders the committed runs (docs/kv_cache.md).
@@ -45,8 +47,9 @@ IMPLS = ("cpu_decode", "dense")
 
 def check_config(cfg: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming the first bad field."""
-    if cfg.layers < 1 or cfg.rounds < 1:
-        raise ValueError(f"layers and rounds must be >= 1, got {cfg.layers}, {cfg.rounds}")
+    if cfg.layers < 1 or cfg.rounds < 1 or cfg.pause_s < 0:
+        raise ValueError(f"layers and rounds must be >= 1 and pause_s >= 0, got {cfg.layers}, {cfg.rounds}, "
+                         f"{cfg.pause_s}")
     if cfg.heads < 1 or cfg.kv_heads < 1 or cfg.heads % cfg.kv_heads or cfg.head_dim < 1:
         raise ValueError(f"need heads a multiple of kv_heads, all >= 1, got {cfg.heads} / {cfg.kv_heads} x "
                          f"{cfg.head_dim}")
@@ -126,6 +129,7 @@ def bench_case(cfg, filled: int, capacity: int) -> dict:
     ms: dict[str, list[float]] = {name: [] for name in readers}
     for _ in range(cfg.rounds):
         for name, read in readers.items():
+            time.sleep(cfg.pause_s)  # the last reader's spinning threads (torch's, XLA's) go idle
             start = time.perf_counter()
             read()
             ms[name].append(1000 * (time.perf_counter() - start))
