@@ -23,7 +23,7 @@ def _inputs(B, T, N, K, H, S, seed=0):
 CASES = {
     # SmolLM2's heads, one token at position 1000 over a 1100-slot cache (slots past it masked).
     "gqa_one_token": ((1, 1, 9, 3, 64, 1100), [[1000]], None, {}),
-    # Two sequences, three rows each, a sliding window; chunks of 512 keys split the window.
+    # Two sequences, three rows each, a sliding window; chunks of 256 keys split the window.
     "window_rows": ((2, 3, 4, 2, 32, 1100), [[5, 6, 7], [1097, 1098, 1099]], None,
                     {"causal": True, "window": 300}),
     # StreamingLLM: re-indexed, non-monotonic key positions, four sinks, head_dim 48 (padded).

@@ -23,7 +23,7 @@ import numpy as np
 
 from longctx_jax import config_cli
 from longctx_jax.atomic import write_atomically
-from longctx_jax.bench import bandwidth, gemm, gpu, memory, speed_tables
+from longctx_jax.bench import bandwidth, decode_attention, gemm, gpu, memory, speed_tables
 from longctx_jax.eval import finetune_claims, passkey_claims, repro_report
 from longctx_jax.eval.claims import CLAIMS as REPRO_DRIVERS
 from longctx_jax.eval.passkey_claims import DRIVERS as PASSKEY_DRIVERS
@@ -47,6 +47,7 @@ BENCH_ATTENTION_GQA = RESULTS / "bench_attention_gqa"  # SmolLM2's 9 / 3 heads, 
 # `experiments.bench_gemm`: the run each machine's table shows (the folder also keeps earlier runs)
 BENCH_GEMM = (RESULTS / "bench_gemm" / "2026-11-28-epyc-cpu-blas.json",
               RESULTS / "bench_gemm" / "2026-12-05-zen4.json")
+BENCH_DECODE_ATTENTION = RESULTS / "bench_decode_attention"  # `experiments.bench_decode_attention`
 BENCH_BANDWIDTH = RESULTS / "bench_bandwidth"  # `experiments.bench_bandwidth`, <date>-<machine>.json
 BENCH_GPU = RESULTS / "bench_gpu" / "2026-11-28-h200.json"  # `experiments.bench_gpu` on a lent H200
 
@@ -161,6 +162,11 @@ def bench_decode_bandwidth() -> str:
     return bandwidth.decode_table(measured, speed_tables.runs(BENCH_FORWARD))
 
 
+def bench_decode_attention() -> str:
+    """docs/kv_cache.md: a decode step's attention over 30 layers' caches against the read floor."""
+    return decode_attention.table(speed_tables.runs(BENCH_DECODE_ATTENTION))
+
+
 def bench_attention_gqa() -> str:
     """docs/benchmarks.md: one causal SmolLM2 attention layer, cpu_flash vs torch sdpa, per run."""
     return speed_tables.attention_table(speed_tables.runs(BENCH_ATTENTION_GQA))
@@ -246,6 +252,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "memory-table": memory_table,
     "bench-forward": bench_forward,
     "bench-decode-bandwidth": bench_decode_bandwidth,
+    "bench-decode-attention": bench_decode_attention,
     "bench-attention-gqa": bench_attention_gqa,
     "bench-gemm": bench_gemm,
     "bench-gpu": bench_gpu,
