@@ -68,6 +68,8 @@ def test_greedy_continuation_equals_generate(wrap):
     target = model if wrap == "decoder" else EvalModel(lambda t, p: model(t, p))
     scorer = ContinuationScorer(target)
     assert scorer.cached == (wrap == "decoder")
+    if scorer.cached:  # the greedy steps read the weights as Generator's decode step does
+        assert scorer.decode_layout == Generator(model, cache_size=CAPACITY).decode_layout
     prompt = np.random.default_rng(1).integers(0, VOCAB, size=11)
     want = generate(model, prompt, max_new_tokens=7, cache_size=CAPACITY)[11:]
     out = scorer.score(prompt, want[:3], new_tokens=7, capacity=CAPACITY)

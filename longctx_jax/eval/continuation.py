@@ -11,9 +11,11 @@ which the sweeps turn into the papers' lenient scores on the decoded text (`firs
 `lenient_match`). With a `Decoder` the prompt is prefilled into a KV cache of `capacity`
 slots; the answer's teacher-forced logits are one `decode` of a_1..a_{A-1} against that cache
 (not donated, so the cache survives) and the greedy tokens are single-token decode steps from
-the same cache. Any other causal logits callable (or an `EvalModel`) has no cache: the strict
-score is one full forward at `capacity` and each greedy token one more full forward, which is
-correct but G times the work, meant for tiny test models.
+the same cache; both read the projection weights as `Generator`'s decode step does
+(`generate.resolve_decode_layout`: on a CPU, `[out, in]` copies). Any other causal logits
+callable (or an `EvalModel`) has no cache: the strict score is one full forward at `capacity`
+and each greedy token one more full forward, which is correct but G times the work, meant for
+tiny test models.
 
 RoPE types whose frequencies depend on the sequence length ("dynamic", "longrope") see
 `capacity` on both paths (the cache path rotates with the cache size, the full forward is
@@ -32,6 +34,7 @@ from flax import nnx
 
 from longctx_jax.eval.scoring import EvalModel, as_eval_model
 from longctx_jax.models.decoder import Decoder
+from longctx_jax.models.generate import resolve_decode_layout, snapshot_split, split_for_decode
 from longctx_jax.models.kv_cache import KVCache
 
 _INTEGER = re.compile(r"\d+")
@@ -84,18 +87,22 @@ class ContinuationScorer:
         self.cached = isinstance(model, Decoder) and model.cfg.pattern.cacheable
         if self.cached:
             self.cfg = model.cfg
-            graphdef, self.state = nnx.split(model)
+            graphdef, self.state = snapshot_split(model)
+            # The greedy steps (one row) read the weights as `Generator` does: "auto" layout.
+            self.decode_layout = resolve_decode_layout(model, 1)
+            decode_graphdef, self.decode_state = split_for_decode(model, self.decode_layout,
+                                                                  (graphdef, self.state))
 
             def prefill(state, prompt_1T, cache):
                 logits, cache = nnx.merge(graphdef, state).prefill(prompt_1T, cache, last_only=True)
                 return logits[:, -1], cache
 
             def force(state, answer_1A, cache):  # cache not donated: the greedy steps reuse it
-                logits, _ = nnx.merge(graphdef, state).decode(answer_1A, cache)
+                logits, _ = nnx.merge(decode_graphdef, state).decode(answer_1A, cache)
                 return jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
             def step(state, token_11, cache):
-                logits, cache = nnx.merge(graphdef, state).decode(token_11, cache, last_only=True)
+                logits, cache = nnx.merge(decode_graphdef, state).decode(token_11, cache, last_only=True)
                 return logits[:, -1], cache
 
             self._prefill = jax.jit(prefill)
@@ -155,12 +162,12 @@ class ContinuationScorer:
         if len(answer):
             predicted = [first]
             if len(answer) > 1:
-                forced = self._force(self.state, jnp.asarray(answer[None, :-1]), cache)
+                forced = self._force(self.decode_state, jnp.asarray(answer[None, :-1]), cache)
                 predicted += np.asarray(forced)[0].tolist()
             hits = np.asarray(predicted) == answer
         generated = [first]
         while len(generated) < new_tokens and not stop(generated):
-            logits, cache = self._step(self.state, jnp.asarray([[generated[-1]]], jnp.int32), cache)
+            logits, cache = self._step(self.decode_state, jnp.asarray([[generated[-1]]], jnp.int32), cache)
             generated.append(int(jnp.argmax(logits[0])))
         return Continuation(strict=bool(len(answer) and hits.all()), answer_hits=hits,
                             generated=np.asarray(generated, np.int32))

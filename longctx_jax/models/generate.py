@@ -49,6 +49,43 @@ def sample_token(logits_BV: Array, key: PRNGKey, temperature: float, top_p: floa
     return jax.random.categorical(key, logits_BV, axis=-1).astype(jnp.int32)
 
 
+def resolve_decode_layout(model: Decoder, rows: int, decode_layout: str = "auto") -> str:
+    """How decode steps of `rows` rows per product read the projection weights: "stored" or
+    "transposed" (`decoder.with_decode_layout`'s `[out, in]` copies).
+
+    "auto" is "transposed" where those products go to the few-row handler
+    (`cpu_blas.use_blas` for `rows` rows, fewer than `cpu_blas.MIN_ROWS`), which reads the
+    copies faster (docs/kv_cache.md), and the copies take at most `DECODE_COPY_MAX_BYTES`;
+    else "stored".
+
+    Raises:
+      ValueError: `decode_layout` is not one of `DECODE_LAYOUTS`.
+    """
+    if decode_layout not in DECODE_LAYOUTS:
+        raise ValueError(f"unknown decode_layout {decode_layout!r}; valid: {DECODE_LAYOUTS}")
+    if decode_layout != "auto":
+        return decode_layout
+    cfg = model.cfg
+    few_rows = rows < cpu_blas.MIN_ROWS and cpu_blas.use_blas(cfg.matmul_impl, rows, cfg.dtype)
+    small = decode_layout_bytes(model) <= DECODE_COPY_MAX_BYTES
+    return "transposed" if few_rows and small else "stored"
+
+
+def snapshot_split(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State]:
+    """`nnx.split(model)` with the state's variables new (holding the same arrays): a later
+    change to the model's weights does not reach what was split."""
+    graphdef, state = nnx.split(model)
+    return graphdef, jax.tree.map(lambda x: x, state)
+
+
+def split_for_decode(model: Decoder, layout: str, stored: tuple[nnx.GraphDef, nnx.State]
+                     ) -> tuple[nnx.GraphDef, nnx.State]:
+    """The (graphdef, state) decode steps run: for "transposed" a snapshot of `model` with
+    `[out, in]` copies (`decoder.with_decode_layout`), for "stored" `stored` itself (the split
+    prefill reads: no second copy of anything)."""
+    return snapshot_split(with_decode_layout(model)) if layout == "transposed" else stored
+
+
 def check_max_new_tokens(max_new_tokens: int) -> int:
     """`max_new_tokens` as an int; raises ValueError unless it is an integer >= 0."""
     integer = isinstance(max_new_tokens, int | np.integer) and not isinstance(max_new_tokens, bool)
@@ -72,9 +109,7 @@ class Generator:
         holds them, `[in, out]`. "transposed": from `[out, in]` copies
         (`decoder.with_decode_layout`; the projection weights are then held twice, 425 MB
         more for SmolLM2-135M in float32), which the few-row handler reads faster
-        (docs/kv_cache.md). "auto": "transposed" where the decode step's products go to the
-        few-row handler (`cpu_blas.use_blas` for `batch` rows, fewer than `cpu_blas.MIN_ROWS`)
-        and the copies take at most `DECODE_COPY_MAX_BYTES`, else "stored". Prefill always
+        (docs/kv_cache.md). "auto": `resolve_decode_layout` for `batch` rows. Prefill always
         reads the weights as stored.
     """
 
@@ -83,25 +118,12 @@ class Generator:
                  cache_dtype: str | None = None, decode_layout: str = "auto"):
         if temperature < 0 or not 0 < top_p <= 1:
             raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
-        if decode_layout not in DECODE_LAYOUTS:
-            raise ValueError(f"unknown decode_layout {decode_layout!r}; valid: {DECODE_LAYOUTS}")
         cfg = model.cfg
         self.cfg = cfg
-        # Snapshots (new variables holding the same arrays): a later change to the model's
-        # weights reaches neither prefill nor the decode copies, so the two never disagree.
-        snapshot = functools.partial(jax.tree.map, lambda x: x)
-        self.graphdef, state = nnx.split(model)
-        self.state = snapshot(state)
-        if decode_layout == "auto":
-            few_rows = batch < cpu_blas.MIN_ROWS and cpu_blas.use_blas(cfg.matmul_impl, batch, cfg.dtype)
-            small = decode_layout_bytes(model) <= DECODE_COPY_MAX_BYTES
-            decode_layout = "transposed" if few_rows and small else "stored"
-        self.decode_layout = decode_layout
-        if decode_layout == "transposed":
-            decode_graphdef, decode_state = nnx.split(with_decode_layout(model))
-            self.decode_state = snapshot(decode_state)
-        else:
-            decode_graphdef, self.decode_state = self.graphdef, self.state
+        self.graphdef, self.state = snapshot_split(model)
+        self.decode_layout = resolve_decode_layout(model, batch, decode_layout)
+        decode_graphdef, self.decode_state = split_for_decode(model, self.decode_layout,
+                                                              (self.graphdef, self.state))
         self.make_cache = functools.partial(
             KVCache.create, num_layers=cfg.num_layers, batch=batch, capacity=cache_size,
             num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, dtype=cache_dtype or cfg.dtype,
