@@ -8,7 +8,9 @@ logits only, `attention_impl`); decode times single-token steps
 (attention "auto": on CPU the cpu_decode kernel) with `decode_context` tokens already cached.
 With the `bench` extra installed (`pip install -e ".[bench]"`: torch 2.13.0 CPU and transformers)
 the same prompts also run through Hugging Face `LlamaForCausalLM` (sdpa) holding the same
-weights. Writes `<workdir>/bench_forward.json`.
+weights. After every decode run torch sums as many bytes as a step reads (parameters and the
+8K cache, `bench.bandwidth.decode_bytes`): the run's read floor, from the same minutes.
+Writes `<workdir>/bench_forward.json`.
 """
 
 import ml_collections

@@ -95,7 +95,8 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
 
 def decode_table(bandwidths: dict[str, dict], forward_runs: list[tuple[str, str, dict]]) -> str:
     """Markdown: each machine's measured read bandwidth, and each committed decode row against
-    its own machine's floor.
+    its own machine's floor; rows whose run measured a read floor after every decode run
+    (`forward.bench_decode`) also against that (the median of the runs' step / floor ratios).
 
     Args:
       bandwidths: machine short name (as in `forward_runs`, e.g. "EPYC") -> a `run` result
@@ -117,20 +118,26 @@ def decode_table(bandwidths: dict[str, dict], forward_runs: list[tuple[str, str,
             f"{need['total'] / 1e6:.0f} MB in all: {need['total'] / _best(bandwidth) / 1e6:.1f} ms at the "
             "fastest reader's median.")
         lines.append("")
-    lines += ["| machine | date, run | decode ms / token | GB/s read | share of the measured bandwidth |",
-              "| --- | --- | --- | --- | --- |"]
+    lines += ["| machine | date, run | decode ms / token | GB/s read | share of the measured bandwidth | "
+              "same run: read floor GB/s | same run: step / floor time (each run) |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
     for label, date, r in forward_runs:
         decode, bandwidth = r.get("decode"), bandwidths.get(label)
         if not decode:
             continue
         ms = decode["wall_s"] / decode["steps"] * 1e3
+        floor = decode.get("read_floor")  # runs from 2026-12-06 on: torch's read after every run
+        same_run = (f"{floor['gbs']:.1f} | {statistics.median(floor['step_over_floor']):.2f} "
+                    f"({', '.join(f'{x:.2f}' for x in floor['step_over_floor'])})") if floor else "- | -"
         if bandwidth is None:
-            lines.append(f"| {label} | {date} | {ms:.1f} | - | bandwidth not measured on {label} |")
+            lines.append(f"| {label} | {date} | {ms:.1f} | - | bandwidth not measured on {label} | "
+                         f"{same_run} |")
             continue
         if decode.get("context") != bandwidth["smollm2_decode"]["context"]:
             continue  # the floor holds for the measured context only
         rate = bandwidth["smollm2_decode"]["bytes"]["total"] / (ms / 1e3) / 1e9
-        lines.append(f"| {label} | {date} | {ms:.1f} | {rate:.1f} | {rate / _best(bandwidth):.0%} |")
+        lines.append(f"| {label} | {date} | {ms:.1f} | {rate:.1f} | {rate / _best(bandwidth):.0%} | "
+                     f"{same_run} |")
     return "\n".join(lines) + "\n"
 
 

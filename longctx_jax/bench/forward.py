@@ -6,7 +6,8 @@ Prefill: `Decoder.prefill` (what `Generator` runs) of a whole prompt of T tokens
 cache of T slots (last-token logits only), compiled once per length, then timed `repeats` times (median).
 Decode: one-token steps of the jitted `Generator.decode_step` with `decode_context` tokens
 already in the cache (the cache is filled with random keys/values: the cost of a step does
-not depend on their content), timed over `decode_steps` steps. Wall and process CPU seconds
+not depend on their content), timed over `decode_steps` steps, each run followed by its read
+floor (torch summing the bytes a step reads; `bench_decode`). Wall and process CPU seconds
 are both recorded; the latter is steadier on a shared host.
 
 The peer, measured in the same run when `transformers` and `torch` are installed (the `bench`
@@ -29,12 +30,14 @@ import numpy as np
 from flax import nnx
 
 from longctx_jax.attention import dispatch
-from longctx_jax.bench import machine
+from longctx_jax.bench import bandwidth, machine
 from longctx_jax.models import cpu_blas, gguf_file, llama, memory
 from longctx_jax.models.decoder import Decoder
 from longctx_jax.models.generate import Generator
 from longctx_jax.models.kv_cache import KVCache
 from longctx_jax.provenance import provenance
+
+PAUSE_S = 0.2  # idle seconds before each timed decode run and read floor
 
 
 def _timed(fn) -> tuple[float, float]:
@@ -83,10 +86,36 @@ def _decode_row(context: int, steps: int, runs: list[tuple[float, float]]) -> di
                 ms_per_token=1000 * wall / steps, runs=[dict(wall_s=w, cpu_s=c) for w, c in runs])
 
 
-def bench_decode(model, context: int, steps: int, repeats: int = 1, decode_layout: str = "auto") -> dict:
+def _torch_floor(nbytes: int):
+    """A function timing torch summing `nbytes` of float32 on every core (seconds); None without torch."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(os.cpu_count() or 1)
+    data = torch.ones(nbytes // 4)  # written once: its pages are mapped before timing
+
+    def read() -> float:
+        start = time.perf_counter()
+        float(data.sum())
+        return time.perf_counter() - start
+
+    read()
+    return read
+
+
+def bench_decode(model, context: int, steps: int, repeats: int = 1, decode_layout: str = "auto",
+                 floor_bytes: int = 0) -> dict:
     """`repeats` timed runs of `steps` steps each, continuing one cache (run i starts with
     context + i * steps tokens cached); `decode_layout` as in `Generator` (the row records the
-    layout it resolved to)."""
+    layout it resolved to).
+
+    With `floor_bytes` (what one step reads: `bandwidth.decode_bytes`) and torch installed,
+    each run is followed by the read floor, torch summing that many bytes once, so every run
+    has its own floor from the same minutes (this machine's read rate moves within a day). Each
+    timed run and floor starts `PAUSE_S` after the last work, when threads left spinning have
+    gone idle.
+    """
     gen = Generator(model, cache_size=context + steps * repeats + 1, decode_layout=decode_layout)
     empty = gen.make_cache()
     keys = jax.random.split(jax.random.key(1), 2 * len(empty.k))
@@ -97,6 +126,7 @@ def bench_decode(model, context: int, steps: int, repeats: int = 1, decode_layou
     key = jax.random.key(2)
     out, _, cache = gen.decode_step(gen.decode_state, token, cache, key)  # compile
     jax.block_until_ready(out)
+    floor = _torch_floor(floor_bytes) if floor_bytes > 0 else None
 
     def run():
         nonlocal cache, out
@@ -104,8 +134,20 @@ def bench_decode(model, context: int, steps: int, repeats: int = 1, decode_layou
             out, _, cache = gen.decode_step(gen.decode_state, out[:, None], cache, key)
         jax.block_until_ready(out)
 
-    return dict(_decode_row(context, steps, [_timed(run) for _ in range(repeats)]),
-                decode_layout=gen.decode_layout)
+    runs, floor_s = [], []
+    for _ in range(repeats):
+        time.sleep(PAUSE_S)
+        runs.append(_timed(run))
+        if floor is not None:
+            time.sleep(PAUSE_S)
+            floor_s.append(floor())
+    row = dict(_decode_row(context, steps, runs), decode_layout=gen.decode_layout)
+    if floor is not None:
+        step_s = [wall / steps for wall, _ in runs]
+        row["read_floor"] = dict(bytes=floor_bytes, runs_s=floor_s,
+                                 gbs=floor_bytes / statistics.median(floor_s) / 1e9,
+                                 step_over_floor=[s / f for s, f in zip(step_s, floor_s, strict=True)])
+    return row
 
 
 def hf_peer(path: str, cfg):
@@ -230,8 +272,9 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
         print(line, flush=True)
         save()
     if cfg.decode_steps:
+        floor_bytes = bandwidth.decode_bytes(model.cfg, int(cfg.decode_context), cfg.dtype)["total"]
         result["decode"] = bench_decode(model, int(cfg.decode_context), int(cfg.decode_steps), cfg.repeats,
-                                        cfg.get("decode_layout", "auto"))
+                                        cfg.get("decode_layout", "auto"), floor_bytes)
         d = result["decode"]
         line = (f"decode at {d['context']}: ours {d['tokens_per_s']:.2f} tokens/s "
                 f"({d['ms_per_token']:.1f} ms/token)")
