@@ -17,6 +17,7 @@ def test_decode_runs_each_get_a_read_floor_and_the_table_shows_them(monkeypatch)
     assert row["context"] == 40 and row["steps"] == 3 and len(row["runs"]) == 2
     floor = row["read_floor"]
     assert floor["bytes"] == need and len(floor["runs_s"]) == 2 and floor["gbs"] > 0
+    assert [len(reads) for reads in floor["reads_s"]] == [forward.FLOOR_READS] * 2
     step_s = [run["wall_s"] / 3 for run in row["runs"]]
     assert floor["step_over_floor"] == [s / f for s, f in zip(step_s, floor["runs_s"], strict=True)]
     assert "read_floor" not in forward.bench_decode(model, context=40, steps=2, repeats=1)  # no floor asked

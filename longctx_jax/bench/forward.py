@@ -38,6 +38,7 @@ from longctx_jax.models.kv_cache import KVCache
 from longctx_jax.provenance import provenance
 
 PAUSE_S = 0.2  # idle seconds before each timed decode run and read floor
+FLOOR_READS = 5  # reads per read floor (its median): one read's rate moved 34 -> 60 GB/s between runs
 
 
 def _timed(fn) -> tuple[float, float]:
@@ -111,8 +112,9 @@ def bench_decode(model, context: int, steps: int, repeats: int = 1, decode_layou
     layout it resolved to).
 
     With `floor_bytes` (what one step reads: `bandwidth.decode_bytes`) and torch installed,
-    each run is followed by the read floor, torch summing that many bytes once, so every run
-    has its own floor from the same minutes (this machine's read rate moves within a day). Each
+    each run is followed by the read floor, the median of `FLOOR_READS` times torch sums that
+    many bytes, so every run has its own floor from the same minutes (this machine's read rate
+    moves within a day). Each
     timed run and floor starts `PAUSE_S` after the last work, when threads left spinning have
     gone idle.
     """
@@ -134,17 +136,18 @@ def bench_decode(model, context: int, steps: int, repeats: int = 1, decode_layou
             out, _, cache = gen.decode_step(gen.decode_state, out[:, None], cache, key)
         jax.block_until_ready(out)
 
-    runs, floor_s = [], []
+    runs, floor_s, samples = [], [], []
     for _ in range(repeats):
         time.sleep(PAUSE_S)
         runs.append(_timed(run))
         if floor is not None:
             time.sleep(PAUSE_S)
-            floor_s.append(floor())
+            samples.append([floor() for _ in range(FLOOR_READS)])
+            floor_s.append(statistics.median(samples[-1]))
     row = dict(_decode_row(context, steps, runs), decode_layout=gen.decode_layout)
     if floor is not None:
         step_s = [wall / steps for wall, _ in runs]
-        row["read_floor"] = dict(bytes=floor_bytes, runs_s=floor_s,
+        row["read_floor"] = dict(bytes=floor_bytes, runs_s=floor_s, reads_s=samples,
                                  gbs=floor_bytes / statistics.median(floor_s) / 1e9,
                                  step_over_floor=[s / f for s, f in zip(step_s, floor_s, strict=True)])
     return row
