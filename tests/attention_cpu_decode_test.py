@@ -127,3 +127,26 @@ def test_slots_no_row_attends_to_stay_out(build):
     chex.assert_tree_all_finite((out, lse))
     chex.assert_trees_all_close(out, want, atol=TOL, rtol=TOL)
     chex.assert_trees_all_close(lse, want_lse, atol=TOL, rtol=TOL)
+
+
+# Every register-tile shape of the decode kernel: H / lanes vectors per row (1, 2, 4, 8, 16, and
+# too many for a tile) and groups of T x G query rows split into tiles of up to 4 rows (the last
+# shorter), over a cache with empty slots, a window and sinks.
+TILE_CASES = [  # (T, N, K, H)
+    (1, 3, 1, 16), (2, 8, 2, 32), (5, 3, 3, 64), (3, 8, 2, 64), (1, 4, 1, 128), (2, 2, 1, 256),
+]
+
+
+@pytest.mark.parametrize("build", _builds())
+@pytest.mark.parametrize("T, N, K, H", TILE_CASES)
+def test_register_tiles_of_every_shape_equal_dense(build, T, N, K, H):
+    S, written = 700, 610
+    q, k, v = _inputs(2, T, N, K, H, S, seed=T * 1000 + N * 10 + H)
+    k_pos = np.where(np.arange(S) < written, np.arange(S), 2**30)
+    q_pos = np.stack([np.arange(written - T, written), np.arange(300, 300 + T)])
+    spec = AttentionSpec(causal=True, window=400, sinks=3, q_positions=jnp.asarray(q_pos),
+                         k_positions=jnp.broadcast_to(jnp.asarray(k_pos), (2, S)))
+    out, lse = jax.jit(lambda q, k, v: cpu_decode_attention_with_lse(q, k, v, spec, isa=build))(q, k, v)
+    want, want_lse = dense.attention_with_lse(q, k, v, spec)
+    chex.assert_trees_all_close(out, want, atol=TOL, rtol=TOL)
+    chex.assert_trees_all_close(lse, want_lse, atol=TOL, rtol=TOL)
