@@ -414,11 +414,12 @@ inline vf transpose_sum(vf* x) {
 #endif
 
 // Vector registers a decode tile may give to query rows (logits) or output rows (p v):
-// half the register file (32 on AVX-512, 16 on AVX2 / SSE2).
+// half the register file (32 on AVX-512, 16 on AVX2 and SSE2; the portable build assumes 16).
 constexpr int kTileRegs = kLanes == 16 ? 16 : 8;
 constexpr int kMaxTileRows = 4;
 
-// One pair step of transpose_sum: lanes 0..k/2 sum adjacent lanes of a, the rest those of b.
+// One pair step of transpose_sum: the low half of the lanes holds the sums of a's adjacent lane
+// pairs, the high half those of b.
 inline vf pair_sum(vf a, vf b) {
   constexpr auto lanes = std::make_index_sequence<kLanes>{};
   return even_lanes(a, b, lanes) + odd_lanes(a, b, lanes);
