@@ -17,6 +17,7 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Callable
 
 import jax
 import ml_collections
@@ -73,6 +74,25 @@ def read_bandwidth(size_mib: int, repeats: int, threads: int) -> dict[str, dict]
             seconds[name].append(time.perf_counter() - start)
     return {name: {"gbs": nbytes / statistics.median(s) / 1e9, "runs_gbs": [nbytes / t / 1e9 for t in s]}
             for name, s in seconds.items()}
+
+
+def torch_read_timer(nbytes: int) -> Callable[[], float] | None:
+    """A function timing one read of `nbytes` of float32 by torch (a sum, every core), in
+    seconds: the read floor `forward.bench_decode` sets each decode run against. None without torch."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(os.cpu_count() or 1)
+    data = torch.ones(nbytes // 4)  # written once: its pages are mapped before timing
+
+    def read() -> float:
+        start = time.perf_counter()
+        float(data.sum())
+        return time.perf_counter() - start
+
+    read()
+    return read
 
 
 def run(cfg: ml_collections.ConfigDict) -> dict:

@@ -87,24 +87,6 @@ def _decode_row(context: int, steps: int, runs: list[tuple[float, float]]) -> di
                 ms_per_token=1000 * wall / steps, runs=[dict(wall_s=w, cpu_s=c) for w, c in runs])
 
 
-def _torch_floor(nbytes: int):
-    """A function timing torch summing `nbytes` of float32 on every core (seconds); None without torch."""
-    try:
-        import torch
-    except ImportError:
-        return None
-    torch.set_num_threads(os.cpu_count() or 1)
-    data = torch.ones(nbytes // 4)  # written once: its pages are mapped before timing
-
-    def read() -> float:
-        start = time.perf_counter()
-        float(data.sum())
-        return time.perf_counter() - start
-
-    read()
-    return read
-
-
 def bench_decode(model, context: int, steps: int, repeats: int = 1, decode_layout: str = "auto",
                  floor_bytes: int = 0) -> dict:
     """`repeats` timed runs of `steps` steps each, continuing one cache (run i starts with
@@ -113,10 +95,9 @@ def bench_decode(model, context: int, steps: int, repeats: int = 1, decode_layou
 
     With `floor_bytes` (what one step reads: `bandwidth.decode_bytes`) and torch installed,
     each run is followed by the read floor, the median of `FLOOR_READS` times torch sums that
-    many bytes, so every run has its own floor from the same minutes (this machine's read rate
-    moves within a day). Each
-    timed run and floor starts `PAUSE_S` after the last work, when threads left spinning have
-    gone idle.
+    many bytes (`bandwidth.torch_read_timer`), so every run has its own floor from the same
+    minutes (this machine's read rate moves within a day). Each timed run and floor starts
+    `PAUSE_S` after the last work, when threads left spinning have gone idle.
     """
     gen = Generator(model, cache_size=context + steps * repeats + 1, decode_layout=decode_layout)
     empty = gen.make_cache()
@@ -128,7 +109,7 @@ def bench_decode(model, context: int, steps: int, repeats: int = 1, decode_layou
     key = jax.random.key(2)
     out, _, cache = gen.decode_step(gen.decode_state, token, cache, key)  # compile
     jax.block_until_ready(out)
-    floor = _torch_floor(floor_bytes) if floor_bytes > 0 else None
+    floor = bandwidth.torch_read_timer(floor_bytes) if floor_bytes > 0 else None
 
     def run():
         nonlocal cache, out
