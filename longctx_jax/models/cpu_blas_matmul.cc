@@ -151,14 +151,14 @@ ffi::Error GemvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<f
   // w's rows, divided into slices claimed one at a time: several per thread, so a thread that
   // starts late or shares its core still finishes with the others.
   const int64_t split = trans_w ? N : K;
-  const int64_t threads = static_cast<int64_t>(pool.num_threads()) + 1;
-  const int64_t items = std::max<int64_t>(1, std::min<int64_t>({4 * threads, split, (K * N) / kMinSlice}));
+  const int64_t workers = longctx::pool_workers(pool);
+  const int64_t items = std::max<int64_t>(1, std::min<int64_t>({4 * workers, split, (K * N) / kMinSlice}));
   auto range = [split, items](int64_t i) {
     return std::pair<int64_t, int64_t>{split * i / items, split * (i + 1) / items};
   };
   std::atomic<int64_t> next{0};
   if (trans_w) {  // disjoint output columns: each item writes its own
-    parallel_run(pool, std::min(items, threads), [&]() {
+    parallel_run(pool, std::min(items, workers), [&]() {
       for (int64_t i = next.fetch_add(1); i < items; i = next.fetch_add(1)) {
         auto [n0, n1] = range(i);
         dot_rows(xp, wp, out, M, K, N, n0, n1);
@@ -168,7 +168,7 @@ ffi::Error GemvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<f
   }
   // x @ w: item i sums its rows of w into partial i (item 0 directly into y), added up at the end
   float* partials = items > 1 ? gemv_scratch((items - 1) * M * N) : nullptr;
-  parallel_run(pool, std::min(items, threads), [&]() {
+  parallel_run(pool, std::min(items, workers), [&]() {
     for (int64_t i = next.fetch_add(1); i < items; i = next.fetch_add(1)) {
       auto [k0, k1] = range(i);
       float* acc = i == 0 ? out : partials + (i - 1) * M * N;

@@ -306,7 +306,7 @@ ffi::Error FlashAttentionImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi
   P.q = q.typed_data();
   P.out = out->typed_data(), P.lse = lse->typed_data();
 
-  const int64_t workers = std::max<int64_t>(1, pool.num_threads());
+  const int64_t workers = longctx::pool_workers(pool);
   std::vector<float> kt(P.B * P.K * P.H * P.Sp, 0.0f), vp(P.B * P.K * P.S * P.H);
   const float* kp = k.typed_data();
   const float* vsrc = v.typed_data();
@@ -716,7 +716,7 @@ ffi::Error DecodeAttentionImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ff
 
   const int64_t items = P.S == 0 ? 0 : P.B * P.chunks;
   std::atomic<int64_t> next_item{0};
-  parallel_run(pool, std::max<int64_t>(1, pool.num_threads()), [&P, &next_item, items]() {
+  parallel_run(pool, longctx::pool_workers(pool), [&P, &next_item, items]() {
     float* logits = thread_scratch(kLogits, P.R * kDecodeChunk);
     float* qs = thread_scratch(kScaledQ, P.R * P.H);
     // R x kLanes product vectors, vector-aligned within the float buffer.
