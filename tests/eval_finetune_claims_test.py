@@ -11,6 +11,7 @@ import pytest
 from longctx_jax import config_cli
 from longctx_jax.eval import claims, finetune_claims
 from longctx_jax.eval.reproduction import block_series, target_nll
+from longctx_jax.models.config import ModelConfig
 from longctx_jax.train.runs import FinetunedRuns
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -245,3 +246,33 @@ def test_a_model_scored_under_another_name_is_read_from_the_cache(tmp_path, monk
     assert again == first and len(calls) == n  # same model and inputs: read, not scored
     other = finetune_claims.score_model(None, "other", *args[2:], str(tmp_path / "x-abc.json"))
     assert len(calls) > n and other == first  # another model key: scored afresh
+
+
+def test_a_model_under_another_attention_config_is_scored_afresh(tmp_path, monkeypatch):
+    windows = np.arange(2 * 9, dtype=np.int32).reshape(2, 9) % 7
+    calls = []
+
+    class _Model:
+        def __init__(self, module):
+            pass
+
+        def token_nll(self, tokens, targets):
+            calls.append(1)
+            return np.ones(tokens.shape, np.float32)
+
+    class _Module:
+        def __init__(self, **changes):
+            self.cfg = ModelConfig(vocab_size=7, d_model=8, num_layers=1, num_heads=2, num_kv_heads=1,
+                                   mlp_dim=16).replace(**changes)
+
+    monkeypatch.setattr(finetune_claims, "EvalModel", _Model)
+    args = ("key", windows, ["a", "b"], [1, 2], 4, 2, str(tmp_path / "run-abc.json"))
+    finetune_claims.score_model(_Module(), *args)
+    finetune_claims.score_model(_Module(), *args)
+    assert len(calls) == 2  # same weights key and config: the second call reads the cache
+    finetune_claims.score_model(_Module(attention_impl="blockwise"), *args)
+    assert len(calls) == 4  # same weights key, another attention implementation: scored afresh
+    finetune_claims.score_model(_Module(window=4), *args)  # a sliding window
+    assert len(calls) == 6
+    with open(tmp_path / "run-abc.json", encoding="utf-8") as f:
+        assert json.load(f)["inputs"]["model_config"]["window"] == 4

@@ -175,14 +175,17 @@ def score_model(module: nnx.Module, model_key: str, windows: np.ndarray, doc_ids
 
     Args:
       module: the causal decoder.
-      model_key: a content key of its weights and position scheme (part of the cache key).
+      model_key: a content key of its weights and position scheme (part of the cache key, with
+        every field of the module's `ModelConfig`: attention implementation, pattern, window ...).
       windows: token ids `[W, max(multiples) * L + 1]`.
       doc_ids: each window's document.
       multiples, train_len, block: the lengths k L and the bootstrap block.
       cache_path: the JSON file this model's scores go to, "<label>-<hash>.json" (the hash of the
         model key and documents; a file of another label with that hash and equal inputs is reused).
     """
-    inputs = {"model": model_key, "windows": _digest(windows.tolist()), "documents": list(doc_ids),
+    model_cfg = getattr(module, "cfg", None)
+    inputs = {"model": model_key, "model_config": model_cfg.as_dict() if model_cfg is not None else None,
+              "windows": _digest(windows.tolist()), "documents": list(doc_ids),
               "multiples": list(multiples), "train_len": train_len, "block": block}
     # The same model under another run's name (e.g. one untrained base shared by two claims) has
     # the same hash suffix: any file with it and equal inputs is this model's score.

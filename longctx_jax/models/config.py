@@ -125,15 +125,18 @@ class ModelConfig:
         """The Hugging Face `rope_scaling` mapping, or None."""
         return _thaw(self.rope_scaling) if self.rope_scaling else None
 
+    def as_dict(self) -> dict[str, Any]:
+        """Every field, `rope_scaling` and `attention_options` as mappings (JSON-serializable)."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        fields["rope_scaling"] = self.rope_scaling_dict
+        fields["attention_options"] = _thaw(self.attention_options) if self.attention_options else None
+        return fields
+
     def replace(self, **changes) -> "ModelConfig":
         """A copy with some fields changed (e.g. a new `rope_scaling` for extension)."""
         if "rope_scaling" in changes and isinstance(changes["rope_scaling"], Mapping):
             changes["rope_scaling"] = dict(changes["rope_scaling"])
-        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        fields["rope_scaling"] = self.rope_scaling_dict
-        fields["attention_options"] = _thaw(self.attention_options) if self.attention_options else None
-        fields.update(changes)
-        return ModelConfig(**fields)
+        return ModelConfig(**{**self.as_dict(), **changes})
 
     @classmethod
     def from_config(cls, model_cfg: Mapping[str, Any]) -> "ModelConfig":
