@@ -10,6 +10,8 @@ cache slots): a cache exactly full at 8K and 16K, and a 16K-slot cache holding 4
 
 import ml_collections
 
+from longctx_jax.bench.bandwidth import PAUSE_S
+
 
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
@@ -22,5 +24,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.impls = ("cpu_decode", "dense")
     config.torch_peer = True  # torch sdpa and the read floor (the `bench` extra)
     config.rounds = 15  # every reader once per round, in turn; medians reported
-    config.pause_s = 0.2  # idle time before each reader (threads left spinning by the last go idle)
+    config.pause_s = PAUSE_S  # idle seconds before each reader (threads left spinning by the last go idle)
     return config

@@ -23,8 +23,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.dtype = "float32"
     config.prefill_lengths = (2048, 8192, 16384)
     config.attention_impl = "cpu_flash"  # prefill: the fused C++ kernel (blockwise: the jnp loop)
-    # The projections' GEMMs: "auto" (on one CPU device, prefill through numpy's OpenBLAS,
-    # models/cpu_blas.py; decode's one-row products through XLA), "xla", "cpu_blas".
+    # The projections' GEMMs: "auto" (on one CPU device, prefill through numpy's OpenBLAS and
+    # decode's one-row products through the few-row handler, both models/cpu_blas.py), "xla", "cpu_blas".
     config.matmul_impl = "auto"
     config.decode_context = 8192
     config.decode_steps = 32

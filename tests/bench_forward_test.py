@@ -9,7 +9,7 @@ from longctx_jax.models.decoder import Decoder
 
 
 def test_decode_runs_each_get_a_read_floor_and_the_table_shows_them(monkeypatch):
-    monkeypatch.setattr(forward, "PAUSE_S", 0.0)
+    monkeypatch.setattr(bandwidth, "PAUSE_S", 0.0)
     cfg = ModelConfig(vocab_size=64, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=48)
     model = Decoder(cfg, rngs=nnx.Rngs(0))
     need = bandwidth.decode_bytes(cfg, 40)["total"]

@@ -62,3 +62,20 @@ def test_gemm_bench_runs_each_setting_in_its_own_process(tmp_path):
     assert row["blas_gflops"] > 0 and len(row["torch_gflops_p10_p90"]) == 2  # cpu_blas timed beside them
     assert result["git_commit"] and result["measured_utc"].endswith("+00:00")
     assert "| (default) | 64 x 32 x 48 |" in gemm.table(result)
+
+
+def test_ratios_carry_their_range_over_every_pairing_of_runs(tmp_path):
+    result = _forward(1.2, 1.0)
+    ours, theirs = result["decode"], result["hf"]["decode"]
+    ours.update(wall_s=1.0, runs=[{"wall_s": 0.9}, {"wall_s": 1.0}, {"wall_s": 1.1}])
+    theirs.update(wall_s=2.0, tokens_per_s=ours["tokens_per_s"] / 2, runs=[{"wall_s": 1.8}, {"wall_s": 2.2}])
+    (tmp_path / "2026-01-01-test-x.json").write_text(json.dumps(result))
+    table = speed_tables.forward_table(speed_tables.runs(tmp_path))
+    assert "| 2.00 (1.64-2.44) | yes (bar 1.0) |" in table  # 1.8 / 1.1 and 2.2 / 0.9
+    assert "| 1.20 | yes (bar 1.1) |" in table  # one prefill run a side: no range
+    flash = {"impl": "cpu_flash", "seq_len": 8192, "heads": 9, "kv_heads": 3, "head_dim": 64,
+             "forward_seconds": 0.5, "forward_runs_s": [0.4, 0.5, 0.6]}
+    sdpa = {"impl": "torch_sdpa", "seq_len": 8192, "forward_seconds": 0.6, "forward_runs_s": [0.6, 0.6]}
+    (tmp_path / "2026-01-01-test-x.json").write_text(json.dumps(
+        {"machine": MACHINE, "config": {"lengths": [8192]}, "cpu": [flash], "cpu_torch_sdpa": [sdpa]}))
+    assert "| 1.20 (1.00-1.50) | yes (bar 1.0) |" in speed_tables.attention_table(speed_tables.runs(tmp_path))

@@ -76,6 +76,12 @@ def read_bandwidth(size_mib: int, repeats: int, threads: int) -> dict[str, dict]
             for name, s in seconds.items()}
 
 
+# Idle seconds before each timed reader (a decode run, a read floor, an attention layer): threads
+# the last reader left spinning (torch's OpenMP team, XLA's pool) have gone idle by then and do not
+# take the cores from the next. Without it cpu_decode took 22 ms instead of 17 after torch's sum.
+PAUSE_S = 0.2
+
+
 def torch_read_timer(nbytes: int) -> Callable[[], float] | None:
     """A function timing one read of `nbytes` of float32 by torch (a sum, every core), in
     seconds: the read floor `forward.bench_decode` sets each decode run against. None without torch."""

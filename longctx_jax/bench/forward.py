@@ -37,7 +37,6 @@ from longctx_jax.models.generate import Generator
 from longctx_jax.models.kv_cache import KVCache
 from longctx_jax.provenance import provenance
 
-PAUSE_S = 0.2  # idle seconds before each timed decode run and read floor
 FLOOR_READS = 5  # reads per read floor (its median): one read's rate moved 34 -> 60 GB/s between runs
 
 
@@ -97,7 +96,7 @@ def bench_decode(model, context: int, steps: int, repeats: int = 1, decode_layou
     each run is followed by the read floor, the median of `FLOOR_READS` times torch sums that
     many bytes (`bandwidth.torch_read_timer`), so every run has its own floor from the same
     minutes (this machine's read rate moves within a day). Each timed run and floor starts
-    `PAUSE_S` after the last work, when threads left spinning have gone idle.
+    `bandwidth.PAUSE_S` after the last work, when threads left spinning have gone idle.
     """
     gen = Generator(model, cache_size=context + steps * repeats + 1, decode_layout=decode_layout)
     empty = gen.make_cache()
@@ -119,10 +118,10 @@ def bench_decode(model, context: int, steps: int, repeats: int = 1, decode_layou
 
     runs, floor_s, samples = [], [], []
     for _ in range(repeats):
-        time.sleep(PAUSE_S)
+        time.sleep(bandwidth.PAUSE_S)
         runs.append(_timed(run))
         if floor is not None:
-            time.sleep(PAUSE_S)
+            time.sleep(bandwidth.PAUSE_S)
             samples.append([floor() for _ in range(FLOOR_READS)])
             floor_s.append(statistics.median(samples[-1]))
     row = dict(_decode_row(context, steps, runs), decode_layout=gen.decode_layout)
@@ -222,7 +221,7 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
                       1, int(cfg.decode_context) + int(cfg.decode_steps) + 1,
                       {"q_positions": np.zeros((1, 1), np.int32), "k_positions": np.zeros((1, 1), np.int32)}),
                   backend=jax.default_backend(), devices=str(jax.devices()), machine=machine.machine(),
-                  **provenance(),
+                  **provenance(), config=cfg.to_dict(),
                   prefill=[], decode=None)
     os.makedirs(cfg.workdir, exist_ok=True)
     out_path = os.path.join(cfg.workdir, "bench_forward.json")
