@@ -1,6 +1,8 @@
 """cpu_blas (the projections through numpy's OpenBLAS) equals float64 numpy and XLA's einsum:
 products, gradients, the decoder's forward and training gradients; and its "auto" rule."""
 
+import ctypes
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -61,6 +63,27 @@ def test_few_row_products_run_side_by_side_and_fill_every_output():
     assert "LongctxCpuGemv" in jax.jit(lambda x: cpu_blas.matmul(x, ws[0])).lower(x).as_text()
     assert "LongctxCpuBlasMatmul" in jax.jit(lambda x: cpu_blas.matmul(x, ws[0])).lower(
         jnp.zeros((cpu_blas.MIN_ROWS, 576))).as_text()
+
+
+def test_sgemm_row_blocks_side_by_side_leave_openblas_threads_as_found():
+    """Several sgemm calls in one program, forward and gradients (whose x^T dy reads A transposed),
+    each split into row blocks over XLA's threads: all equal float64, and OpenBLAS's thread count
+    (which the handler holds at one during its calls) is what it was before."""
+    openblas = ctypes.CDLL(cpu_blas.openblas_library())
+    threads_before = openblas.scipy_openblas_get_num_threads64_()
+    x = jnp.asarray(_rand((193, 130), 20))
+    ws = [jnp.asarray(_rand((130, n), 21 + n)) for n in (96, 65, 257)]
+
+    def loss(x, *ws):
+        return sum(jnp.sum(jnp.sin(cpu_blas.matmul(x, w))) for w in ws)
+
+    grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))(x, *ws)
+    x64, ws64 = np.asarray(x, np.float64), [np.asarray(w, np.float64) for w in ws]
+    dys = [np.cos(x64 @ w) for w in ws64]
+    want = [sum(dy @ w.T for dy, w in zip(dys, ws64, strict=True))] + [x64.T @ dy for dy in dys]
+    for got, expected in zip(grads, want, strict=True):
+        np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    assert openblas.scipy_openblas_get_num_threads64_() == threads_before
 
 
 def test_matmul_under_vmap():

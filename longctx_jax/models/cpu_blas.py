@@ -9,7 +9,12 @@ docs/benchmarks.md). The gap is in the GEMM routine itself, not in fusion or lay
 `DYNAMIC_ARCH`: its kernels picked at load time for the CPU it runs on), which on the same
 machine runs these shapes at or above torch's rate. One C++ FFI handler (`cpu_blas_matmul.cc`,
 built like the attention kernels, `attention/kernels/native.py`) calls its `cblas_sgemm`,
-whose address Python reads from the library numpy loaded; nothing new is installed.
+whose address Python reads from the library numpy loaded; nothing new is installed. The
+handler splits the rows of the product among XLA's own threads, each calling sgemm with OpenBLAS
+held to one thread (`openblas_set_num_threads_local`, restored after): OpenBLAS's own workers,
+which spin about 0.1 s after each call, would otherwise take a core from the XLA work that
+follows (SmolLM2 prefill at 2K 4.3 s against 3.2-3.3 s, at 8K 23.2 against 21.8 s; interleaved
+diagnostic, 2026-12-06).
 
 `matmul` is differentiable (its gradients are two more sgemm calls: dx = dy w^T, dw = x^T dy)
 and float32 only. `use_blas` is the "auto" rule the decoder applies per projection: on a
@@ -49,6 +54,10 @@ _SYMBOL = "LongctxCpuBlasMatmul"
 _GEMV_SYMBOL = "LongctxCpuGemv"
 _FLAGS = native.NATIVE_FLAGS  # this CPU's vector width for the few-row handler (sgemm is OpenBLAS's own)
 _SGEMM = "scipy_cblas_sgemm64_"  # scipy-openblas64's cblas_sgemm (64-bit integers)
+# Sets OpenBLAS's thread count, returns the previous one (OpenBLAS 0.3.27 on; for its
+# pthreads build, as numpy's, the count every thread uses): the handler runs sgemm on XLA's
+# threads, one OpenBLAS thread each, where the library has it (cpu_blas_matmul.cc).
+_SET_THREADS = "openblas_set_num_threads_local"
 
 
 def openblas_library() -> str:
@@ -84,6 +93,8 @@ def target() -> str:
     name = native.register(_KERNEL, _SYMBOL, _FLAGS, source_dir=source_dir)
     library = native.load(_KERNEL, _FLAGS, source_dir=source_dir)
     library.LongctxCpuBlasSetSgemm(ctypes.cast(sgemm, ctypes.c_void_p))
+    set_threads = getattr(openblas, _SET_THREADS, None)
+    library.LongctxCpuBlasSetThreadsLocal(ctypes.cast(set_threads, ctypes.c_void_p) if set_threads else None)
     if not library.LongctxCpuBlasHasSgemm():
         raise native.NativeKernelUnavailable("the cpu_blas library did not keep the sgemm address")
     return name
