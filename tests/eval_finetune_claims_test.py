@@ -226,8 +226,9 @@ def test_bad_stages_are_refused_before_training(tmp_path, change, match):
     assert runs.trained == []
 
 
-def test_a_model_scored_under_another_name_is_read_from_the_cache(tmp_path, monkeypatch):
-    windows = np.arange(2 * 9, dtype=np.int32).reshape(2, 9) % 7
+@pytest.fixture
+def scoring_calls(monkeypatch) -> list:
+    """score_model's EvalModel replaced by one that scores NLL 1 and counts its calls (returned)."""
     calls = []
 
     class _Model:
@@ -239,6 +240,12 @@ def test_a_model_scored_under_another_name_is_read_from_the_cache(tmp_path, monk
             return np.ones(tokens.shape, np.float32)
 
     monkeypatch.setattr(finetune_claims, "EvalModel", _Model)
+    return calls
+
+
+def test_a_model_scored_under_another_name_is_read_from_the_cache(tmp_path, scoring_calls):
+    windows = np.arange(2 * 9, dtype=np.int32).reshape(2, 9) % 7
+    calls = scoring_calls
     args = (None, "key", windows, ["a", "b"], [1, 2], 4, 2)
     first = finetune_claims.score_model(*args, str(tmp_path / "yarn_no_finetune-abc.json"))
     n = len(calls)
@@ -248,24 +255,15 @@ def test_a_model_scored_under_another_name_is_read_from_the_cache(tmp_path, monk
     assert len(calls) > n and other == first  # another model key: scored afresh
 
 
-def test_a_model_under_another_attention_config_is_scored_afresh(tmp_path, monkeypatch):
+def test_a_model_under_another_attention_config_is_scored_afresh(tmp_path, scoring_calls):
     windows = np.arange(2 * 9, dtype=np.int32).reshape(2, 9) % 7
-    calls = []
-
-    class _Model:
-        def __init__(self, module):
-            pass
-
-        def token_nll(self, tokens, targets):
-            calls.append(1)
-            return np.ones(tokens.shape, np.float32)
+    calls = scoring_calls
 
     class _Module:
         def __init__(self, **changes):
             self.cfg = ModelConfig(vocab_size=7, d_model=8, num_layers=1, num_heads=2, num_kv_heads=1,
                                    mlp_dim=16).replace(**changes)
 
-    monkeypatch.setattr(finetune_claims, "EvalModel", _Model)
     args = ("key", windows, ["a", "b"], [1, 2], 4, 2, str(tmp_path / "run-abc.json"))
     finetune_claims.score_model(_Module(), *args)
     finetune_claims.score_model(_Module(), *args)
