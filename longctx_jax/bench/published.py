@@ -44,9 +44,11 @@ PATTERN_RUNS = ("rope", "longformer", "bigbird", "longnet")
 FINETUNE = RESULTS / "finetune_smollm2"  # results.json of `extend :finetuned` + one directory per run
 BENCH_FORWARD = RESULTS / "bench_forward"  # <date>-<machine>.json of `experiments.bench_forward`
 BENCH_ATTENTION_GQA = RESULTS / "bench_attention_gqa"  # SmolLM2's 9 / 3 heads, `bench_attention`
-# `experiments.bench_gemm`: the run each machine's table shows (the folder also keeps earlier runs)
+# `experiments.bench_gemm`: the runs the docs show, one table each (the folder also keeps earlier
+# runs); ZEN4's 2026-12-05 run is cpu_blas on OpenBLAS's threads, 2026-12-06 on XLA's (row blocks)
 BENCH_GEMM = (RESULTS / "bench_gemm" / "2026-11-28-epyc-cpu-blas.json",
-              RESULTS / "bench_gemm" / "2026-12-05-zen4.json")
+              RESULTS / "bench_gemm" / "2026-12-05-zen4.json",
+              RESULTS / "bench_gemm" / "2026-12-06-zen4-row-blocks.json")
 BENCH_DECODE_ATTENTION = RESULTS / "bench_decode_attention"  # `experiments.bench_decode_attention`
 BENCH_BANDWIDTH = RESULTS / "bench_bandwidth"  # `experiments.bench_bandwidth`, <date>-<machine>.json
 BENCH_GPU = RESULTS / "bench_gpu" / "2026-11-28-h200.json"  # `experiments.bench_gpu` on a lent H200
