@@ -30,6 +30,9 @@ def test_runs_every_reader_and_equals_dense(tmp_path):
     table = decode_attention.table([("TEST", "2026-01-01 `x`", result)])
     assert table.count("| TEST | 2026-01-01 `x` |") == 2 and "| 100 / 700 |" in table
     assert "2 layers of 9 / 3 heads x 64" in table
+    ours, floor = (result["cases"][0]["readers"][name] for name in ("cpu_decode", "read_floor"))
+    per_round = [a / b for a, b in zip(ours["runs_ms"], floor["runs_ms"], strict=True)]
+    assert f"| {ours['ms'] / floor['ms']:.2f} ({min(per_round):.2f}-{max(per_round):.2f}) |" in table
 
 
 @pytest.mark.parametrize("field, value, message", [

@@ -21,7 +21,8 @@ after its work (torch's OpenMP team, XLA's pool) have gone idle and do not take 
 the next reader. Reported: median and every round's milliseconds; GB/s = the written cache's bytes
 (layers x 2 x filled x kv_heads x head_dim x 4) / median seconds (10^9 bytes), so an
 implementation that reads empty slots gets no credit for them; max |out - dense| per
-implementation. `table` renders the committed runs (docs/kv_cache.md).
+implementation. `table` renders the committed runs (docs/kv_cache.md), each time ratio with
+its range over the rounds.
 """
 
 import json
@@ -169,6 +170,13 @@ def _cell(entry: dict | None) -> str:
     return f"{entry['ms']:.2f} ({min(entry['runs_ms']):.2f}-{max(entry['runs_ms']):.2f})"
 
 
+def _paired(numerator: dict, denominator: dict) -> str:
+    """"1.30 (1.12-1.51)": the ratio of the two readers' medians, then the least and greatest
+    ratio within one round (the readers alternate within a round, so each round pairs them)."""
+    per_round = [a / b for a, b in zip(numerator["runs_ms"], denominator["runs_ms"], strict=True)]
+    return f"{numerator['ms'] / denominator['ms']:.2f} ({min(per_round):.2f}-{max(per_round):.2f})"
+
+
 def _max_diffs(r: dict) -> str:
     names = [name for name in ("cpu_decode", "torch_sdpa") if all(name in c["readers"] for c in r["cases"])]
     worst = {name: max(c["readers"][name].get("max_abs_diff_vs_dense", 0.0) for c in r["cases"])
@@ -179,8 +187,8 @@ def _max_diffs(r: dict) -> str:
 def table(results: list[tuple[str, str, dict]]) -> str:
     """Markdown: one row per (committed run, case), every reader's ms and cpu_decode against the floor."""
     lines = ["| machine | date, run | written / slots | cpu_decode ms (range) | GB/s | dense ms (range) | "
-             "torch sdpa ms (range) | read floor ms (range), GB/s | cpu_decode / floor time | "
-             "sdpa / cpu_decode time |",
+             "torch sdpa ms (range) | read floor ms (range), GB/s | cpu_decode / floor time (rounds) | "
+             "sdpa / cpu_decode time (rounds) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for label, date, r in results:
         for case in r["cases"]:
@@ -189,8 +197,8 @@ def table(results: list[tuple[str, str, dict]]) -> str:
             cells = [f"{case['filled']:,} / {case['capacity']:,}", _cell(ours),
                      f"{ours['gbs']:.1f}" if ours else "-", _cell(got.get("dense")), _cell(sdpa),
                      f"{_cell(floor)}, {floor['gbs']:.1f}" if floor else "-",
-                     f"{ours['ms'] / floor['ms']:.2f}" if ours and floor else "-",
-                     f"{sdpa['ms'] / ours['ms']:.2f}" if ours and sdpa else "-"]
+                     _paired(ours, floor) if ours and floor else "-",
+                     _paired(sdpa, ours) if ours and sdpa else "-"]
             lines.append(f"| {label} | {date} | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Per run: " + "; ".join(
